@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "kioskd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "kioskd", targets: ["kioskd"]),
+        .executable(name: "kioskd-bench", targets: ["Benchmarks"]),
+        .executable(name: "kioskd-testchild", targets: ["TestChild"]),
+        .library(name: "Supervision", targets: ["Supervision"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // fork/exec, pidfd and the few variadic syscalls Swift cannot call directly.
+        .target(name: "CSupport"),
+        .target(
+            name: "Supervision",
+            dependencies: [
+                "CSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "KioskdDaemon",
+            dependencies: [
+                "Supervision",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(name: "kioskd", dependencies: ["KioskdDaemon"]),
+        // A C program that misbehaves on command (ignores TERM, setsid grandchildren, floods).
+        .executableTarget(name: "TestChild"),
+        .executableTarget(
+            name: "Benchmarks",
+            dependencies: ["Supervision", "KioskdDaemon"]
+        ),
+        .testTarget(
+            name: "SupervisionTests",
+            dependencies: ["Supervision", "TestChild"]
+        ),
+        .testTarget(
+            name: "KioskdDaemonTests",
+            dependencies: ["KioskdDaemon", "kioskd", "TestChild"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

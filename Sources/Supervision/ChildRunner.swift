@@ -1,0 +1,210 @@
+import Logging
+import Synchronization
+
+/// One incarnation of a child, whatever it runs.
+protocol RunningChild: Sendable {
+    var processID: Int32? { get }
+    /// Set once the child, and everything it started, is gone.
+    var gone: OnceValue<ExitReason> { get }
+    func awaitReady(_ probe: ReadinessProbe) async throws -> String
+    /// Stops by the shutdown spec; returns once the child is gone.
+    func stop(_ shutdown: Shutdown) async -> ExitReason
+}
+
+extension ProcessInstance: RunningChild {
+    var processID: Int32? { pid }
+    var gone: OnceValue<ExitReason> { fullyGone }
+
+    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
+        try await awaitReadiness(probe, instance: self, taskReady: nil, logWatch: logWatch)
+    }
+}
+
+/// An async function run as a child. It is stopped by cancellation; one that ignores
+/// cancellation past its shutdown timeout is abandoned (a task cannot be killed) and reported.
+final class TaskChild: RunningChild {
+    let gone = OnceValue<ExitReason>()
+    let readySignal = OnceValue<String>()
+    private let task: Mutex<Task<Void, Never>?> = Mutex(nil)
+    private let logger: Logger
+
+    init(body: @escaping @Sendable (TaskChildContext) async throws -> Void, logger: Logger) {
+        self.logger = logger
+        let context = TaskChildContext(readySignal: readySignal)
+        let gone = self.gone
+        task.withLock {
+            $0 = Task {
+                do {
+                    try await body(context)
+                    gone.set(.normal)
+                } catch is CancellationError {
+                    gone.set(.normal)
+                } catch {
+                    gone.set(.failed("task threw: \(error)"))
+                }
+            }
+        }
+    }
+
+    var processID: Int32? { nil }
+
+    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
+        try await awaitReadiness(probe, instance: nil, taskReady: readySignal, logWatch: nil)
+    }
+
+    func stop(_ shutdown: Shutdown) async -> ExitReason {
+        task.withLock { $0?.cancel() }
+        let limit: Duration? = switch shutdown {
+        case .brutalKill: .zero
+        case .timeout(let t): t
+        case .infinity: nil
+        }
+        guard let limit else { return (try? await gone.wait()) ?? .normal }
+        if let reason = await firstOf(
+            { try await self.gone.wait() },
+            { try await Task.sleep(for: limit); return nil }
+        ) {
+            return reason
+        }
+        logger.error("task child ignored cancellation for \(formatDuration(limit)); abandoned")
+        gone.set(.failed("abandoned: did not stop within \(formatDuration(limit))"))
+        return gone.current!
+    }
+}
+
+/// A nested supervisor run as a child.
+final class SupervisorChild: RunningChild {
+    let supervisor: Supervisor
+    let gone = OnceValue<ExitReason>()
+
+    init(supervisor: Supervisor) {
+        self.supervisor = supervisor
+        let gone = self.gone
+        Task {
+            let outcome = await supervisor.run()
+            gone.set(outcome.exitReason)
+        }
+    }
+
+    var processID: Int32? { nil }
+
+    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
+        try await supervisor.waitReady()
+        return ""
+    }
+
+    func stop(_ shutdown: Shutdown) async -> ExitReason {
+        supervisor.shutdown()
+        return (try? await gone.wait()) ?? .normal
+    }
+}
+
+/// What the supervisor keeps of a running incarnation: how to ask it to stop, and what it runs
+/// (for the snapshot).
+final class ChildHandle: Sendable {
+    let stopRequested = OnceValue<Void>()
+    private let running = Mutex<(any RunningChild)?>(nil)
+
+    var child: (any RunningChild)? { running.withLock { $0 } }
+
+    func attach(_ child: any RunningChild) { running.withLock { $0 = child } }
+}
+
+/// Drives one incarnation: launch, readiness (raced against exit, stop and the timeout), run
+/// until exit or stop. Every outcome is reported to the supervisor exactly once, as ready
+/// and/or exited, only after the child is completely gone.
+func runChild(
+    spec: ChildSpec,
+    generation: Int,
+    handle: ChildHandle,
+    launch: @Sendable () async throws -> any RunningChild,
+    post: @escaping @Sendable (SupervisorStateMachine.Input) -> Void,
+    publish: @escaping @Sendable (SupervisionEvent.Kind) -> Void
+) async {
+    let id = spec.id
+    let child: any RunningChild
+    do {
+        child = try await launch()
+    } catch {
+        post(.childExited(id: id, generation: generation, reason: .failed("\(error)")))
+        return
+    }
+    handle.attach(child)
+    if let pid = child.processID { publish(.spawned(child: id, pid: pid)) }
+
+    enum Start: Sendable {
+        case ready(String)
+        case exited(ExitReason)
+        case stop
+        case failed(String)
+    }
+    let probe = spec.readiness
+    let timeout = spec.readyTimeout
+    let start = await firstOf(
+        { () async throws -> Start? in
+            guard let probe else { return .ready("") }
+            do { return .ready(try await child.awaitReady(probe)) } catch let e as ProbeFailure { return .failed("readiness probe failed: \(e)") }
+        },
+        { .exited(try await child.gone.wait()) },
+        { try await handle.stopRequested.wait(); return .stop },
+        {
+            try await Task.sleep(for: timeout)
+            return .failed("not ready within \(formatDuration(timeout)) (waiting for \(probe?.summary ?? "start"))")
+        }
+    ) ?? .stop
+
+    switch start {
+    case .ready(let detail):
+        post(.childReady(id: id, generation: generation, detail: detail))
+    case .exited(let reason):
+        post(.childExited(id: id, generation: generation, reason: .failed("exited before it was ready: \(reason)\(lastOutput(child))")))
+        return
+    case .failed(let why):
+        _ = await child.stop(spec.shutdown)
+        post(.childExited(id: id, generation: generation, reason: .failed(why + lastOutput(child))))
+        return
+    case .stop:
+        post(.childExited(id: id, generation: generation, reason: await child.stop(spec.shutdown)))
+        return
+    }
+
+    enum End: Sendable {
+        case exited(ExitReason)
+        case stop
+    }
+    let end = await firstOf(
+        { () async throws -> End? in .exited(try await child.gone.wait()) },
+        { try await handle.stopRequested.wait(); return .stop }
+    ) ?? .stop
+    let reason: ExitReason
+    switch end {
+    case .exited(let r): reason = r
+    case .stop: reason = await child.stop(spec.shutdown)
+    }
+    post(.childExited(id: id, generation: generation, reason: reason))
+}
+
+/// The last lines a process wrote, to say why it failed.
+private func lastOutput(_ child: any RunningChild) -> String {
+    guard let process = child as? ProcessInstance else { return "" }
+    let lines = process.output.recentLines.suffix(3).map(\.text)
+    guard !lines.isEmpty else { return "" }
+    return "; last output: " + lines.map { "\"\($0.prefix(200))\"" }.joined(separator: " | ")
+}
+
+/// Runs the branches concurrently; the first non-nil result wins and the rest are cancelled.
+/// A branch that throws (e.g. on cancellation) counts as nil. Returns nil if all are nil.
+func firstOf<T: Sendable>(_ branches: @Sendable () async throws -> T?...) async -> T? {
+    await withTaskGroup(of: T?.self) { group in
+        for branch in branches {
+            group.addTask { (try? await branch()) ?? nil }
+        }
+        for await result in group {
+            if let result {
+                group.cancelAll()
+                return result
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,94 @@
+import Logging
+import Synchronization
+
+/// Where a child's stdout/stderr lines go: a bounded ring of recent lines (kept whatever the
+/// rate), the log (rate-limited per child, so a flood cannot drown the journal or stall the
+/// reactor), and log-line readiness waiters.
+public final class OutputSink: Sendable {
+    public struct Line: Sendable, Equatable {
+        public enum Stream: String, Sendable { case stdout, stderr }
+        public let stream: Stream
+        public let text: String
+    }
+
+    private struct State {
+        var ring: [Line] = []
+        var head = 0
+        var total = 0
+        var windowStart: ContinuousClock.Instant = .now
+        var loggedInWindow = 0
+        var dropped = 0
+        var watchers: [(needle: String, value: OnceValue<String>)] = []
+    }
+
+    private let state = Mutex(State())
+    private let capacity: Int
+    private let logRate: Int
+    private let logger: Logger
+
+    init(capacity: Int, logRate: Int, logger: Logger) {
+        self.capacity = capacity
+        self.logRate = logRate
+        self.logger = logger
+    }
+
+    /// Last lines, oldest first.
+    public var recentLines: [Line] {
+        state.withLock { s in
+            s.ring.count < capacity ? s.ring : Array(s.ring[s.head...] + s.ring[..<s.head])
+        }
+    }
+
+    /// Lines seen in all (including those no longer in the ring).
+    public var totalLines: Int { state.withLock { $0.total } }
+
+    /// Resolves with the first line containing `needle` from now on.
+    func watch(for needle: String) -> OnceValue<String> {
+        let value = OnceValue<String>()
+        state.withLock { $0.watchers.append((needle, value)) }
+        return value
+    }
+
+    func append(_ text: String, stream: Line.Stream) {
+        let now = ContinuousClock.now
+        let (log, droppedBefore, matched) = state.withLock { s -> (Bool, Int, [OnceValue<String>]) in
+            let line = Line(stream: stream, text: text)
+            if s.ring.count < capacity {
+                s.ring.append(line)
+            } else {
+                s.ring[s.head] = line
+                s.head = (s.head + 1) % capacity
+            }
+            s.total += 1
+            var matched: [OnceValue<String>] = []
+            if !s.watchers.isEmpty {
+                s.watchers.removeAll { w in
+                    guard text.contains(w.needle) else { return false }
+                    matched.append(w.value)
+                    return true
+                }
+            }
+            if now - s.windowStart >= .seconds(1) {
+                s.windowStart = now
+                s.loggedInWindow = 0
+                let dropped = s.dropped
+                s.dropped = 0
+                s.loggedInWindow += 1
+                return (true, dropped, matched)
+            }
+            if s.loggedInWindow < logRate {
+                s.loggedInWindow += 1
+                return (true, 0, matched)
+            }
+            s.dropped += 1
+            return (false, 0, matched)
+        }
+        for m in matched { m.set(text) }
+        if droppedBefore > 0 {
+            logger.warning("output rate limit: \(droppedBefore) lines not logged (kept in the ring)")
+        }
+        if log {
+            logger.log(level: stream == .stderr ? .notice : .info, "\(text)", metadata: ["stream": "\(stream.rawValue)"])
+        }
+    }
+}

@@ -1,0 +1,160 @@
+import CSupport
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Finds and kills every process that belongs to one supervised child, whatever it did to hide:
+/// members of its process group or session, and descendants that left both (setsid, double
+/// fork: Chromium's crashpad handler does) but still carry the child's environment cookie —
+/// the way Jenkins' ProcessTreeKiller finds build leftovers. /proc is the truth, not bookkeeping.
+public enum ProcessTree {
+    /// The environment variable that marks a child's whole tree.
+    public static let cookieVariable = "KIOSKD_SUPERVISED_ID"
+
+    public struct Member: Sendable, Equatable {
+        public let pid: Int32
+        let startTime: UInt64
+    }
+
+    /// Live (non-zombie) processes of the tree of `leader`, found by pgid, session or cookie.
+    /// Only processes started no earlier than the leader are considered for the cookie check.
+    public static func members(leader: Int32, leaderStart: UInt64, cookie: String) -> [Member] {
+        guard let dir = opendir("/proc") else { return [] }
+        defer { closedir(dir) }
+        let needle = Array("\(cookieVariable)=\(cookie)\0".utf8)
+        let me = getpid()
+        var found: [Member] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid != me, let stat = readStat(pid), stat.state != "Z" else { continue }
+            if stat.pgrp == leader || stat.session == leader {
+                found.append(Member(pid: pid, startTime: stat.startTime))
+            } else if stat.startTime >= leaderStart, environ(of: pid, contains: needle) {
+                found.append(Member(pid: pid, startTime: stat.startTime))
+            }
+        }
+        return found
+    }
+
+    struct Stat {
+        let state: Character
+        let ppid: Int32
+        let pgrp: Int32
+        let session: Int32
+        let startTime: UInt64
+    }
+
+    static func readStat(_ pid: Int32) -> Stat? {
+        guard let text = readSmallFile("/proc/\(pid)/stat"),
+              let close = text.lastIndex(of: ")") else { return nil }
+        // The command name may contain spaces and parentheses: fields start after the last ')'.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 20, let state = fields[0].first,
+              let ppid = Int32(fields[1]), let pgrp = Int32(fields[2]), let session = Int32(fields[3]),
+              let start = UInt64(fields[19]) else { return nil }
+        return Stat(state: state, ppid: ppid, pgrp: pgrp, session: session, startTime: start)
+    }
+
+    static func environ(of pid: Int32, contains needle: [UInt8]) -> Bool {
+        guard let bytes = readSmallFileBytes("/proc/\(pid)/environ", limit: 1 << 20) else { return false }
+        guard bytes.count >= needle.count else { return false }
+        // Entries are NUL-separated: match at the start or right after a NUL.
+        var i = 0
+        while i + needle.count <= bytes.count {
+            if bytes[i] == needle[0], bytes[i..<(i + needle.count)].elementsEqual(needle) { return true }
+            guard let next = bytes[i...].firstIndex(of: 0) else { return false }
+            i = next + 1
+        }
+        return false
+    }
+
+    /// Signals the whole tree: the process group, then every cookie-carrying straggler.
+    /// pidfds pin each process between finding and signalling it, so a reused PID is never hit.
+    @discardableResult
+    static func signal(leader: Int32, leaderStart: UInt64, cookie: String, _ sig: Int32) -> [PinnedProcess] {
+        if leader > 1 { _ = kill(-leader, sig) }
+        let pinned = members(leader: leader, leaderStart: leaderStart, cookie: cookie).compactMap(PinnedProcess.init)
+        for p in pinned { _ = ksup_pidfd_send_signal(p.pidfd, sig) }
+        return pinned
+    }
+
+    /// SIGTERM, up to `grace` for everything to go, then SIGKILL until /proc shows nothing left.
+    /// Blocks: call it off the cooperative pool (`terminate` does).
+    static func terminateBlocking(leader: Int32, leaderStart: UInt64, cookie: String, grace: Duration?) -> Int {
+        var killed = 0
+        if let grace {
+            let pinned = signal(leader: leader, leaderStart: leaderStart, cookie: cookie, SIGTERM)
+            PinnedProcess.waitAll(pinned, timeout: grace)
+        }
+        // Bounded: a fork bomb outpacing us must not hang the stop forever.
+        for _ in 0..<64 {
+            let pinned = signal(leader: leader, leaderStart: leaderStart, cookie: cookie, SIGKILL)
+            if pinned.isEmpty { break }
+            killed += pinned.count
+            PinnedProcess.waitAll(pinned, timeout: .milliseconds(200))
+        }
+        return killed
+    }
+
+    static func terminate(leader: Int32, leaderStart: UInt64, cookie: String, grace: Duration?) async -> Int {
+        await withCheckedContinuation { c in
+            DispatchQueue.global().async {
+                c.resume(returning: terminateBlocking(leader: leader, leaderStart: leaderStart, cookie: cookie, grace: grace))
+            }
+        }
+    }
+}
+
+/// A process held by a pidfd, checked to still be the one that was found.
+struct PinnedProcess {
+    let pid: Int32
+    let pidfd: Int32
+
+    init?(_ member: ProcessTree.Member) {
+        let fd = ksup_pidfd_open(member.pid)
+        guard fd >= 0 else { return nil }
+        guard let stat = ProcessTree.readStat(member.pid), stat.startTime == member.startTime, stat.state != "Z" else {
+            close(fd)
+            return nil
+        }
+        pid = member.pid
+        pidfd = fd
+    }
+
+    /// Waits until every process has exited or `timeout` passes; closes the pidfds.
+    static func waitAll(_ processes: [PinnedProcess], timeout: Duration) {
+        defer { for p in processes { close(p.pidfd) } }
+        var pending = processes.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
+        let deadline = ContinuousClock.now + timeout
+        while !pending.isEmpty {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return }
+            let ms = Int32(min(left.seconds * 1000 + 1, 60_000))
+            let n = poll(&pending, nfds_t(pending.count), ms)
+            if n < 0 && errno != EINTR { return }
+            pending.removeAll { $0.revents != 0 }
+            for i in pending.indices { pending[i].revents = 0 }
+        }
+    }
+}
+
+func readSmallFile(_ path: String) -> String? {
+    readSmallFileBytes(path, limit: 65536).map { String(decoding: $0, as: UTF8.self) }
+}
+
+func readSmallFileBytes(_ path: String, limit: Int) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while out.count < limit {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        out.append(contentsOf: chunk[0..<n])
+    }
+    return out
+}

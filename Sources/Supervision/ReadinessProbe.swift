@@ -1,0 +1,184 @@
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What "started" means for a child. Probes that must retry (connect, GET, file) back off from
+/// 5 ms to 100 ms between attempts; the others wait on the event itself.
+public enum ReadinessProbe: Sendable {
+    /// The child writes a line to its notify fd (`ProcessSpec.notifyFD`); the line is the detail.
+    case notifyFD
+    /// A TCP connect to host:port succeeds (and the server's first bytes start with `banner`).
+    case tcp(host: String, port: Int, banner: String? = nil)
+    /// A connect to a Unix socket succeeds (and the first bytes start with `banner`).
+    case unixSocket(path: String, banner: String? = nil)
+    /// `GET path` on host:port answers with a 2xx status.
+    case http(host: String, port: Int, path: String)
+    /// A file exists.
+    case file(path: String)
+    /// The child writes a line containing this text to stdout or stderr.
+    case logLine(contains: String)
+    /// An in-process child calls `TaskChildContext.markReady`.
+    case signaled
+    /// A check of your own, retried until it returns true.
+    case custom(@Sendable () async throws -> Bool)
+
+    var summary: String {
+        switch self {
+        case .notifyFD: "a line on its notify fd"
+        case .tcp(let h, let p, let b): "tcp \(h):\(p)" + (b.map { " greeting with \"\($0)\"" } ?? "")
+        case .unixSocket(let path, let b): "unix socket \(path)" + (b.map { " greeting with \"\($0)\"" } ?? "")
+        case .http(let h, let p, let path): "GET http://\(h):\(p)\(path) answering 2xx"
+        case .file(let path): "file \(path) to appear"
+        case .logLine(let text): "an output line containing \"\(text)\""
+        case .signaled: "the task to mark itself ready"
+        case .custom: "a custom check"
+        }
+    }
+}
+
+struct ProbeFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Runs a probe until it passes; throws only for a definite failure (e.g. a wrong banner).
+/// Cancellation ends it (the caller races it against a timeout and the child's exit).
+func awaitReadiness(_ probe: ReadinessProbe, instance: ProcessInstance?, taskReady: OnceValue<String>?, logWatch: OnceValue<String>?) async throws -> String {
+    switch probe {
+    case .notifyFD:
+        guard let line = instance?.notifyLine else { throw ProbeFailure(description: "the probe needs a process with a notify fd") }
+        return try await line.wait()
+    case .logLine:
+        guard let logWatch else { throw ProbeFailure(description: "the log-line probe needs a process child") }
+        return try await logWatch.wait()
+    case .signaled:
+        guard let taskReady else { throw ProbeFailure(description: "the signaled probe needs a task child") }
+        return try await taskReady.wait()
+    case .tcp(let host, let port, let banner):
+        return try await retrying { try await blocking { try connectProbe(.tcp(host, port), banner: banner) } }
+    case .unixSocket(let path, let banner):
+        return try await retrying { try await blocking { try connectProbe(.unix(path), banner: banner) } }
+    case .http(let host, let port, let path):
+        return try await retrying { try await blocking { try httpProbe(host: host, port: port, path: path) } }
+    case .file(let path):
+        return try await retrying { access(path, F_OK) == 0 ? path : nil }
+    case .custom(let check):
+        return try await retrying { try await check() ? "" : nil }
+    }
+}
+
+private func retrying(_ attempt: () async throws -> String?) async throws -> String {
+    var pause = Duration.milliseconds(5)
+    while true {
+        try Task.checkCancellation()
+        if let detail = try await attempt() { return detail }
+        try await Task.sleep(for: pause)
+        pause = min(pause * 2, .milliseconds(100))
+    }
+}
+
+/// Runs blocking socket work off the cooperative pool.
+private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        DispatchQueue.global().async { c.resume(with: Result { try body() }) }
+    }
+}
+
+private enum Endpoint {
+    case tcp(String, Int)
+    case unix(String)
+}
+
+/// Connects with a short timeout; returns nil while the peer is not there yet.
+private func connectProbe(_ endpoint: Endpoint, banner: String?) throws -> String? {
+    guard let fd = connectSocket(endpoint) else { return nil }
+    defer { close(fd) }
+    guard let banner else { return "connected" }
+    let expected = Array(banner.utf8)
+    var got: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 256)
+    while got.count < expected.count {
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return nil }  // closed or timed out before greeting: not ready yet
+        got.append(contentsOf: chunk[0..<n])
+    }
+    guard got.prefix(expected.count).elementsEqual(expected) else {
+        let text = String(decoding: got.prefix(64), as: UTF8.self)
+        throw ProbeFailure(description: "expected a greeting starting with \"\(banner)\", got \"\(text)\"")
+    }
+    return String(decoding: got, as: UTF8.self).trimmingNewlines
+}
+
+private func httpProbe(host: String, port: Int, path: String) throws -> String? {
+    guard let fd = connectSocket(.tcp(host, port)) else { return nil }
+    defer { close(fd) }
+    let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
+    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+    var head: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 512)
+    while !head.contains(UInt8(ascii: "\n")) && head.count < 4096 {
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return nil }
+        head.append(contentsOf: chunk[0..<n])
+    }
+    let statusLine = String(decoding: head.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self).trimmingNewlines
+    let parts = statusLine.split(separator: " ")
+    guard parts.count >= 2, let code = Int(parts[1]) else { return nil }
+    return (200..<300).contains(code) ? statusLine : nil
+}
+
+private func connectSocket(_ endpoint: Endpoint) -> Int32? {
+    switch endpoint {
+    case .tcp(let host, let port):
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var res: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &res) == 0, let first = res else { return nil }
+        defer { freeaddrinfo(res) }
+        var ai: UnsafeMutablePointer<addrinfo>? = first
+        while let a = ai {
+            let fd = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), a.pointee.ai_protocol)
+            if fd >= 0 {
+                setTimeouts(fd)
+                if connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return fd }
+                close(fd)
+            }
+            ai = a.pointee.ai_next
+        }
+        return nil
+    case .unix(let path):
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        setTimeouts(fd)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { close(fd); return nil }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if ok == 0 { return fd }
+        close(fd)
+        return nil
+    }
+}
+
+private func setTimeouts(_ fd: Int32) {
+    var tv = timeval(tv_sec: 0, tv_usec: 250_000)
+    _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+}
+
+extension String {
+    var trimmingNewlines: String {
+        var s = Substring(self)
+        while let last = s.last, last == "\n" || last == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}

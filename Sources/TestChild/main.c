@@ -1,0 +1,150 @@
+/* kioskd-testchild: a child that misbehaves on command, for the supervision tests.
+ * Options run in order; the last one decides how it ends (default: sleep until killed).
+ *   --print TEXT         write TEXT and a newline to stdout
+ *   --stderr TEXT        write TEXT and a newline to stderr
+ *   --notify FD TEXT     write TEXT and a newline to fd FD (readiness, like Xvfb -displayfd)
+ *   --touch PATH         create PATH
+ *   --sleep-ms N         sleep N ms
+ *   --ignore-term        ignore SIGTERM from now on
+ *   --grandchild PIDFILE fork a child that calls setsid, ignores SIGTERM, writes its pid to
+ *                        PIDFILE and sleeps forever (an escaped grandchild)
+ *   --listen PORT BANNER listen on 127.0.0.1:PORT and greet every connection with BANNER
+ *   --flood BYTES        write BYTES bytes of 100-byte lines to stdout, then "flood done"
+ *   --exit CODE          exit with CODE
+ *   --crash              abort (SIGABRT)
+ *   --exit-if-exists PATH CODE  exit with CODE if PATH exists (lets a test make a restart fail)
+ *   --print-env NAME     print NAME=value (or NAME unset)
+ *   --print-ids          print uid=, gid=, nofile= of this process
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {}
+}
+
+static void forever(void) {
+    for (;;) pause();
+}
+
+static void write_line(int fd, const char *text) {
+    dprintf(fd, "%s\n", text);
+}
+
+struct listener { int fd; const char *banner; };
+
+static void *serve(void *arg) {
+    struct listener *l = arg;
+    for (;;) {
+        int c = accept(l->fd, NULL, NULL);
+        if (c < 0) continue;
+        ssize_t ignored = write(c, l->banner, strlen(l->banner));
+        (void)ignored;
+        close(c);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--print") && i + 1 < argc) {
+            write_line(1, argv[++i]);
+        } else if (!strcmp(a, "--stderr") && i + 1 < argc) {
+            write_line(2, argv[++i]);
+        } else if (!strcmp(a, "--notify") && i + 2 < argc) {
+            int fd = atoi(argv[++i]);
+            write_line(fd, argv[++i]);
+            close(fd);
+        } else if (!strcmp(a, "--touch") && i + 1 < argc) {
+            int fd = open(argv[++i], O_CREAT | O_WRONLY, 0644);
+            if (fd >= 0) close(fd);
+        } else if (!strcmp(a, "--sleep-ms") && i + 1 < argc) {
+            sleep_ms(atol(argv[++i]));
+        } else if (!strcmp(a, "--ignore-term")) {
+            signal(SIGTERM, SIG_IGN);
+        } else if (!strcmp(a, "--grandchild") && i + 1 < argc) {
+            const char *pidfile = argv[++i];
+            pid_t pid = fork();
+            if (pid == 0) {
+                setsid();
+                signal(SIGTERM, SIG_IGN);
+                char tmp[4096];
+                snprintf(tmp, sizeof tmp, "%s.tmp", pidfile);
+                FILE *f = fopen(tmp, "w");
+                if (f) {
+                    fprintf(f, "%d\n", getpid());
+                    fclose(f);
+                    rename(tmp, pidfile);
+                }
+                forever();
+            }
+        } else if (!strcmp(a, "--listen") && i + 2 < argc) {
+            static struct listener l;
+            int port = atoi(argv[++i]);
+            l.banner = argv[++i];
+            l.fd = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(l.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            if (bind(l.fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(l.fd, 16) < 0) {
+                perror("listen");
+                return 3;
+            }
+            pthread_t t;
+            pthread_create(&t, NULL, serve, &l);
+        } else if (!strcmp(a, "--flood") && i + 1 < argc) {
+            long long total = atoll(argv[++i]);
+            char line[100];
+            memset(line, 'x', sizeof line - 1);
+            line[sizeof line - 1] = '\n';
+            for (long long written = 0; written < total; written += sizeof line) {
+                const char *p = line;
+                size_t left = sizeof line;
+                while (left > 0) {
+                    ssize_t n = write(1, p, left);
+                    if (n <= 0) return 4;
+                    p += n;
+                    left -= (size_t)n;
+                }
+            }
+            write_line(1, "flood done");
+        } else if (!strcmp(a, "--exit") && i + 1 < argc) {
+            return atoi(argv[++i]);
+        } else if (!strcmp(a, "--crash")) {
+            abort();
+        } else if (!strcmp(a, "--exit-if-exists") && i + 2 < argc) {
+            const char *path = argv[++i];
+            int code = atoi(argv[++i]);
+            struct stat st;
+            if (stat(path, &st) == 0) return code;
+        } else if (!strcmp(a, "--print-env") && i + 1 < argc) {
+            const char *name = argv[++i];
+            const char *v = getenv(name);
+            if (v) printf("%s=%s\n", name, v); else printf("%s unset\n", name);
+        } else if (!strcmp(a, "--print-ids")) {
+            struct rlimit rl;
+            getrlimit(RLIMIT_NOFILE, &rl);
+            printf("uid=%d gid=%d nofile=%llu\n", getuid(), getgid(), (unsigned long long)rl.rlim_cur);
+        } else {
+            fprintf(stderr, "kioskd-testchild: unknown option %s\n", a);
+            return 2;
+        }
+    }
+    forever();
+}
