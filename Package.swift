@@ -43,13 +43,19 @@ let package = Package(
             name: "Benchmarks",
             dependencies: ["Supervision", "KioskdDaemon"]
         ),
+        // Shared by the test targets: event recorder, helper lookup, /proc checks.
+        .target(
+            name: "KioskdTestSupport",
+            dependencies: ["Supervision"],
+            path: "Tests/Support"
+        ),
         .testTarget(
             name: "SupervisionTests",
-            dependencies: ["Supervision", "TestChild"]
+            dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
         ),
         .testTarget(
             name: "KioskdDaemonTests",
-            dependencies: ["KioskdDaemon", "kioskd", "TestChild"]
+            dependencies: ["KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -60,9 +60,13 @@ final class TaskChild: RunningChild {
         case .infinity: nil
         }
         guard let limit else { return (try? await gone.wait()) ?? .normal }
-        if let reason = await firstOf(
-            { try await self.gone.wait() },
-            { try await Task.sleep(for: limit); return nil }
+        enum Stop: Sendable {
+            case gone(ExitReason)
+            case timedOut
+        }
+        if case .gone(let reason)? = await firstOf(
+            { () async throws -> Stop? in .gone(try await self.gone.wait()) },
+            { try await Task.sleep(for: limit); return .timedOut }
         ) {
             return reason
         }

@@ -239,8 +239,8 @@ public struct SupervisorStateMachine: Sendable {
         case .transient: restart = !reason.isNormal
         case .temporary: restart = false
         }
-        actions.append(.event(.exited(child: child.id, reason: reason, willRestart: restart)))
         if !restart {
+            actions.append(.event(.exited(child: child.id, reason: reason, willRestart: false)))
             if child.restart == .temporary {
                 children.remove(at: i)
             } else {
@@ -254,10 +254,12 @@ public struct SupervisorStateMachine: Sendable {
         }
         children[i].crashed = true
         recordFailure(i, now)
+        let givingUp = exceedsIntensity(now)
+        actions.append(.event(.exited(child: child.id, reason: reason, willRestart: !givingUp)))
         // Drop the rest of a restart plan in progress: the next one is derived with this crash in
         // it. The initial start runs to its end first, as OTP handles exits after init.
         if phase == .running { plan = [] }
-        if exceedsIntensity(now) { giveUp(after: child.id, &actions) }
+        if givingUp { giveUp(after: child.id, &actions) }
     }
 
     private mutating func recordFailure(_ i: Int, _ now: Instant) {

@@ -15,6 +15,7 @@
  *   --exit-if-exists PATH CODE  exit with CODE if PATH exists (lets a test make a restart fail)
  *   --print-env NAME     print NAME=value (or NAME unset)
  *   --print-ids          print uid=, gid=, nofile= of this process
+ *   --print-fds          print the open fds, e.g. "fds=0,1,2"
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -28,6 +29,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -141,6 +143,22 @@ int main(int argc, char **argv) {
             struct rlimit rl;
             getrlimit(RLIMIT_NOFILE, &rl);
             printf("uid=%d gid=%d nofile=%llu\n", getuid(), getgid(), (unsigned long long)rl.rlim_cur);
+        } else if (!strcmp(a, "--print-fds")) {
+            DIR *d = opendir("/proc/self/fd");
+            int fds[256], n = 0, self = d ? dirfd(d) : -1;
+            struct dirent *e;
+            while (d && (e = readdir(d)) && n < 256) {
+                if (e->d_name[0] == '.') continue;
+                int fd = atoi(e->d_name);
+                if (fd != self) fds[n++] = fd;
+            }
+            if (d) closedir(d);
+            for (int x = 0; x < n; x++)
+                for (int y = x + 1; y < n; y++)
+                    if (fds[y] < fds[x]) { int t = fds[x]; fds[x] = fds[y]; fds[y] = t; }
+            printf("fds=");
+            for (int x = 0; x < n; x++) printf(x ? ",%d" : "%d", fds[x]);
+            printf("\n");
         } else {
             fprintf(stderr, "kioskd-testchild: unknown option %s\n", a);
             return 2;

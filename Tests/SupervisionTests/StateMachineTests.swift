@@ -162,6 +162,7 @@ struct StateMachineTests {
         _ = h.ready("b")
         let all = h.send(.childExited(id: "b", generation: 3, reason: .exited(1)))
         #expect(all.contains { if case .event(.gaveUp) = $0 { true } else { false } })
+        #expect(all.contains(.event(.exited(child: "b", reason: .exited(1), willRestart: false))), "the exit that gives up says so")
         #expect(Harness.effects(all) == [.stopChild(id: "c", generation: 1)])
         #expect(h.exit("c", .signaled(15)) == [.stopChild(id: "a", generation: 1)])
         let last = h.exit("a", .signaled(15))

@@ -1,0 +1,167 @@
+import Supervision
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Records every event of a bus and lets a test wait for one, with a deadline (never a sleep).
+public final class EventRecorder: Sendable {
+    private struct Waiter {
+        let after: Int
+        let match: @Sendable (SupervisionEvent) -> Bool
+        let found: OnceValue<SupervisionEvent>
+    }
+    private struct State {
+        var events: [SupervisionEvent] = []
+        var waiters: [Waiter] = []
+    }
+    private let state = Mutex(State())
+
+    public init(_ bus: EventBus) {
+        let stream = bus.subscribe()
+        Task { [self] in
+            for await event in stream { record(event) }
+        }
+    }
+
+    /// How many events so far: pass it as `after` to wait only for later ones.
+    public var count: Int { state.withLock { $0.events.count } }
+    public var events: [SupervisionEvent] { state.withLock { $0.events } }
+
+    private func record(_ event: SupervisionEvent) {
+        let matched = state.withLock { s -> [OnceValue<SupervisionEvent>] in
+            s.events.append(event)
+            var hits: [OnceValue<SupervisionEvent>] = []
+            s.waiters.removeAll { w in
+                guard w.match(event) else { return false }
+                hits.append(w.found)
+                return true
+            }
+            return hits
+        }
+        for m in matched { m.set(event) }
+    }
+
+    /// The first event at index ≥ `after` that matches.
+    @discardableResult
+    public func wait(
+        for what: String, after: Int = 0, timeout: Duration = .seconds(20),
+        _ match: @escaping @Sendable (SupervisionEvent) -> Bool
+    ) async throws -> SupervisionEvent {
+        let found = OnceValue<SupervisionEvent>()
+        state.withLock { s in
+            if let hit = s.events.dropFirst(after).first(where: match) {
+                found.set(hit)
+            } else {
+                s.waiters.append(Waiter(after: after, match: match, found: found))
+            }
+        }
+        do {
+            return try await withTimeout(timeout, what) { try await found.wait() }
+        } catch let error as TimeoutError {
+            let seen = events.dropFirst(after).map(\.description).joined(separator: "\n  ")
+            throw TestFailure("\(error); events seen:\n  \(seen)")
+        }
+    }
+}
+
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A program built alongside the tests (kioskd-testchild, kioskd): next to the test binary.
+public func builtProduct(_ name: String) throws -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    guard n > 0 else { throw TestFailure("cannot resolve /proc/self/exe") }
+    var dir = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    while !dir.isEmpty {
+        dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
+        let candidate = dir + "/" + name
+        if access(candidate, X_OK) == 0 { return candidate }
+        if dir.hasSuffix("/debug") || dir.hasSuffix("/release") { break }
+    }
+    throw TestFailure("\(name) was not built next to the tests (looked under \(dir)); run `swift build --build-tests` first")
+}
+
+/// A program the tests need from the system: a missing one fails and names the package.
+public func systemProgram(_ path: String, package: String) throws -> String {
+    guard access(path, X_OK) == 0 else {
+        throw TestFailure("\(path) is missing: install the Debian package '\(package)' (scripts/setup.sh does)")
+    }
+    return path
+}
+
+/// True while `pid` exists and is not a zombie.
+public func isAlive(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+    guard let stat = try? readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)]
+    return state != "Z" && state != "X"
+}
+
+/// Every live process whose environment carries this text (e.g. a test's unique marker).
+public func processesWithEnvironment(containing marker: String) -> [Int32] {
+    guard let dir = opendir("/proc") else { return [] }
+    defer { closedir(dir) }
+    var found: [Int32] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        guard let pid = Int32(name), pid != getpid(), isAlive(pid),
+              let env = try? readText("/proc/\(pid)/environ") else { continue }
+        if env.contains(marker) { found.append(pid) }
+    }
+    return found
+}
+
+public func readText(_ path: String) throws -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw TestFailure("cannot open \(path): errno \(errno)") }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n <= 0 { break }
+        out.append(contentsOf: chunk[0..<n])
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// A fresh private directory, removed by the caller with `removeTree`.
+public func makeTempDir(_ prefix: String = "kioskd-test") throws -> String {
+    var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+    guard let p = mkdtemp(&template) else { throw TestFailure("mkdtemp failed: errno \(errno)") }
+    return String(cString: p)
+}
+
+public func removeTree(_ path: String) {
+    precondition(path.hasPrefix("/tmp/"), "refusing to remove \(path)")
+    var pid: pid_t = 0
+    let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/rm"), strdup("-rf"), strdup(path), nil]
+    defer { argv.forEach { free($0) } }
+    if posix_spawn(&pid, "/bin/rm", nil, nil, argv, environ) == 0 {
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+    }
+}
+
+/// A free loopback TCP port (bound then released; good enough for tests on one machine).
+public func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in
+            bind(fd, p, len) == 0 && getsockname(fd, p, &len) == 0
+        }
+    }
+    guard ok else { throw TestFailure("cannot find a free port: errno \(errno)") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
