@@ -6,7 +6,8 @@ protocol RunningChild: Sendable {
     var processID: Int32? { get }
     /// Set once the child, and everything it started, is gone.
     var gone: OnceValue<ExitReason> { get }
-    func awaitReady(_ probe: ReadinessProbe) async throws -> String
+    /// Passes when the probe does; with no probe, when the child's own start is done.
+    func awaitReady(_ probe: ReadinessProbe?) async throws -> String
     /// Stops by the shutdown spec; returns once the child is gone.
     func stop(_ shutdown: Shutdown) async -> ExitReason
 }
@@ -15,8 +16,9 @@ extension ProcessInstance: RunningChild {
     var processID: Int32? { pid }
     var gone: OnceValue<ExitReason> { fullyGone }
 
-    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
-        try await awaitReadiness(probe, instance: self, taskReady: nil, logWatch: logWatch)
+    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
+        guard let probe else { return "" }
+        return try await awaitReadiness(probe, instance: self, taskReady: nil, logWatch: logWatch)
     }
 }
 
@@ -48,8 +50,9 @@ final class TaskChild: RunningChild {
 
     var processID: Int32? { nil }
 
-    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
-        try await awaitReadiness(probe, instance: nil, taskReady: readySignal, logWatch: nil)
+    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
+        guard let probe else { return "" }
+        return try await awaitReadiness(probe, instance: nil, taskReady: readySignal, logWatch: nil)
     }
 
     func stop(_ shutdown: Shutdown) async -> ExitReason {
@@ -76,15 +79,16 @@ final class TaskChild: RunningChild {
     }
 }
 
-/// A nested supervisor run as a child.
+/// A nested supervisor run as a child. A brutal kill cancels it, which kills its children at once.
 final class SupervisorChild: RunningChild {
     let supervisor: Supervisor
     let gone = OnceValue<ExitReason>()
+    private let task: Task<Void, Never>
 
     init(supervisor: Supervisor) {
         self.supervisor = supervisor
         let gone = self.gone
-        Task {
+        task = Task {
             let outcome = await supervisor.run()
             gone.set(outcome.exitReason)
         }
@@ -92,13 +96,15 @@ final class SupervisorChild: RunningChild {
 
     var processID: Int32? { nil }
 
-    func awaitReady(_ probe: ReadinessProbe) async throws -> String {
+    /// All of its children are ready (then the probe, if any, must pass too).
+    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
         try await supervisor.waitReady()
-        return ""
+        guard let probe else { return "" }
+        return try await awaitReadiness(probe, instance: nil, taskReady: nil, logWatch: nil)
     }
 
     func stop(_ shutdown: Shutdown) async -> ExitReason {
-        supervisor.shutdown()
+        if shutdown == .brutalKill { task.cancel() } else { supervisor.shutdown() }
         return (try? await gone.wait()) ?? .normal
     }
 }
@@ -146,8 +152,11 @@ func runChild(
     let timeout = spec.readyTimeout
     let start = await firstOf(
         { () async throws -> Start? in
-            guard let probe else { return .ready("") }
-            do { return .ready(try await child.awaitReady(probe)) } catch let e as ProbeFailure { return .failed("readiness probe failed: \(e)") }
+            do { return .ready(try await child.awaitReady(probe)) } catch let e as ProbeFailure {
+                return .failed("readiness probe failed: \(e)")
+            } catch let e as SupervisionError {
+                return .failed("\(e)")
+            }
         },
         { .exited(try await child.gone.wait()) },
         { try await handle.stopRequested.wait(); return .stop },
@@ -168,7 +177,7 @@ func runChild(
         post(.childExited(id: id, generation: generation, reason: .failed(why + lastOutput(child))))
         return
     case .stop:
-        post(.childExited(id: id, generation: generation, reason: await child.stop(spec.shutdown)))
+        post(.childExited(id: id, generation: generation, reason: await child.stop(shutdownNow(spec))))
         return
     }
 
@@ -183,9 +192,14 @@ func runChild(
     let reason: ExitReason
     switch end {
     case .exited(let r): reason = r
-    case .stop: reason = await child.stop(spec.shutdown)
+    case .stop: reason = await child.stop(shutdownNow(spec))
     }
     post(.childExited(id: id, generation: generation, reason: reason))
+}
+
+/// A cancelled supervisor (its stop exceeded its bound) kills at once; otherwise the spec decides.
+private func shutdownNow(_ spec: ChildSpec) -> Shutdown {
+    Task.isCancelled ? .brutalKill : spec.shutdown
 }
 
 /// The last lines a process wrote, to say why it failed.

@@ -47,6 +47,7 @@ public actor Supervisor {
     }
 
     /// Starts the children in order and supervises them until stopped, auto-shut-down or given up.
+    /// Cancelling it kills every child at once (for a stop that overran its bound).
     public func run() async -> SupervisorStateMachine.Outcome {
         precondition(!running, "a supervisor runs once")
         running = true
@@ -63,10 +64,16 @@ public actor Supervisor {
                 }
                 if machine.isFinished { break }
             }
-            group.cancelAll()  // pending backoff timers
+            // Pending backoff timers; or, if we were cancelled, every child (they are killed).
+            group.cancelAll()
         }
         input.finish()
-        return machine.outcome!
+        if let outcome = machine.outcome { return outcome }
+        // Cancelled: the children were killed as their tasks were cancelled.
+        let outcome = SupervisorStateMachine.Outcome.normal("cancelled")
+        readiness.set(.notRunning)
+        finished.set(outcome)
+        return outcome
     }
 
     /// Returns when the initial start completed; throws if it failed.

@@ -37,13 +37,21 @@ public struct SupervisorStateMachine: Sendable {
         case finish(Outcome)
     }
 
-    public enum Outcome: Sendable, Equatable {
+    public enum Outcome: Sendable, Equatable, CustomStringConvertible {
         /// Stopped on request or by auto-shutdown.
         case normal(String)
         /// A child failed during the initial start.
         case failedToStart(child: String, reason: String)
         /// Restart intensity exceeded: escalate to the parent.
         case gaveUp(String)
+
+        public var description: String {
+            switch self {
+            case .normal(let why): why
+            case .failedToStart(let child, let reason): "child '\(child)' failed to start: \(reason)"
+            case .gaveUp(let why): "gave up: \(why)"
+            }
+        }
 
         public var exitReason: ExitReason {
             switch self {

@@ -376,6 +376,21 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    @Test func aNestedSupervisorIsReadyOnlyWhenAllItsChildrenAre() async throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let inner = SupervisorSpec(strategy: .oneForOne, children: [spec("slow", ["--sleep-ms", "150", "--touch", dir + "/up"], readiness: .file(path: dir + "/up"))])
+        let sup = try supervisor(.oneForOne, [ChildSpec(id: "inner", kind: .supervisor(inner))], name: "root")
+        let run = launch(sup)
+        try await sup.waitReady()
+        let order = recorder.events.compactMap { e -> String? in
+            if case .ready(let c, _) = e.kind { return c }
+            return nil
+        }
+        #expect(order == ["slow", "inner"])
+        _ = await stopAndWait(sup, run)
+    }
+
     @Test func theSnapshotShowsTheWholeTree() async throws {
         let inner = SupervisorSpec(strategy: .restForOne, children: [spec("leaf")])
         let sup = try supervisor(.oneForOne, [ChildSpec(id: "session", kind: .supervisor(inner)), spec("solo")], name: "root")

@@ -1,0 +1,115 @@
+import Supervision
+
+/// The daemon's configuration, with every default. `ConfigSchema` lists each key, its
+/// environment variable and how it is checked; config/kioskd.yaml documents them.
+public struct Config: Sendable, Equatable {
+    public var control = Control()
+    public var publicListener = PublicListener()
+    public var state = State()
+    public var runtime = Runtime()
+    public var store = Store()
+    public var log = Log()
+    public var supervisor = SupervisorSettings()
+    public var shutdown = ShutdownSettings()
+    public var programs: [Program] = []
+
+    public init() {}
+
+    public struct Control: Sendable, Equatable {
+        public var socket = "/run/kioskd/control.sock"
+    }
+
+    public struct PublicListener: Sendable, Equatable {
+        public var listen = HostPort(host: "0.0.0.0", port: 8080)
+    }
+
+    public struct State: Sendable, Equatable {
+        public var dir = "/var/lib/kioskd"
+    }
+
+    public struct Runtime: Sendable, Equatable {
+        public var dir = "/run/kioskd"
+    }
+
+    public struct Store: Sendable, Equatable {
+        /// Empty: the embedded SQLite file `kioskd.sqlite` in `state.dir`.
+        public var url = ""
+    }
+
+    public struct Log: Sendable, Equatable {
+        public var level = LogLevel.info
+        public var format = LogFormat.auto
+    }
+
+    public struct SupervisorSettings: Sendable, Equatable {
+        public var strategy = Strategy.oneForOne
+        public var maxRestarts = 5
+        public var period = Duration.seconds(60)
+        public var backoff = BackoffSettings()
+    }
+
+    public struct BackoffSettings: Sendable, Equatable {
+        public var initial = Duration.milliseconds(200)
+        public var multiplier = 1.5
+        public var max = Duration.seconds(10)
+        public var jitter = 0.25
+        public var resetAfter = Duration.seconds(30)
+    }
+
+    public struct ShutdownSettings: Sendable, Equatable {
+        public var timeout = Duration.seconds(30)
+    }
+
+    /// One supervised program (`programs:` list).
+    public struct Program: Sendable, Equatable {
+        public var name: String
+        public var command: [String]
+        public var restart = RestartType.permanent
+        public var shutdown = Shutdown.timeout(.seconds(5))
+        public var significant = false
+        public var ready: Readiness?
+        public var readyTimeout = Duration.seconds(10)
+        public var user: String?
+        public var group: String?
+        public var environment: [String: String] = [:]
+        public var workingDirectory: String?
+        public var nofile: UInt64?
+
+        public init(name: String, command: [String]) {
+            self.name = name
+            self.command = command
+        }
+    }
+
+    /// How a program says it is up.
+    public enum Readiness: Sendable, Equatable {
+        case tcp(HostPort, banner: String?)
+        case http(HostPort, path: String)
+        case file(String)
+        case logLine(String)
+        case notifyFD(Int32)
+    }
+
+    /// `store.url` resolved: where tasks and events live.
+    public var storeLocation: String {
+        store.url.isEmpty ? "sqlite://\(state.dir)/kioskd.sqlite" : store.url
+    }
+}
+
+public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public enum LogLevel: String, Sendable, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+}
+
+public enum LogFormat: String, Sendable, CaseIterable {
+    /// journal when stderr is connected to journald (JOURNAL_STREAM), text otherwise.
+    case auto
+    case journal
+    case text
+}

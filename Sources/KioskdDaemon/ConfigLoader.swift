@@ -1,0 +1,174 @@
+import Supervision
+import Yams
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One mistake in the configuration: which key, where, what is wrong and what is allowed.
+public struct ConfigIssue: Error, Equatable, CustomStringConvertible {
+    public let key: String
+    public let message: String
+    /// "path/to/kioskd.yaml:12" or "environment KIOSKD_X".
+    public let source: String
+
+    public var description: String { "\(source): \(key): \(message)" }
+}
+
+public struct ConfigErrors: Error, CustomStringConvertible {
+    public let issues: [ConfigIssue]
+    public var description: String { issues.map(\.description).joined(separator: "\n") }
+}
+
+/// Defaults, then the file, then `KIOSKD_*` variables. Every mistake is collected, not just the first.
+public enum ConfigLoader {
+    /// Variables that are not configuration keys but belong to the CLI.
+    static let otherVariables: Set<String> = ["KIOSKD_SOCKET", "KIOSKD_CONFIG"]
+
+    public static func load(path: String?, environment: [String: String]) throws(ConfigErrors) -> Config {
+        var config = Config()
+        var issues: [ConfigIssue] = []
+        if let path {
+            switch readFile(path) {
+            case .failure(let why):
+                throw ConfigErrors(issues: [ConfigIssue(key: "(file)", message: why.message, source: path)])
+            case .success(let text):
+                apply(yaml: text, source: path, to: &config, issues: &issues)
+            }
+        }
+        applyEnvironment(environment, to: &config, issues: &issues)
+        issues += ProgramsParser.crossCheck(config.programs)
+        if !issues.isEmpty { throw ConfigErrors(issues: issues) }
+        return config
+    }
+
+    static func apply(yaml: String, source: String, to config: inout Config, issues: inout [ConfigIssue]) {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            issues.append(ConfigIssue(key: "(syntax)", message: "not valid YAML: \(error)", source: source))
+            return
+        }
+        guard let root else { return }  // an empty file: all defaults
+        guard let mapping = root.mapping else {
+            issues.append(ConfigIssue(key: "(top level)", message: "must be a mapping of keys (control:, public:, …)", source: where_(source, root)))
+            return
+        }
+        walk(mapping, prefix: "", source: source, config: &config, issues: &issues)
+    }
+
+    private static func walk(_ mapping: Node.Mapping, prefix: String, source: String, config: inout Config, issues: inout [ConfigIssue]) {
+        for (keyNode, value) in mapping {
+            let name = keyNode.scalar?.string ?? "?"
+            let path = prefix.isEmpty ? name : prefix + "." + name
+            let at = where_(source, keyNode)
+            if path == ConfigSchema.programsKey {
+                config.programs = ProgramsParser.parse(value, source: source, issues: &issues)
+                continue
+            }
+            if let key = ConfigSchema.keys.first(where: { $0.path == path }) {
+                guard let scalar = value.scalar else {
+                    issues.append(ConfigIssue(key: path, message: "must be a single value, not a list or mapping", source: at))
+                    continue
+                }
+                do {
+                    try key.apply(scalar.string, &config)
+                } catch {
+                    issues.append(ConfigIssue(key: path, message: error.message, source: at))
+                }
+                continue
+            }
+            if let nested = value.mapping, ConfigSchema.keys.contains(where: { $0.path.hasPrefix(path + ".") }) {
+                walk(nested, prefix: path, source: source, config: &config, issues: &issues)
+                continue
+            }
+            issues.append(ConfigIssue(key: path, message: unknownKeyMessage(path), source: at))
+        }
+    }
+
+    static func applyEnvironment(_ environment: [String: String], to config: inout Config, issues: inout [ConfigIssue]) {
+        let known = Dictionary(uniqueKeysWithValues: ConfigSchema.keys.map { ($0.environmentVariable, $0) })
+        let programsVariable = ConfigSchema.environmentVariable(for: ConfigSchema.programsKey)
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("KIOSKD_") {
+            let source = "environment \(name)"
+            if let key = known[name] {
+                do {
+                    try key.apply(value, &config)
+                } catch {
+                    issues.append(ConfigIssue(key: key.path, message: error.message, source: source))
+                }
+            } else if name == programsVariable {
+                do {
+                    if let node = try Yams.compose(yaml: value) {
+                        config.programs = ProgramsParser.parse(node, source: source, issues: &issues)
+                    } else {
+                        config.programs = []
+                    }
+                } catch {
+                    issues.append(ConfigIssue(key: "programs", message: "not valid YAML: \(error)", source: source))
+                }
+            } else if !otherVariables.contains(name) {
+                let suggestion = closest(name, among: Array(known.keys) + [programsVariable])
+                issues.append(ConfigIssue(key: name, message: "unknown variable" + (suggestion.map { " (did you mean \($0)?)" } ?? ""), source: "environment"))
+            }
+        }
+    }
+
+    static func unknownKeyMessage(_ path: String) -> String {
+        // Sections too, so a misspelt section ("contrl") is recognised.
+        let paths = ConfigSchema.keys.map(\.path)
+        let sections = Set(paths.flatMap { path in
+            let parts = path.split(separator: ".")
+            return (1..<parts.count).map { parts.prefix($0).joined(separator: ".") }
+        })
+        let all = paths + sections.sorted() + [ConfigSchema.programsKey]
+        return "unknown key" + (closest(path, among: all).map { " (did you mean \($0)?)" } ?? "")
+    }
+
+    static func where_(_ source: String, _ node: Node) -> String {
+        guard let mark = node.mark, !source.hasPrefix("environment") else { return source }
+        return "\(source):\(mark.line)"
+    }
+
+    struct ReadError: Error { let message: String }
+
+    static func readFile(_ path: String) -> Result<String, ReadError> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(ReadError(message: "cannot read the config file: \(String(cString: strerror(errno)))")) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { return .failure(ReadError(message: "cannot read the config file: \(String(cString: strerror(errno)))")) }
+            if n == 0 { break }
+            bytes += chunk[0..<n]
+            if bytes.count > 1 << 20 { return .failure(ReadError(message: "the config file is larger than 1 MiB")) }
+        }
+        return .success(String(decoding: bytes, as: UTF8.self))
+    }
+}
+
+/// The closest candidate by edit distance, if it is close enough to be a typo.
+func closest(_ word: String, among candidates: [String]) -> String? {
+    let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
+    guard let best = scored.min(by: { $0.1 < $1.1 }), best.1 <= max(2, word.count / 4) else { return nil }
+    return best.0
+}
+
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var row = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var previous = row[0]
+        row[0] = i
+        for j in 1...max(b.count, 1) where !b.isEmpty {
+            let old = row[j]
+            row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+            previous = old
+        }
+    }
+    return a.isEmpty ? b.count : row[b.count]
+}

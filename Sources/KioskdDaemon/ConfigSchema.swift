@@ -1,0 +1,174 @@
+import Supervision
+
+/// Every scalar configuration key: its path, what it means, how its text is checked and stored.
+/// The environment variable is derived from the path (`control.socket` → `KIOSKD_CONTROL_SOCKET`).
+struct ConfigKey: Sendable {
+    let path: String
+    let doc: String
+    let current: @Sendable (Config) -> String
+    let apply: @Sendable (String, inout Config) throws(ValueError) -> Void
+
+    var environmentVariable: String { ConfigSchema.environmentVariable(for: path) }
+}
+
+/// A value that does not fit its key; the loader adds which key and where.
+struct ValueError: Error, Equatable {
+    let message: String
+}
+
+enum ConfigSchema {
+    static func environmentVariable(for path: String) -> String {
+        "KIOSKD_" + path.uppercased().map { $0 == "." ? "_" : $0 }.map(String.init).joined()
+    }
+
+    /// `programs` is a list of tables, checked by `ProgramsParser`; its variable holds YAML.
+    static let programsKey = "programs"
+
+    static let keys: [ConfigKey] = [
+        key("control.socket", "Unix socket of the control API (HTTP/JSON).", \.control.socket, absolutePath),
+        key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
+        key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
+        key("runtime.dir", "Runtime files: sockets and per-session directories; emptied at start.", \.runtime.dir, absolutePath),
+        key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
+        key("log.level", "Lowest level logged: " + LogLevel.allCases.map(\.rawValue).joined(separator: ", ") + ".", \.log.level, choice(LogLevel.self)),
+        key("log.format", "auto (journal under systemd, text otherwise), journal, or text.", \.log.format, choice(LogFormat.self)),
+        key("supervisor.strategy", "Restart strategy of the programs group: one_for_one, one_for_all, rest_for_one.", \.supervisor.strategy, choice(Strategy.self)),
+        key("supervisor.max_restarts", "Restarts allowed within supervisor.period before the group gives up.", \.supervisor.maxRestarts, integer(0...10_000)),
+        key("supervisor.period", "Window for supervisor.max_restarts.", \.supervisor.period, duration(min: .milliseconds(1))),
+        key("supervisor.backoff.initial", "Delay before the second consecutive restart (the first is immediate).", \.supervisor.backoff.initial, duration(min: .zero)),
+        key("supervisor.backoff.multiplier", "Growth of the delay per further consecutive failure.", \.supervisor.backoff.multiplier, decimal(1...10)),
+        key("supervisor.backoff.max", "Longest delay between restarts.", \.supervisor.backoff.max, duration(min: .zero)),
+        key("supervisor.backoff.jitter", "Random spread of each delay, as a fraction (0.25 = ±25 %).", \.supervisor.backoff.jitter, decimal(0...1)),
+        key("supervisor.backoff.reset_after", "Running this long counts as stable: the failure count starts over.", \.supervisor.backoff.resetAfter, duration(min: .zero)),
+        key("shutdown.timeout", "Bound on an orderly stop (SIGTERM); whatever still runs after it is killed.", \.shutdown.timeout, duration(min: .milliseconds(100))),
+    ]
+
+    static func key<T>(_ path: String, _ doc: String, _ field: WritableKeyPath<Config, T> & Sendable,
+                       _ parse: @escaping @Sendable (String) throws(ValueError) -> T) -> ConfigKey where T: ConfigRenderable {
+        ConfigKey(
+            path: path, doc: doc,
+            current: { $0[keyPath: field].rendered },
+            apply: { (text: String, config: inout Config) throws(ValueError) in config[keyPath: field] = try parse(text) })
+    }
+
+    // MARK: - Value parsers (shared by the file and the environment)
+
+    static func absolutePath(_ text: String) throws(ValueError) -> String {
+        guard text.hasPrefix("/") else { throw ValueError(message: "must be an absolute path, got \"\(text)\"") }
+        guard !text.contains("\0") else { throw ValueError(message: "must not contain NUL") }
+        return text
+    }
+
+    static func hostPort(_ text: String) throws(ValueError) -> HostPort {
+        let host: Substring, port: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw ValueError(message: "must be host:port, got \"\(text)\"") }
+            port = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw ValueError(message: "must be host:port (e.g. 0.0.0.0:8080), got \"\(text)\"") }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let number = Int(port), (1...65535).contains(number) else {
+            throw ValueError(message: "port must be 1–65535, got \"\(port)\"")
+        }
+        guard !host.isEmpty else { throw ValueError(message: "must name a host (0.0.0.0 for all interfaces), got \"\(text)\"") }
+        return HostPort(host: String(host), port: number)
+    }
+
+    static func storeURL(_ text: String) throws(ValueError) -> String {
+        if text.isEmpty { return text }
+        if text.hasPrefix("sqlite://") {
+            let path = text.dropFirst("sqlite://".count)
+            guard path.hasPrefix("/") else { throw ValueError(message: "sqlite:// needs an absolute path (sqlite:///var/lib/kioskd/kioskd.sqlite), got \"\(text)\"") }
+            return text
+        }
+        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+            let rest = text.drop { $0 != "/" }.dropFirst(2)
+            guard !rest.isEmpty, rest.contains("/") else { throw ValueError(message: "a PostgreSQL URL needs a host and a database: postgres://user@host:5432/kioskd") }
+            if let query = text.split(separator: "?", maxSplits: 1).dropFirst().first {
+                for pair in query.split(separator: "&") where pair.hasPrefix("sslmode=") {
+                    let mode = pair.dropFirst("sslmode=".count)
+                    guard ["disable", "prefer", "require", "verify-full"].contains(String(mode)) else {
+                        throw ValueError(message: "sslmode must be disable, prefer, require or verify-full, got \"\(mode)\"")
+                    }
+                }
+            }
+            return text
+        }
+        throw ValueError(message: "must be empty, sqlite:///path or postgres://…, got a URL with another scheme")
+    }
+
+    static func choice<T: RawRepresentable & CaseIterable & Sendable>(_: T.Type) -> @Sendable (String) throws(ValueError) -> T where T.RawValue == String {
+        { (text: String) throws(ValueError) -> T in
+            guard let value = T(rawValue: text) else {
+                throw ValueError(message: "must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    static func integer(_ range: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> Int {
+        { (text: String) throws(ValueError) -> Int in
+            guard let value = Int(text), range.contains(value) else {
+                throw ValueError(message: "must be a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    static func decimal(_ range: ClosedRange<Double>) -> @Sendable (String) throws(ValueError) -> Double {
+        { (text: String) throws(ValueError) -> Double in
+            guard let value = Double(text), range.contains(value) else {
+                throw ValueError(message: "must be a number from \(range.lowerBound.rendered) to \(range.upperBound.rendered), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    static func duration(min: Duration) -> @Sendable (String) throws(ValueError) -> Duration {
+        { (text: String) throws(ValueError) -> Duration in
+            let value = try parseDuration(text)
+            guard value >= min else { throw ValueError(message: "must be at least \(min.rendered), got \"\(text)\"") }
+            return value
+        }
+    }
+
+    static func parseDuration(_ text: String) throws(ValueError) -> Duration {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count)
+            // "5ms" must not be read as "5m" + "s".
+            if suffix == "s", number.hasSuffix("m") { continue }
+            if let value = Double(number), value >= 0, value.isFinite {
+                return .microseconds(Int64((value * scale * 1e6).rounded()))
+            }
+        }
+        throw ValueError(message: "must be a duration such as 500ms, 5s, 2m or 1h, got \"\(text)\"")
+    }
+}
+
+/// How a value is written back as configuration text (for `config defaults` and the docs test).
+protocol ConfigRenderable { var rendered: String { get } }
+
+extension String: ConfigRenderable { var rendered: String { self } }
+extension Int: ConfigRenderable { var rendered: String { String(self) } }
+extension Double: ConfigRenderable {
+    var rendered: String { self == rounded() ? String(Int(self)) : String(self) }
+}
+extension HostPort: ConfigRenderable { var rendered: String { description } }
+extension LogLevel: ConfigRenderable { var rendered: String { rawValue } }
+extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
+extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
+extension Duration: ConfigRenderable {
+    var rendered: String {
+        let (s, atto) = components
+        let ms = s * 1000 + atto / 1_000_000_000_000_000
+        if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
+        if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
+        if ms % 1000 == 0 { return "\(ms / 1000)s" }
+        return "\(ms)ms"
+    }
+}

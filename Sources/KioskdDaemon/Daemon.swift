@@ -1,0 +1,89 @@
+import Logging
+import ServiceLifecycle
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kioskd serve`: the root supervisor and the services around it.
+public struct Daemon {
+    public let config: Config
+    public let environment: [String: String]
+    let logger = Logger(label: "kioskd")
+
+    public init(config: Config, environment: [String: String]) {
+        self.config = config
+        self.environment = environment
+    }
+
+    public func run() async throws {
+        try prepareDirectories()
+        // Orphans of our children (double-forked helpers) reparent to us and are reaped here.
+        try adoptOrphans()
+
+        let events = EventBus()
+        let programs = try ProgramSpecs.supervisor(config)
+        // A significant program ending stops the programs group, and with it the daemon.
+        let significant = programs.autoShutdown != .never
+        // The root restarts a subtree that gave up once a minute at most; beyond that the
+        // daemon exits non-zero and systemd's own restart policy takes over.
+        let root = try Supervisor(
+            name: "kioskd",
+            spec: SupervisorSpec(
+                strategy: .oneForOne,
+                intensity: Intensity(maxRestarts: 1, period: .seconds(60)),
+                autoShutdown: significant ? .anySignificant : .never,
+                children: [ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant)]),
+            events: events, logger: logger)
+        let notifier = SystemdNotifier(environment: environment)
+        logger.info("starting", metadata: [
+            "programs": "\(config.programs.count)",
+            "control.socket": "\(config.control.socket)",
+            "store": "\(redactedStore(config.storeLocation))",
+            "systemd": "\(notifier.isActive ? "notify" : "no")",
+        ])
+
+        var serviceConfig = ServiceGroupConfiguration(
+            services: [
+                .init(service: SupervisorService(root: root), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                .init(service: NotifierService(notifier: notifier, root: root, events: events, logger: logger)),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        serviceConfig.maximumGracefulShutdownDuration = config.shutdown.timeout
+        serviceConfig.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: serviceConfig).run()
+        logger.info("stopped")
+    }
+
+    private func prepareDirectories() throws {
+        for (key, path) in [("runtime.dir", config.runtime.dir), ("state.dir", config.state.dir)] {
+            if let error = makeDirectories(path, mode: 0o750) {
+                throw DaemonError.setup(key: key, message: "cannot create \(path): \(error)")
+            }
+        }
+    }
+}
+
+/// Passwords in a PostgreSQL URL never reach the log.
+func redactedStore(_ url: String) -> String {
+    guard let scheme = url.range(of: "://"), let at = url[scheme.upperBound...].firstIndex(of: "@") else { return url }
+    let userinfo = url[scheme.upperBound..<at]
+    guard let colon = userinfo.firstIndex(of: ":") else { return url }
+    return String(url[..<colon]) + ":***" + String(url[at...])
+}
+
+/// mkdir -p; returns the error text, or nil when the directory exists.
+func makeDirectories(_ path: String, mode: mode_t) -> String? {
+    var current = ""
+    for part in path.split(separator: "/") {
+        current += "/" + part
+        if mkdir(current, mode) != 0 && errno != EEXIST {
+            return String(cString: strerror(errno))
+        }
+    }
+    var st = stat()
+    guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return "exists and is not a directory" }
+    return nil
+}

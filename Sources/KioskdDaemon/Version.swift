@@ -1,0 +1,1 @@
+public let kioskdVersion = "0.1.0"

@@ -1,0 +1,3 @@
+import KioskdDaemon
+
+await KioskdCommand.runMain()
