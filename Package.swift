@@ -55,7 +55,10 @@ let package = Package(
         ),
         .testTarget(
             name: "KioskdDaemonTests",
-            dependencies: ["KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild"]
+            dependencies: [
+                "KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild",
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -8,6 +8,8 @@
  *   --ignore-term        ignore SIGTERM from now on
  *   --grandchild PIDFILE fork a child that calls setsid, ignores SIGTERM, writes its pid to
  *                        PIDFILE and sleeps forever (an escaped grandchild)
+ *   --orphan             leave an orphan: a grandchild that outlives its parent by 50 ms and
+ *                        exits, to be reaped by whoever adopted it
  *   --listen PORT BANNER listen on 127.0.0.1:PORT and greet every connection with BANNER
  *   --flood BYTES        write BYTES bytes of 100-byte lines to stdout, then "flood done"
  *   --exit CODE          exit with CODE
@@ -29,6 +31,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <dirent.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,6 +98,17 @@ int main(int argc, char **argv) {
                 }
                 forever();
             }
+        } else if (!strcmp(a, "--orphan")) {
+            pid_t mid = fork();
+            if (mid == 0) {
+                if (fork() == 0) {
+                    sleep_ms(50);
+                    _exit(0);
+                }
+                _exit(0);
+            }
+            int status;
+            waitpid(mid, &status, 0);
         } else if (!strcmp(a, "--listen") && i + 2 < argc) {
             static struct listener l;
             int port = atoi(argv[++i]);

@@ -1,0 +1,237 @@
+import KioskdTestSupport
+import Supervision
+import Testing
+import Yams
+@testable import KioskdDaemon
+
+let repositoryRoot: String = {
+    var path = #filePath
+    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+    return path
+}()
+
+@Suite("Configuration")
+struct ConfigTests {
+    func load(_ yaml: String, env: [String: String] = [:]) throws -> Config {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let path = dir + "/kioskd.yaml"
+        try writeFile(path, yaml)
+        return try ConfigLoader.load(path: path, environment: env)
+    }
+
+    func issues(_ yaml: String, env: [String: String] = [:]) throws -> [ConfigIssue] {
+        do {
+            _ = try load(yaml, env: env)
+            return []
+        } catch let error as ConfigErrors {
+            return error.issues
+        }
+    }
+
+    @Test func noFileMeansEveryDefault() throws {
+        let config = try ConfigLoader.load(path: nil, environment: ["PATH": "/usr/bin"])
+        #expect(config == Config())
+        #expect(config.storeLocation == "sqlite:///var/lib/kioskd/kioskd.sqlite")
+    }
+
+    @Test func theShippedFileDocumentsEveryKeyWithItsDefault() throws {
+        let text = try readText(repositoryRoot + "/config/kioskd.yaml")
+        #expect(try ConfigLoader.load(path: repositoryRoot + "/config/kioskd.yaml", environment: [:]) == Config())
+        var leaves: Set<String> = []
+        func walk(_ node: Node, _ prefix: String) {
+            guard let mapping = node.mapping else {
+                leaves.insert(prefix)
+                return
+            }
+            for (k, v) in mapping { walk(v, prefix.isEmpty ? k.scalar!.string : prefix + "." + k.scalar!.string) }
+        }
+        walk(try Yams.compose(yaml: text)!, "")
+        let documented = Set(ConfigSchema.keys.map(\.path) + [ConfigSchema.programsKey])
+        #expect(leaves == documented, "config/kioskd.yaml and the schema disagree: missing \(documented.subtracting(leaves)), extra \(leaves.subtracting(documented))")
+        for field in ProgramsParser.fields.keys {
+            #expect(text.contains("#     \(field):") || text.contains("#   - \(field):"), "the programs example documents \(field)")
+        }
+    }
+
+    /// A valid, non-default value for every key: each must be settable from the environment.
+    static let samples: [String: String] = [
+        "control.socket": "/tmp/x/control.sock",
+        "public.listen": "127.0.0.1:9090",
+        "state.dir": "/srv/kioskd",
+        "runtime.dir": "/run/k2",
+        "store.url": "postgres://kioskd@db.internal:5432/kioskd?sslmode=verify-full",
+        "log.level": "debug",
+        "log.format": "journal",
+        "supervisor.strategy": "rest_for_one",
+        "supervisor.max_restarts": "9",
+        "supervisor.period": "2m",
+        "supervisor.backoff.initial": "50ms",
+        "supervisor.backoff.multiplier": "2",
+        "supervisor.backoff.max": "1h",
+        "supervisor.backoff.jitter": "0.1",
+        "supervisor.backoff.reset_after": "45s",
+        "shutdown.timeout": "12s",
+    ]
+
+    @Test func everyKeyCanBeSetFromItsEnvironmentVariable() throws {
+        #expect(Set(Self.samples.keys) == Set(ConfigSchema.keys.map(\.path)), "every key needs a sample here")
+        var env: [String: String] = [:]
+        for key in ConfigSchema.keys { env[key.environmentVariable] = Self.samples[key.path] }
+        #expect(env["KIOSKD_CONTROL_SOCKET"] == "/tmp/x/control.sock")
+        #expect(env["KIOSKD_SUPERVISOR_BACKOFF_RESET_AFTER"] == "45s")
+        let config = try ConfigLoader.load(path: nil, environment: env)
+        for key in ConfigSchema.keys {
+            #expect(key.current(config) == Self.samples[key.path], "\(key.environmentVariable)")
+        }
+    }
+
+    @Test func theEnvironmentOverridesTheFile() throws {
+        let config = try load("log:\n  level: error\n", env: ["KIOSKD_LOG_LEVEL": "trace"])
+        #expect(config.log.level == .trace)
+    }
+
+    @Test func programsCanComeFromTheEnvironmentAsYAML() throws {
+        let config = try ConfigLoader.load(path: nil, environment: ["KIOSKD_PROGRAMS": #"[{name: a, command: ["/bin/true"], restart: transient}]"#])
+        #expect(config.programs.map(\.name) == ["a"])
+        #expect(config.programs[0].restart == .transient)
+    }
+
+    @Test(arguments: [
+        ("control:\n  socket: relative.sock\n", "control.socket", "must be an absolute path, got \"relative.sock\""),
+        ("public:\n  listen: localhost\n", "public.listen", "must be host:port"),
+        ("public:\n  listen: \"0.0.0.0:0\"\n", "public.listen", "port must be 1–65535"),
+        ("store:\n  url: mysql://x/y\n", "store.url", "must be empty, sqlite:///path or postgres://"),
+        ("store:\n  url: sqlite://relative.db\n", "store.url", "needs an absolute path"),
+        ("store:\n  url: postgres://u@h/db?sslmode=maybe\n", "store.url", "sslmode must be disable, prefer, require or verify-full"),
+        ("log:\n  level: loud\n", "log.level", "must be one of trace, debug, info, notice, warning, error, critical"),
+        ("supervisor:\n  strategy: simple_one_for_one\n", "supervisor.strategy", "must be one of one_for_one, one_for_all, rest_for_one"),
+        ("supervisor:\n  max_restarts: -1\n", "supervisor.max_restarts", "whole number from 0 to 10000"),
+        ("supervisor:\n  period: 60\n", "supervisor.period", "must be a duration such as 500ms"),
+        ("supervisor:\n  backoff:\n    jitter: 2\n", "supervisor.backoff.jitter", "from 0 to 1"),
+        ("shutdown:\n  timeout: 1ms\n", "shutdown.timeout", "must be at least 100ms"),
+        ("control:\n  sockt: /x\n", "control.sockt", "unknown key (did you mean control.socket?)"),
+        ("contrl:\n  socket: /x\n", "contrl", "unknown key (did you mean control?)"),
+        ("control: [1, 2]\n", "control", "unknown key"),
+        ("log:\n  level: [info]\n", "log.level", "must be a single value"),
+    ])
+    func aBadValueNamesItsKeyAndWhatIsAllowed(yaml: String, key: String, message: String) throws {
+        let found = try issues(yaml)
+        #expect(found.count == 1, "\(found)")
+        #expect(found.first?.key == key)
+        #expect(found.first?.message.contains(message) == true, "\(found.first?.message ?? "no issue")")
+        #expect(found.first?.source.contains("kioskd.yaml:") == true, "the file and line are named")
+    }
+
+    @Test func everyMistakeIsReportedNotJustTheFirst() throws {
+        let found = try issues("control:\n  socket: x\nlog:\n  level: loud\n", env: ["KIOSKD_SHUTDOWN_TIMEOUT": "soon", "KIOSKD_CONTROL_SOKET": "/x"])
+        #expect(found.map(\.key).sorted() == ["KIOSKD_CONTROL_SOKET", "control.socket", "log.level", "shutdown.timeout"])
+        #expect(found.first { $0.key == "shutdown.timeout" }?.source == "environment KIOSKD_SHUTDOWN_TIMEOUT")
+        #expect(found.first { $0.key == "KIOSKD_CONTROL_SOKET" }?.message == "unknown variable (did you mean KIOSKD_CONTROL_SOCKET?)")
+        #expect(found.first { $0.key == "control.socket" }?.source.hasSuffix("kioskd.yaml:2") == true)
+    }
+
+    @Test func syntaxErrorsAndMissingFilesAreReported() throws {
+        #expect(try issues("control: [unclosed\n").first?.key == "(syntax)")
+        #expect(throws: ConfigErrors.self) { try ConfigLoader.load(path: "/nonexistent/kioskd.yaml", environment: [:]) }
+        do {
+            _ = try ConfigLoader.load(path: "/nonexistent/kioskd.yaml", environment: [:])
+        } catch {
+            #expect(error.description.contains("cannot read the config file: No such file or directory"))
+        }
+    }
+
+    @Test func aFullProgramEntryIsParsed() throws {
+        let config = try load("""
+            programs:
+              - name: web-1
+                command: ["/bin/sleep", "infinity"]
+                restart: transient
+                shutdown: brutal_kill
+                significant: true
+                ready: {tcp: "127.0.0.1:5900", banner: "RFB 003.008"}
+                ready_timeout: 3s
+                user: nobody
+                group: nogroup
+                environment: {LANG: C.UTF-8}
+                working_directory: /tmp
+                nofile: 8192
+              - name: x
+                command: ["/bin/true"]
+                ready: {notify_fd: 3}
+            """)
+        var expected = Config.Program(name: "web-1", command: ["/bin/sleep", "infinity"])
+        expected.restart = .transient
+        expected.shutdown = .brutalKill
+        expected.significant = true
+        expected.ready = .tcp(HostPort(host: "127.0.0.1", port: 5900), banner: "RFB 003.008")
+        expected.readyTimeout = .seconds(3)
+        expected.user = "nobody"
+        expected.group = "nogroup"
+        expected.environment = ["LANG": "C.UTF-8"]
+        expected.workingDirectory = "/tmp"
+        expected.nofile = 8192
+        #expect(config.programs.first == expected)
+        #expect(config.programs.last?.ready == .notifyFD(3))
+        let spec = try ProgramSpecs.supervisor(config)
+        #expect(spec.autoShutdown == .anySignificant)
+        guard case .process(let process) = spec.children[0].kind else { Issue.record("not a process"); return }
+        #expect(process.rlimits == [ResourceLimit(.nofile, soft: 8192)])
+        #expect(process.credentials?.uid == 65534)
+        #expect(process.environment["LANG"] == "C.UTF-8")
+        #expect(process.environment["NOTIFY_SOCKET"] == nil)
+    }
+
+    @Test(arguments: [
+        ("- name: a\n  command: [sleep]\n", "programs[0].command", "absolute path"),
+        ("- name: a\n  command: [\"/nonexistent/x\"]\n", "programs[0].command", "is not an executable file"),
+        ("- name: a\n", "programs[0].command", "is required"),
+        ("- command: [\"/bin/true\"]\n", "programs[0].name", "is required"),
+        ("- name: \"a b\"\n  command: [\"/bin/true\"]\n", "programs[0].name", "letters, digits"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  restrat: transient\n", "programs[0].restrat", "did you mean restart?"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  significant: true\n", "programs[0].significant", "transient or temporary"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  user: no-such-user-kioskd\n", "programs[0].user", "no such user"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  shutdown: later\n", "programs[0].shutdown", "or brutal_kill"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  ready: {file: /x, tcp: \"h:1\"}\n", "programs[0].ready", "exactly one of"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  ready: {file: /x, banner: hi}\n", "programs[0].ready", "banner: goes only with tcp"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  ready: {http: \"127.0.0.1:80\"}\n", "programs[0].ready", "http://host:port/path"),
+        ("- name: a\n  command: [\"/bin/true\"]\n  ready: {notify_fd: 1}\n", "programs[0].ready", "3–255"),
+        ("- name: a\n  command: [\"/bin/true\"]\n- name: a\n  command: [\"/bin/true\"]\n", "programs[1].name", "used by an earlier program"),
+        ("{name: a}\n", "programs", "must be a list"),
+    ])
+    func aBadProgramNamesTheEntryAndField(yaml: String, key: String, message: String) throws {
+        let indented = yaml.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")
+        let found = try issues("programs:\n" + indented)
+        #expect(found.contains { $0.key == key && $0.message.contains(message) }, "\(found)")
+    }
+
+    @Test func durationsNeedAUnit() throws {
+        #expect(try ConfigSchema.parseDuration("500ms") == .milliseconds(500))
+        #expect(try ConfigSchema.parseDuration("5ms") == .milliseconds(5))
+        #expect(try ConfigSchema.parseDuration("1.5s") == .milliseconds(1500))
+        #expect(try ConfigSchema.parseDuration("2m") == .seconds(120))
+        #expect(try ConfigSchema.parseDuration("1h") == .seconds(3600))
+        #expect(throws: ValueError.self) { try ConfigSchema.parseDuration("5") }
+        #expect(throws: ValueError.self) { try ConfigSchema.parseDuration("-1s") }
+        #expect(Duration.milliseconds(1500).rendered == "1500ms")
+        #expect(Duration.seconds(120).rendered == "2m")
+    }
+
+    @Test func passwordsInTheStoreURLAreRedacted() {
+        #expect(redactedStore("postgres://kioskd:s3cret@db:5432/kioskd") == "postgres://kioskd:***@db:5432/kioskd")
+        #expect(redactedStore("postgres://kioskd@db/kioskd") == "postgres://kioskd@db/kioskd")
+        #expect(redactedStore("sqlite:///var/lib/kioskd/kioskd.sqlite") == "sqlite:///var/lib/kioskd/kioskd.sqlite")
+    }
+}
+
+func writeFile(_ path: String, _ text: String) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw TestFailure("cannot write \(path): errno \(errno)") }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    guard write(fd, bytes, bytes.count) == bytes.count else { throw TestFailure("short write to \(path)") }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

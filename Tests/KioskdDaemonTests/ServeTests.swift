@@ -1,0 +1,152 @@
+import KioskdTestSupport
+import Supervision
+import Testing
+@testable import KioskdDaemon
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kioskd serve` end to end: the real binary, a real notify socket, real children.
+@Suite("kioskd serve")
+struct ServeTests {
+    let kioskd: String
+    let child: String
+    let dir: String
+    /// Every child of this test carries it in its environment, so /proc tells what is left.
+    let marker: String
+
+    init() throws {
+        kioskd = try builtProduct("kioskd")
+        child = try builtProduct("kioskd-testchild")
+        dir = try makeTempDir("kioskd-serve")
+        marker = "KIOSKD_TEST_RUN=\(dir)"
+    }
+
+    func config(_ programs: String, extra: String = "supervisor:\n  backoff:\n    initial: 20ms") throws -> String {
+        let path = dir + "/kioskd.yaml"
+        try writeFile(path, """
+            state:
+              dir: \(dir)/state
+            runtime:
+              dir: \(dir)/run
+            control:
+              socket: \(dir)/run/control.sock
+            shutdown:
+              timeout: 10s
+            \(extra)
+            programs:
+            \(programs)
+            """)
+        return path
+    }
+
+    func program(_ name: String, _ args: [String], ready: String? = nil, extra: String = "") -> String {
+        let command = ([child] + args).map { "\"\($0)\"" }.joined(separator: ", ")
+        return """
+              - name: \(name)
+                command: [\(command)]
+                environment: {KIOSKD_TEST_RUN: "\(dir)"}
+            \(ready.map { "    ready: \($0)" } ?? "")
+            \(extra)
+            """
+    }
+
+    func start(_ configPath: String, notify: NotifyListener? = nil, environment: [String: String] = [:]) throws -> DaemonProcess {
+        var env = ["PATH": "/usr/bin:/bin", "KIOSKD_LOG_FORMAT": "text"]
+        if let notify { env["NOTIFY_SOCKET"] = notify.path }
+        env.merge(environment) { _, new in new }
+        return try DaemonProcess(executable: kioskd, arguments: ["serve", "--config", configPath], environment: env, directory: dir)
+    }
+
+    @Test func readyRestartsAKilledChildPingsTheWatchdogAndStopsCleanlyOnSIGTERM() async throws {
+        defer { removeTree(dir) }
+        let notify = try NotifyListener(path: dir + "/notify.sock")
+        defer { notify.close() }
+        let path = try config(
+            program("web", ["--print", "web up"], ready: "{log_line: \"web up\"}")
+            + "\n" + program("helper", ["--grandchild", dir + "/grandchild.pid"], ready: "{file: \"\(dir)/grandchild.pid\"}"))
+        let daemon = try start(path, notify: notify, environment: ["WATCHDOG_USEC": "200000"])
+
+        try await notify.wait(for: "READY=1") { $0.hasPrefix("READY=1") && $0.contains("STATUS=2/2 programs running") }
+        try await notify.wait(for: "a watchdog ping") { $0 == "WATCHDOG=1" }
+        let before = processesWithEnvironment(containing: marker)
+        #expect(before.count == 3, "web, helper and its setsid grandchild")
+        let web = try #require(before.first { (try? readText("/proc/\($0)/cmdline"))?.contains("web up") == true })
+
+        let mark = notify.received.count
+        kill(web, SIGKILL)
+        try await notify.wait(for: "web noticed down", after: mark) { $0.contains("STATUS=1/2 programs running") }
+        try await notify.wait(for: "web back", after: mark) { $0.contains("STATUS=2/2 programs running") }
+        let after = processesWithEnvironment(containing: marker)
+        #expect(after.count == 3 && !after.contains(web))
+
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.waitExit() == 0, "stderr: \(daemon.stderr)")
+        try await notify.wait(for: "STOPPING=1") { $0.hasPrefix("STOPPING=1") }
+        #expect(processesWithEnvironment(containing: marker).isEmpty, "no child, grandchild or orphan of the daemon is left")
+        #expect(daemon.stderr.contains("kioskd/programs/web: killed by signal 9 (SIGKILL), will restart"))
+    }
+
+    @Test func orphansOfChildrenAreReapedNotLeftAsZombies() async throws {
+        defer { removeTree(dir) }
+        let notify = try NotifyListener(path: dir + "/notify.sock")
+        defer { notify.close() }
+        let path = try config(program("parent", ["--orphan", "--print", "orphan left"], ready: "{log_line: \"orphan left\"}"))
+        let daemon = try start(path, notify: notify)
+        try await notify.wait(for: "READY=1") { $0.hasPrefix("READY=1") }
+        // The grandchild outlives its parent by 50 ms, so it dies as the daemon's orphan.
+        try await eventually("the orphan has exited and been reaped") {
+            processesWithEnvironment(containing: marker).count == 1 && zombieChildren(of: daemon.pid).isEmpty
+        }
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.waitExit() == 0)
+    }
+
+    @Test func aBrokenConfigExitsWithEXCONFIGNamingTheKey() async throws {
+        defer { removeTree(dir) }
+        let path = try config(program("bad", []) + "\n    restart: sometimes", extra: "log:\n  level: chatty")
+        let daemon = try start(path)
+        #expect(try await daemon.waitExit() == 78)
+        let stderr = daemon.stderr
+        #expect(stderr.contains("programs[0].restart: must be one of permanent, transient, temporary, got \"sometimes\""), "\(stderr)")
+        #expect(stderr.contains("log.level: must be one of"), "\(stderr)")
+    }
+
+    @Test func anUnknownEnvironmentVariableIsAConfigError() async throws {
+        defer { removeTree(dir) }
+        let daemon = try start(try config("  []"), environment: ["KIOSKD_CONTROL_SOCKT": "/x"])
+        #expect(try await daemon.waitExit() == 78)
+        #expect(daemon.stderr.contains("KIOSKD_CONTROL_SOCKT: unknown variable (did you mean KIOSKD_CONTROL_SOCKET?)"))
+    }
+
+    @Test func aProgramThatNeverBecomesReadyFailsTheStartWithTheReason() async throws {
+        defer { removeTree(dir) }
+        let path = try config(program("first", []) + "\n" + program("stuck", [], ready: "{file: \"\(dir)/never\"}", extra: "    ready_timeout: 300ms"))
+        let daemon = try start(path)
+        #expect(try await daemon.waitExit() == 1)
+        #expect(daemon.stderr.contains("'stuck' failed to start: not ready within 300 ms (waiting for file \(dir)/never to appear)"), "\(daemon.stderr)")
+        #expect(processesWithEnvironment(containing: marker).isEmpty)
+    }
+
+    @Test func aCrashLoopExhaustsTheBudgetsAndTheDaemonExitsNonZero() async throws {
+        defer { removeTree(dir) }
+        let path = try config(program("looping", ["--sleep-ms", "20", "--exit", "9"]), extra: "supervisor:\n  max_restarts: 2\n  backoff:\n    initial: 10ms")
+        let daemon = try start(path)
+        #expect(try await daemon.waitExit() == 1)
+        let stderr = daemon.stderr
+        #expect(stderr.contains("kioskd/programs: gave up: restart intensity exceeded: more than 2 restarts in 60 s (last: 'looping')"), "\(stderr)")
+        #expect(stderr.contains("the root supervisor gave up"), "\(stderr)")
+        #expect(processesWithEnvironment(containing: marker).isEmpty)
+    }
+
+    @Test func aSignificantProgramEndingStopsTheDaemonWithExitZero() async throws {
+        defer { removeTree(dir) }
+        let path = try config(
+            program("job", ["--sleep-ms", "100", "--exit", "0"], extra: "    restart: transient\n    significant: true")
+            + "\n" + program("sidecar", []))
+        let daemon = try start(path)
+        #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
+        #expect(processesWithEnvironment(containing: marker).isEmpty)
+    }
+}
