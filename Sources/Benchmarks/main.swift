@@ -1,1 +1,338 @@
-print("x")
+// kioskd-bench: supervision latency and memory, side by side with supervisord.
+//
+//   kioskd-bench [--kills N] [--children N] [--supervisord PATH]
+//
+// Detection: kill -9 of a trivial child → the supervisor's exit event.
+// Restart:   kill -9 → the child is running (ready) again.
+// Memory:    RSS of the daemon supervising N idle children.
+// supervisord reports through its event-listener protocol (PROCESS_STATE_*), timestamped with
+// CLOCK_MONOTONIC by the listener; kioskd through its event bus, on the same clock.
+import Dispatch
+import KioskdDaemon
+import Logging
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Options {
+    var kills = 200
+    var children = 20
+    var supervisord = ".build-bench/venv/bin/supervisord"
+    var python = "/usr/bin/python3"
+
+    init(_ args: [String]) {
+        var it = args.dropFirst().makeIterator()
+        while let a = it.next() {
+            switch a {
+            case "--kills": kills = Int(it.next() ?? "") ?? kills
+            case "--children": children = Int(it.next() ?? "") ?? children
+            case "--supervisord": supervisord = it.next() ?? supervisord
+            default:
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH]")
+            }
+        }
+    }
+}
+
+func fail(_ message: String) -> Never {
+    var line = Array("kioskd-bench: \(message)\n".utf8)
+    _ = write(2, &line, line.count)
+    exit(1)
+}
+
+func monotonic() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    let index = min(sorted.count - 1, max(0, Int((Double(sorted.count) * p).rounded(.up)) - 1))
+    return sorted[index]
+}
+
+func ms(_ seconds: Double) -> String {
+    let v = seconds * 1000
+    return v < 10 ? String(Int((v * 100).rounded())).withDecimal(2) : String(Int((v * 10).rounded())).withDecimal(1)
+}
+
+extension String {
+    func withDecimal(_ places: Int) -> String {
+        let padded = String(repeating: "0", count: max(0, places + 1 - count)) + self
+        return padded.dropLast(places) + "." + padded.suffix(places)
+    }
+}
+
+func sibling(_ name: String) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let exe = String(decoding: buffer[0..<max(n, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    let path = String(exe[..<(exe.lastIndex(of: "/") ?? exe.endIndex)]) + "/" + name
+    guard access(path, X_OK) == 0 else { fail("\(path) is missing: build it with `swift build -c release`") }
+    return path
+}
+
+func rssKiB(_ pid: Int32) -> Int {
+    guard let f = fopen("/proc/\(pid)/status", "r") else { return -1 }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 512)
+    while fgets(&line, Int32(line.count), f) != nil {
+        let s = String(cString: line)
+        if s.hasPrefix("VmRSS:") { return Int(s.split(separator: " ").dropFirst().first ?? "") ?? -1 }
+    }
+    return -1
+}
+
+// MARK: - kioskd (the Supervision library in this process)
+
+struct Latencies {
+    var detection: [Double] = []
+    var restart: [Double] = []
+}
+
+func benchKioskd(child: String, kills: Int) async throws -> Latencies {
+    LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+    let bus = EventBus()
+    let events = bus.subscribe()
+    // No backoff: supervisord restarts at once too; this measures the mechanism.
+    let sup = try Supervisor(
+        name: "bench",
+        spec: SupervisorSpec(strategy: .oneForOne, intensity: Intensity(maxRestarts: kills * 2, period: .seconds(3600)), backoff: .none,
+                             children: [ChildSpec(id: "child", kind: .process(ProcessSpec(executable: child)))]),
+        events: bus, logger: Logger(label: "bench"))
+    let run = Task { await sup.run() }
+    var iterator = events.makeAsyncIterator()
+    func next(_ match: (SupervisionEvent.Kind) -> Bool) async -> SupervisionEvent {
+        while let e = await iterator.next() {
+            if match(e.kind) { return e }
+        }
+        fail("the event stream ended")
+    }
+    var pid: Int32 = 0
+    if case .spawned(_, let p) = await next({ if case .spawned = $0 { true } else { false } }).kind { pid = p }
+    _ = await next { if case .ready = $0 { true } else { false } }
+
+    var result = Latencies()
+    for _ in 0..<kills {
+        let t0 = ContinuousClock.now
+        kill(pid, SIGKILL)
+        let exited = await next { if case .exited = $0 { true } else { false } }
+        if case .spawned(_, let p) = await next({ if case .spawned = $0 { true } else { false } }).kind { pid = p }
+        let ready = await next { if case .ready = $0 { true } else { false } }
+        result.detection.append(seconds(exited.time - t0))
+        result.restart.append(seconds(ready.time - t0))
+    }
+    sup.shutdown()
+    _ = await run.value
+    return result
+}
+
+// MARK: - supervisord
+
+let listenerScript = """
+    import sys, time
+    fifo = open(sys.argv[1], "w", buffering=1)
+    def say(s):
+        sys.stdout.write(s); sys.stdout.flush()
+    while True:
+        say("READY\\n")
+        header = dict(x.split(":", 1) for x in sys.stdin.readline().split())
+        payload = sys.stdin.read(int(header["len"]))
+        t = time.clock_gettime(time.CLOCK_MONOTONIC)
+        fields = dict(x.split(":", 1) for x in payload.split("\\n")[0].split())
+        fifo.write("%s %s %s %.9f\\n" % (header["eventname"], fields.get("processname", "-"), fields.get("pid", "-"), t))
+        say("RESULT 2\\nOK")
+    """
+
+final class Supervisord: @unchecked Sendable {  // fields set once in init, then read only
+    let pid: Int32
+    let dir: String
+    private let events: FileLines
+
+    init(executable: String, python: String, programs: [(String, String)]) throws {
+        guard access(executable, X_OK) == 0 else {
+            fail("\(executable) not found: run scripts/bench.sh (it installs supervisor from PyPI into .build-bench/venv)")
+        }
+        var template = Array("/tmp/kioskd-bench-XXXXXX".utf8CString)
+        dir = String(cString: mkdtemp(&template)!)
+        let fifo = dir + "/events.fifo"
+        mkfifo(fifo, 0o600)
+        try writeText(dir + "/listener.py", listenerScript)
+        var conf = """
+            [supervisord]
+            nodaemon=true
+            logfile=\(dir)/supervisord.log
+            pidfile=\(dir)/supervisord.pid
+            childlogdir=\(dir)
+            [unix_http_server]
+            file=\(dir)/supervisor.sock
+            [eventlistener:timing]
+            command=\(python) \(dir)/listener.py \(fifo)
+            events=PROCESS_STATE
+            buffer_size=10000
+
+            """
+        for (name, command) in programs {
+            conf += "[program:\(name)]\ncommand=\(command)\nautorestart=true\nstartsecs=0\nstartretries=1000000\n\n"
+        }
+        try writeText(dir + "/supervisord.conf", conf)
+        pid = spawn(executable, ["-c", dir + "/supervisord.conf"])
+        events = FileLines(path: fifo)  // blocks until the listener opens the FIFO
+    }
+
+    /// Next event of kind `state` for a process `match` accepts: (name, pid, monotonic time).
+    func next(_ state: String, where match: (String) -> Bool) -> (String, Int32, Double) {
+        while let line = events.next() {
+            let f = line.split(separator: " ")
+            if f.count == 4, f[0] == "PROCESS_STATE_\(state)", match(String(f[1])) {
+                return (String(f[1]), Int32(f[2]) ?? 0, Double(f[3]) ?? .nan)
+            }
+        }
+        fail("supervisord's event listener stopped")
+    }
+
+    func next(_ state: String, _ process: String) -> (Int32, Double) {
+        let (_, pid, time) = next(state) { $0 == process }
+        return (pid, time)
+    }
+
+    func stop() {
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        _ = system("rm -rf '\(dir)'")
+    }
+}
+
+func benchSupervisord(_ options: Options, child: String) throws -> Latencies {
+    let sd = try Supervisord(executable: options.supervisord, python: options.python, programs: [("child", child)])
+    defer { sd.stop() }
+    var (pid, _) = sd.next("RUNNING", "child")
+    var result = Latencies()
+    for _ in 0..<options.kills {
+        let t0 = monotonic()
+        kill(pid, SIGKILL)
+        let (_, exited) = sd.next("EXITED", "child")
+        let (newPID, running) = sd.next("RUNNING", "child")
+        pid = newPID
+        result.detection.append(exited - t0)
+        result.restart.append(running - t0)
+    }
+    return result
+}
+
+func supervisordRSS(_ options: Options, child: String) throws -> Int {
+    let programs = (0..<options.children).map { ("idle\($0)", child) }
+    let sd = try Supervisord(executable: options.supervisord, python: options.python, programs: programs)
+    defer { sd.stop() }
+    var running = Set<String>()
+    while running.count < options.children {
+        running.insert(sd.next("RUNNING") { $0.hasPrefix("idle") }.0)
+    }
+    return rssKiB(sd.pid)
+}
+
+// MARK: - kioskd serve (the real daemon) with N idle children
+
+func kioskdServeRSS(children: Int, child: String) throws -> Int {
+    var template = Array("/tmp/kioskd-bench-XXXXXX".utf8CString)
+    let dir = String(cString: mkdtemp(&template)!)
+    defer { _ = system("rm -rf '\(dir)'") }
+    var conf = "state:\n  dir: \(dir)/state\nruntime:\n  dir: \(dir)/run\nlog:\n  level: warning\nprograms:\n"
+    for i in 0..<children { conf += "  - name: idle\(i)\n    command: [\"\(child)\"]\n" }
+    try writeText(dir + "/kioskd.yaml", conf)
+    let socketPath = dir + "/notify.sock"
+    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socketPath.utf8)) }
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    var tv = timeval(tv_sec: 30, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    let pid = spawn(sibling("kioskd"), ["serve", "--config", dir + "/kioskd.yaml"], env: ["NOTIFY_SOCKET=\(socketPath)", "PATH=/usr/bin:/bin"])
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    var ready = false
+    while !ready {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        guard n > 0 else { fail("kioskd did not report READY=1 within 30 s") }
+        ready = String(decoding: buffer[0..<n], as: UTF8.self).contains("READY=1")
+    }
+    let rss = rssKiB(pid)
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    close(fd)
+    return rss
+}
+
+// MARK: - helpers
+
+func spawn(_ path: String, _ args: [String], env: [String]? = nil) -> Int32 {
+    var pid: pid_t = 0
+    let argv = ([path] + args).map { strdup($0) } + [nil]
+    let envp = (env ?? ["PATH=/usr/bin:/bin"]).map { strdup($0) } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    guard posix_spawn(&pid, path, nil, nil, argv, envp) == 0 else { fail("cannot start \(path)") }
+    return pid
+}
+
+func writeText(_ path: String, _ text: String) throws {
+    guard let f = fopen(path, "w") else { fail("cannot write \(path)") }
+    fputs(text, f)
+    fclose(f)
+}
+
+/// Lines from a FIFO, read with blocking reads (no polling).
+final class FileLines {
+    private let file: UnsafeMutablePointer<FILE>
+
+    init(path: String) {
+        guard let f = fopen(path, "r") else { fail("cannot open \(path)") }
+        file = f
+    }
+
+    func next() -> String? {
+        var line = [CChar](repeating: 0, count: 1024)
+        guard fgets(&line, Int32(line.count), file) != nil else { return nil }
+        return String(cString: line).trimmingNewline
+    }
+}
+
+extension String {
+    var trimmingNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
+}
+
+// MARK: - main
+
+let options = Options(CommandLine.arguments)
+let child = sibling("kioskd-testchild")
+print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
+print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
+
+let k = try await benchKioskd(child: child, kills: options.kills)
+let s = try benchSupervisord(options, child: child)
+let kRSS = try kioskdServeRSS(children: options.children, child: child)
+let sRSS = try supervisordRSS(options, child: child)
+
+func row(_ name: String, _ a: String, _ b: String) -> String {
+    "| " + name.padding(toLength: 42) + " | " + a.padding(toLength: 12) + " | " + b.padding(toLength: 12) + " |"
+}
+extension String {
+    func padding(toLength n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+print(row("measure", "kioskd", "supervisord"))
+print(row(String(repeating: "-", count: 42), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
+print(row("kill -9 → exit event, p50 (ms)", ms(percentile(k.detection, 0.5)), ms(percentile(s.detection, 0.5))))
+print(row("kill -9 → exit event, p99 (ms)", ms(percentile(k.detection, 0.99)), ms(percentile(s.detection, 0.99))))
+print(row("kill -9 → running again, p50 (ms)", ms(percentile(k.restart, 0.5)), ms(percentile(s.restart, 0.5))))
+print(row("kill -9 → running again, p99 (ms)", ms(percentile(k.restart, 0.99)), ms(percentile(s.restart, 0.99))))
+print(row("daemon RSS, \(options.children) idle children (MB)", String(kRSS / 1024) + "." + String((kRSS % 1024) * 10 / 1024), String(sRSS / 1024) + "." + String((sRSS % 1024) * 10 / 1024)))
+print("\ntargets: detection p99 ≤ 10 ms; daemon RSS with 20 idle children ≤ 25 MB")

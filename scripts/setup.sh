@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian 12, as root: system packages, the service user, the build.
+#   scripts/setup.sh            packages + release build of kioskd
+#   scripts/setup.sh --tests    packages + debug build with the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What kioskd and its tests need from Debian. Each entry: package, then a file that proves it.
+PACKAGES=(
+  "python3:/usr/bin/python3"               # tests (http readiness probe), demo program
+  "python3-venv:/usr/lib/python3.11/ensurepip/__init__.py"
+  "systemd:/usr/bin/systemd-analyze"       # systemd-analyze verify of the unit in the tests
+  "procps:/usr/bin/pgrep"
+  "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+for entry in "${PACKAGES[@]}"; do
+  IFS=: read -r pkg files <<<"$entry"
+  found=no
+  IFS=: read -ra paths <<<"$files"
+  for f in "${paths[@]}"; do [ -e "$f" ] && found=yes; done
+  [ "$found" = yes ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "[setup] missing Debian packages: ${missing[*]} — run as root, or: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Swift toolchain cannot be downloaded here: it must already be installed (/opt/swift).
+if ! command -v swift >/dev/null 2>&1; then
+  if [ -x /opt/swift/usr/bin/swift ]; then
+    export PATH=/opt/swift/usr/bin:$PATH
+  else
+    echo "[setup] no Swift toolchain: install Swift 6.1 or newer (expected at /opt/swift/usr/bin/swift)" >&2
+    exit 1
+  fi
+fi
+
+# The service's own user (systemd/kioskd.service runs as it); no login, no home.
+if [ "$(id -u)" -eq 0 ] && ! getent passwd kioskd >/dev/null; then
+  log "creating system user kioskd"
+  useradd --system --no-create-home --home-dir /var/lib/kioskd --shell /usr/sbin/nologin kioskd
+fi
+
+if [ "${1:-}" = "--tests" ]; then
+  log "building kioskd and its tests (debug)"
+  swift build --build-tests
+else
+  log "building kioskd (release)"
+  swift build -c release --product kioskd
+fi
+log "done"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set everything up and run every test: the README's test command, and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
+
+echo "[test] systemd unit: systemd-analyze verify"
+unit_dir=$(mktemp -d)
+trap 'rm -rf "$unit_dir"' EXIT
+# verify checks that ExecStart exists: point it at the binary just built.
+sed "s|/usr/local/bin/kioskd|$(swift build --show-bin-path)/kioskd|" systemd/kioskd.service >"$unit_dir/kioskd.service"
+systemd-analyze verify "$unit_dir/kioskd.service"
+
+echo "[test] swift test"
+swift test --skip-build "$@"
