@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(name: "TestChild"),
         .executableTarget(
             name: "Benchmarks",
-            dependencies: ["Supervision", "KioskdDaemon"]
+            dependencies: ["Supervision", "KioskdTestSupport"]
         ),
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(

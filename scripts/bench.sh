@@ -9,5 +9,5 @@ if [ ! -x .build-bench/venv/bin/supervisord ]; then
   /usr/bin/python3 -m venv .build-bench/venv
   .build-bench/venv/bin/pip install --quiet supervisor
 fi
-swift build -c release
+swift build -c release --static-swift-stdlib
 exec "$(swift build -c release --show-bin-path)/kioskd-bench" "$@"

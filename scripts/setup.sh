@@ -56,6 +56,7 @@ if [ "${1:-}" = "--tests" ]; then
   swift build --build-tests
 else
   log "building kioskd (release)"
-  swift build -c release --product kioskd
+  # Static Swift runtime: a self-contained binary for /usr/local/bin, and ~5 MB less RSS.
+  swift build -c release --static-swift-stdlib --product kioskd
 fi
 log "done"

@@ -8,7 +8,7 @@
 // supervisord reports through its event-listener protocol (PROCESS_STATE_*), timestamped with
 // CLOCK_MONOTONIC by the listener; kioskd through its event bus, on the same clock.
 import Dispatch
-import KioskdDaemon
+import KioskdTestSupport
 import Logging
 import Supervision
 
@@ -169,6 +169,7 @@ final class Supervisord: @unchecked Sendable {  // fields set once in init, then
         var conf = """
             [supervisord]
             nodaemon=true
+            silent=true
             logfile=\(dir)/supervisord.log
             pidfile=\(dir)/supervisord.pid
             childlogdir=\(dir)
@@ -280,7 +281,7 @@ func spawn(_ path: String, _ args: [String], env: [String]? = nil) -> Int32 {
     let argv = ([path] + args).map { strdup($0) } + [nil]
     let envp = (env ?? ["PATH=/usr/bin:/bin"]).map { strdup($0) } + [nil]
     defer { (argv + envp).forEach { free($0) } }
-    guard posix_spawn(&pid, path, nil, nil, argv, envp) == 0 else { fail("cannot start \(path)") }
+    guard spawnWithDefaultSignals(&pid, path, nil, argv, envp) == 0 else { fail("cannot start \(path)") }
     return pid
 }
 

@@ -25,7 +25,7 @@ public final class DaemonProcess: Sendable {
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let rc = spawnWithDefaultSignals(&pid, executable, &actions, argv, envp)
         guard rc == 0 else { throw TestFailure("cannot start \(executable): errno \(rc)") }
         self.pid = pid
         let exitStatus = self.exitStatus
@@ -150,14 +150,28 @@ public func eventually(_ what: String, timeout: Duration = .seconds(10), _ condi
 
 /// Children of `pid` that are zombies (exited, not reaped).
 public func zombieChildren(of pid: Int32) -> [Int32] {
-    guard let dir = opendir("/proc") else { return [] }
-    defer { closedir(dir) }
-    var found: [Int32] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let p = Int32(name), let stat = try? readText("/proc/\(p)/stat"), let close = stat.lastIndex(of: ")") else { continue }
+    allPIDs().filter { p in
+        guard let stat = try? readText("/proc/\(p)/stat"), let close = stat.lastIndex(of: ")") else { return false }
         let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        if fields.count > 1, fields[0] == "Z", Int32(fields[1]) == pid { found.append(p) }
+        return fields.count > 1 && fields[0] == "Z" && Int32(fields[1]) == pid
     }
-    return found
+}
+
+/// posix_spawn with the signal mask emptied and every disposition at its default. Dispatch
+/// worker threads block signals and posix_spawn passes the mask on: without this, the child
+/// would ignore SIGTERM.
+public func spawnWithDefaultSignals(
+    _ pid: inout pid_t, _ path: String, _ actions: UnsafePointer<posix_spawn_file_actions_t>?,
+    _ argv: [UnsafeMutablePointer<CChar>?], _ envp: [UnsafeMutablePointer<CChar>?]
+) -> Int32 {
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t(), all = sigset_t()
+    sigemptyset(&empty)
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    posix_spawnattr_setsigdefault(&attr, &all)
+    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    return posix_spawn(&pid, path, actions, &attr, argv, envp)
 }

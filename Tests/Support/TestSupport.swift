@@ -104,14 +104,19 @@ public func isAlive(_ pid: Int32) -> Bool {
 
 /// Every live process whose environment carries this text (e.g. a test's unique marker).
 public func processesWithEnvironment(containing marker: String) -> [Int32] {
+    allPIDs().filter { pid in
+        pid != getpid() && isAlive(pid) && ((try? readText("/proc/\(pid)/environ"))?.contains(marker) ?? false)
+    }
+}
+
+/// Every process id in /proc.
+public func allPIDs() -> [Int32] {
     guard let dir = opendir("/proc") else { return [] }
     defer { closedir(dir) }
     var found: [Int32] = []
     while let entry = readdir(dir) {
         let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        guard let pid = Int32(name), pid != getpid(), isAlive(pid),
-              let env = try? readText("/proc/\(pid)/environ") else { continue }
-        if env.contains(marker) { found.append(pid) }
+        if let pid = Int32(name) { found.append(pid) }
     }
     return found
 }
