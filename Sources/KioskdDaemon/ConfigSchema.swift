@@ -28,7 +28,7 @@ enum ConfigSchema {
         key("control.socket", "Unix socket of the control API (HTTP/JSON).", \.control.socket, absolutePath),
         key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
         key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
-        key("runtime.dir", "Runtime files: sockets and per-session directories; emptied at start.", \.runtime.dir, absolutePath),
+        key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
         key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
         key("log.level", "Lowest level logged: " + LogLevel.allCases.map(\.rawValue).joined(separator: ", ") + ".", \.log.level, choice(LogLevel.self)),
         key("log.format", "auto (journal under systemd, text otherwise), journal, or text.", \.log.format, choice(LogFormat.self)),
