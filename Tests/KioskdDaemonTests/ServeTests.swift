@@ -93,12 +93,12 @@ struct ServeTests {
         let notify = try NotifyListener(path: dir + "/notify.sock")
         defer { notify.close() }
         let path = try config(program("parent", ["--orphan", "--print", "orphan left"], ready: "{log_line: \"orphan left\"}"))
-        let daemon = try start(path, notify: notify)
+        let daemon = try start(path, notify: notify, environment: ["KIOSKD_LOG_LEVEL": "debug"])
         try await notify.wait(for: "READY=1") { $0.hasPrefix("READY=1") }
         // The grandchild outlives its parent by 50 ms, so it dies as the daemon's orphan.
-        try await eventually("the orphan has exited and been reaped") {
-            processesWithEnvironment(containing: marker).count == 1 && zombieChildren(of: daemon.pid).isEmpty
-        }
+        try await daemon.log.wait(for: "the orphan reaped") { $0.contains("reaped orphaned descendant") }
+        #expect(zombieChildren(of: daemon.pid).isEmpty)
+        #expect(processesWithEnvironment(containing: marker).count == 1, "only the parent program is left")
         daemon.signal(SIGTERM)
         #expect(try await daemon.waitExit() == 0)
     }

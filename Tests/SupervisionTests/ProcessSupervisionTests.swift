@@ -337,7 +337,7 @@ struct ProcessSupervisionTests {
             let n = runs.withLock { $0 += 1; return $0 }
             ctx.markReady("run \(n)")
             if n == 1 { throw TestFailure("first run fails") }
-            try await Task.sleep(for: .seconds(3600))
+            try await OnceValue<Void>().wait()  // runs until cancelled
         }, readiness: .signaled)])
         let run = launch(sup)
         try await recorder.wait(for: "second run ready") { $0.kind == .ready(child: "worker", detail: "run 2") }

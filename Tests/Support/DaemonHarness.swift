@@ -10,24 +10,43 @@ import Glibc
 /// thread. Deliberately not through Supervision, so nothing cleans up after it behind the test.
 public final class DaemonProcess: Sendable {
     public let pid: Int32
-    public let stderrPath: String
+    /// Everything the daemon wrote to stderr, line by line, as it writes it.
+    public let log = LineLog()
     private let exitStatus = OnceValue<Int32>()
 
     public init(executable: String, arguments: [String], environment: [String: String], directory: String) throws {
-        stderrPath = directory + "/kioskd.stderr"
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, directory + "/kioskd.stdout", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        posix_spawn_file_actions_addclose(&actions, fds[1])
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
         let rc = spawnWithDefaultSignals(&pid, executable, &actions, argv, envp)
-        guard rc == 0 else { throw TestFailure("cannot start \(executable): errno \(rc)") }
+        close(fds[1])
+        guard rc == 0 else {
+            close(fds[0])
+            throw TestFailure("cannot start \(executable): errno \(rc)")
+        }
         self.pid = pid
+        let (log, readEnd) = (self.log, fds[0])
+        Thread.detach {
+            guard let stream = fdopen(readEnd, "r") else { return }
+            defer { fclose(stream) }
+            var line = [CChar](repeating: 0, count: 65536)
+            while fgets(&line, Int32(line.count), stream) != nil {
+                var text = String(cString: line)
+                if text.hasSuffix("\n") { text.removeLast() }
+                log.record(text)
+            }
+        }
         let exitStatus = self.exitStatus
         let child = pid
         Thread.detach {
@@ -46,7 +65,7 @@ public final class DaemonProcess: Sendable {
         return termsig == 0 ? (status >> 8) & 0xff : 128 + termsig
     }
 
-    public var stderr: String { (try? readText(stderrPath)) ?? "" }
+    public var stderr: String { log.lines.joined(separator: "\n") }
 
     deinit {
         if exitStatus.current == nil { kill(pid, SIGKILL) }
@@ -56,9 +75,8 @@ public final class DaemonProcess: Sendable {
 /// A systemd notify socket: records every datagram the daemon sends.
 public final class NotifyListener: Sendable {
     public let path: String
+    public let messages = LineLog()
     private let fd: Int32
-    private let messages = Mutex<[String]>([])
-    private let waiters = Mutex<[(match: @Sendable (String) -> Bool, found: OnceValue<String>)]>([])
 
     public init(path: String) throws {
         self.path = path
@@ -70,47 +88,23 @@ public final class NotifyListener: Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard ok == 0 else { throw TestFailure("cannot bind \(path): errno \(errno)") }
-        let socketFD = fd
-        Thread.detach { [self] in
+        let (socketFD, messages) = (fd, self.messages)
+        Thread.detach {
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
                 let n = recv(socketFD, &buffer, buffer.count, 0)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { return }
-                record(String(decoding: buffer[0..<n], as: UTF8.self))
+                messages.record(String(decoding: buffer[0..<n], as: UTF8.self))
             }
         }
     }
 
-    private func record(_ message: String) {
-        messages.withLock { $0.append(message) }
-        let hits = waiters.withLock { w -> [OnceValue<String>] in
-            var hits: [OnceValue<String>] = []
-            w.removeAll { entry in
-                guard entry.match(message) else { return false }
-                hits.append(entry.found)
-                return true
-            }
-            return hits
-        }
-        for h in hits { h.set(message) }
-    }
+    public var received: [String] { messages.lines }
 
-    public var received: [String] { messages.withLock { $0 } }
-
-    /// The first message (index ≥ `after`) for which `match` holds.
     @discardableResult
     public func wait(for what: String, after: Int = 0, timeout: Duration = .seconds(20), _ match: @escaping @Sendable (String) -> Bool) async throws -> String {
-        let found = OnceValue<String>()
-        let past = messages.withLock { m in m.dropFirst(after).first(where: match) }
-        if let past { return past }
-        waiters.withLock { $0.append((match, found)) }
-        if let late = messages.withLock({ m in m.dropFirst(after).first(where: match) }) { found.set(late) }
-        do {
-            return try await withTimeout(timeout, what) { try await found.wait() }
-        } catch {
-            throw TestFailure("\(error); received: \(received)")
-        }
+        try await messages.wait(for: what, after: after, timeout: timeout, match)
     }
 
     /// Ends the receiving thread and removes the socket.
@@ -118,6 +112,51 @@ public final class NotifyListener: Sendable {
         shutdown(fd, Int32(SHUT_RDWR))
         Glibc.close(fd)
         unlink(path)
+    }
+}
+
+/// Lines (log lines, datagrams) as they arrive, with waiting for one that matches.
+public final class LineLog: Sendable {
+    private struct State {
+        var lines: [String] = []
+        var waiters: [(after: Int, match: @Sendable (String) -> Bool, found: OnceValue<String>)] = []
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public var lines: [String] { state.withLock { $0.lines } }
+
+    public func record(_ line: String) {
+        let hits = state.withLock { s -> [OnceValue<String>] in
+            s.lines.append(line)
+            var hits: [OnceValue<String>] = []
+            s.waiters.removeAll { w in
+                guard w.match(line) else { return false }
+                hits.append(w.found)
+                return true
+            }
+            return hits
+        }
+        for h in hits { h.set(line) }
+    }
+
+    /// The first line at index ≥ `after` that matches, within the deadline.
+    @discardableResult
+    public func wait(for what: String, after: Int = 0, timeout: Duration = .seconds(20), _ match: @escaping @Sendable (String) -> Bool) async throws -> String {
+        let found = OnceValue<String>()
+        state.withLock { s in
+            if let hit = s.lines.dropFirst(after).first(where: match) {
+                found.set(hit)
+            } else {
+                s.waiters.append((after, match, found))
+            }
+        }
+        do {
+            return try await withTimeout(timeout, what) { try await found.wait() }
+        } catch {
+            throw TestFailure("\(error); seen: \(lines.dropFirst(after).suffix(40))")
+        }
     }
 }
 
@@ -135,16 +174,6 @@ enum Thread {
             return nil
         }, box)
         pthread_detach(thread)
-    }
-}
-
-/// Waits for a condition that has no event to wait on (a /proc entry vanishing), checking it
-/// every 10 ms until the deadline. Only for that: anything with an event is awaited directly.
-public func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: @Sendable () -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        guard ContinuousClock.now < deadline else { throw TestFailure("timed out after \(timeout) waiting until \(what)") }
-        try await Task.sleep(for: .milliseconds(10))
     }
 }
 
