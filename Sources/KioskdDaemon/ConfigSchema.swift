@@ -151,7 +151,7 @@ enum ConfigSchema {
 }
 
 /// How a value is written back as configuration text (for `config defaults` and the docs test).
-protocol ConfigRenderable { var rendered: String { get } }
+protocol ConfigRenderable: SendableMetatype { var rendered: String { get } }
 
 extension String: ConfigRenderable { var rendered: String { self } }
 extension Int: ConfigRenderable { var rendered: String { String(self) } }

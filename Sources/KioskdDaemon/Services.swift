@@ -57,8 +57,8 @@ struct NotifierService: Service {
         let status = Self.status(await root.snapshot())
         notifier.ready(status: status)
         logger.info("ready", metadata: ["status": "\(status)"])
-        try await withGracefulShutdownHandler {
-            try await cancelWhenGracefulShutdown {
+        await withGracefulShutdownHandler {
+            await cancelWhenGracefulShutdown {
                 await withTaskGroup(of: Void.self) { group in
                     if let interval = notifier.watchdogInterval {
                         group.addTask { await watchdog(every: interval) }

@@ -88,7 +88,8 @@ public final class OutputSink: Sendable {
             logger.warning("output rate limit: \(droppedBefore) lines not logged (kept in the ring)")
         }
         if log {
-            logger.log(level: stream == .stderr ? .notice : .info, "\(text)", metadata: ["stream": "\(stream.rawValue)"])
+            // Many programs write ordinary output to stderr: the stream is metadata, not a level.
+            logger.info("\(text)", metadata: ["stream": "\(stream.rawValue)"])
         }
     }
 }
