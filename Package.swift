@@ -26,6 +26,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // One small file per session program turning settings into a child spec; displays, cookies.
+        .target(
+            name: "Kiosk",
+            dependencies: [
+                "Supervision",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "KioskdDaemon",
             dependencies: [
@@ -52,6 +60,10 @@ let package = Package(
         .testTarget(
             name: "SupervisionTests",
             dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
+        ),
+        .testTarget(
+            name: "KioskTests",
+            dependencies: ["Kiosk", "Supervision", "KioskdTestSupport"]
         ),
         .testTarget(
             name: "KioskdDaemonTests",

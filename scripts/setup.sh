@@ -12,6 +12,10 @@ PACKAGES=(
   "systemd:/usr/bin/systemd-analyze"       # systemd-analyze verify of the unit in the tests
   "procps:/usr/bin/pgrep"
   "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
+  "xvfb:/usr/bin/Xvfb"                     # the session's virtual screen
+  "openbox:/usr/bin/openbox"               # the session's window manager
+  "x11vnc:/usr/bin/x11vnc"                 # the session's VNC server
+  "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -204,3 +204,27 @@ public func spawnWithDefaultSignals(
     posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     return posix_spawn(&pid, path, actions, &attr, argv, envp)
 }
+
+/// Runs a program to completion and returns its exit code (128 + signal if killed).
+public func runToExit(_ path: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(30)) async throws -> Int32 {
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    var pid: pid_t = 0
+    let rc = spawnWithDefaultSignals(&pid, path, &actions, argv, envp)
+    guard rc == 0 else { throw TestFailure("cannot run \(path): errno \(rc)") }
+    let status = OnceValue<Int32>()
+    let child = pid
+    Thread.detach {
+        var s: Int32 = 0
+        while waitpid(child, &s, 0) < 0 && errno == EINTR {}
+        status.set(s)
+    }
+    let s = try await withTimeout(timeout, "\(path) to finish") { try await status.wait() }
+    return s & 0x7f == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
+}
