@@ -1,13 +1,18 @@
 import Logging
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One incarnation of a child, whatever it runs.
 protocol RunningChild: Sendable {
     var processID: Int32? { get }
     /// Set once the child, and everything it started, is gone.
     var gone: OnceValue<ExitReason> { get }
     /// Passes when the probe does; with no probe, when the child's own start is done.
-    func awaitReady(_ probe: ReadinessProbe?) async throws -> String
+    /// `launch`: when this incarnation was launched (coarse wall clock, as files are stamped).
+    func awaitReady(_ probe: ReadinessProbe?, since launch: timespec) async throws -> String
     /// Stops by the shutdown spec; returns once the child is gone.
     func stop(_ shutdown: Shutdown) async -> ExitReason
 }
@@ -16,9 +21,9 @@ extension ProcessInstance: RunningChild {
     var processID: Int32? { pid }
     var gone: OnceValue<ExitReason> { fullyGone }
 
-    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
+    func awaitReady(_ probe: ReadinessProbe?, since launch: timespec) async throws -> String {
         guard let probe else { return "" }
-        return try await awaitReadiness(probe, instance: self, taskReady: nil, logWatch: logWatch)
+        return try await awaitReadiness(probe, since: launch, instance: self, taskReady: nil, logWatch: logWatch)
     }
 }
 
@@ -50,9 +55,9 @@ final class TaskChild: RunningChild {
 
     var processID: Int32? { nil }
 
-    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
+    func awaitReady(_ probe: ReadinessProbe?, since launch: timespec) async throws -> String {
         guard let probe else { return "" }
-        return try await awaitReadiness(probe, instance: nil, taskReady: readySignal, logWatch: nil)
+        return try await awaitReadiness(probe, since: launch, instance: nil, taskReady: readySignal, logWatch: nil)
     }
 
     func stop(_ shutdown: Shutdown) async -> ExitReason {
@@ -97,10 +102,10 @@ final class SupervisorChild: RunningChild {
     var processID: Int32? { nil }
 
     /// All of its children are ready (then the probe, if any, must pass too).
-    func awaitReady(_ probe: ReadinessProbe?) async throws -> String {
+    func awaitReady(_ probe: ReadinessProbe?, since launch: timespec) async throws -> String {
         try await supervisor.waitReady()
         guard let probe else { return "" }
-        return try await awaitReadiness(probe, instance: nil, taskReady: nil, logWatch: nil)
+        return try await awaitReadiness(probe, since: launch, instance: nil, taskReady: nil, logWatch: nil)
     }
 
     func stop(_ shutdown: Shutdown) async -> ExitReason {
@@ -132,6 +137,7 @@ func runChild(
     publish: @escaping @Sendable (SupervisionEvent.Kind) -> Void
 ) async {
     let id = spec.id
+    let launchedAt = coarseNow()
     let child: any RunningChild
     do {
         child = try await launch()
@@ -152,7 +158,7 @@ func runChild(
     let timeout = spec.readyTimeout
     let start = await firstOf(
         { () async throws -> Start? in
-            do { return .ready(try await child.awaitReady(probe)) } catch let e as ProbeFailure {
+            do { return .ready(try await child.awaitReady(probe, since: launchedAt)) } catch let e as ProbeFailure {
                 return .failed("readiness probe failed: \(e)")
             } catch let e as SupervisionError {
                 return .failed("\(e)")

@@ -15,7 +15,8 @@ public enum ReadinessProbe: Sendable {
     case unixSocket(path: String, banner: String? = nil)
     /// `GET path` on host:port answers with a 2xx status.
     case http(host: String, port: Int, path: String)
-    /// A file exists.
+    /// A file exists, written since this incarnation was launched (a file left by the previous
+    /// one does not count).
     case file(path: String)
     /// The child writes a line containing this text to stdout or stderr.
     case logLine(contains: String)
@@ -44,7 +45,7 @@ struct ProbeFailure: Error, CustomStringConvertible {
 
 /// Runs a probe until it passes; throws only for a definite failure (e.g. a wrong banner).
 /// Cancellation ends it (the caller races it against a timeout and the child's exit).
-func awaitReadiness(_ probe: ReadinessProbe, instance: ProcessInstance?, taskReady: OnceValue<String>?, logWatch: OnceValue<String>?) async throws -> String {
+func awaitReadiness(_ probe: ReadinessProbe, since launch: timespec, instance: ProcessInstance?, taskReady: OnceValue<String>?, logWatch: OnceValue<String>?) async throws -> String {
     switch probe {
     case .notifyFD:
         guard let line = instance?.notifyLine else { throw ProbeFailure(description: "the probe needs a process with a notify fd") }
@@ -62,10 +63,24 @@ func awaitReadiness(_ probe: ReadinessProbe, instance: ProcessInstance?, taskRea
     case .http(let host, let port, let path):
         return try await retrying { try await blocking { try httpProbe(host: host, port: port, path: path) } }
     case .file(let path):
-        return try await retrying { access(path, F_OK) == 0 ? path : nil }
+        return try await retrying { modified(path, since: launch) ? path : nil }
     case .custom(let check):
         return try await retrying { try await check() ? "" : nil }
     }
+}
+
+/// The kernel stamps files from its coarse clock: compare with the same clock.
+func coarseNow() -> timespec {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts)
+    return ts
+}
+
+private func modified(_ path: String, since launch: timespec) -> Bool {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return false }
+    let m = st.st_mtim
+    return m.tv_sec > launch.tv_sec || (m.tv_sec == launch.tv_sec && m.tv_nsec >= launch.tv_nsec)
 }
 
 private func retrying(_ attempt: () async throws -> String?) async throws -> String {

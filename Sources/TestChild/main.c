@@ -4,6 +4,7 @@
  *   --stderr TEXT        write TEXT and a newline to stderr
  *   --notify FD TEXT     write TEXT and a newline to fd FD (readiness, like Xvfb -displayfd)
  *   --touch PATH         create PATH
+ *   --touch-unless MARK PATH  create PATH unless MARK exists
  *   --sleep-ms N         sleep N ms
  *   --ignore-term        ignore SIGTERM from now on
  *   --grandchild PIDFILE fork a child that calls setsid, ignores SIGTERM, writes its pid to
@@ -78,6 +79,13 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--touch") && i + 1 < argc) {
             int fd = open(argv[++i], O_CREAT | O_WRONLY, 0644);
             if (fd >= 0) close(fd);
+        } else if (!strcmp(a, "--touch-unless") && i + 2 < argc) {
+            const char *mark = argv[++i], *path = argv[++i];
+            struct stat st;
+            if (stat(mark, &st) != 0) {
+                int fd = open(path, O_CREAT | O_WRONLY, 0644);
+                if (fd >= 0) close(fd);
+            }
         } else if (!strcmp(a, "--sleep-ms") && i + 1 < argc) {
             sleep_ms(atol(argv[++i]));
         } else if (!strcmp(a, "--ignore-term")) {

@@ -241,6 +241,29 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    @Test func aFileLeftByThePreviousIncarnationDoesNotMakeTheNextOneReady() async throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let (mark, file) = (dir + "/second-run", dir + "/ready")
+        let sup = try supervisor(.oneForOne, [spec("once", ["--touch-unless", mark, file], readiness: .file(path: file), readyTimeout: .milliseconds(300))],
+                                 intensity: .init(maxRestarts: 1, period: .seconds(60)))
+        let run = launch(sup)
+        try await sup.waitReady()
+        let first = try await pid(of: "once")
+        let mark0 = recorder.count
+        creat(mark, 0o644)  // from now on the child does not touch the file
+        kill(first, SIGKILL)
+        try await recorder.wait(for: "the restart to fail its readiness", after: mark0) {
+            if case .startFailed("once", _) = $0.kind { true } else { false }
+        }
+        let outcome = await run.value
+        guard case .gaveUp = outcome else { Issue.record("expected the restart to fail, got \(outcome)"); return }
+        #expect(recorder.events.dropFirst(mark0).contains { e in
+            if case .startFailed("once", let why) = e.kind { return why.contains("not ready within 300 ms") }
+            return false
+        }, "the stale file must not count as ready")
+    }
+
     @Test func aWrongBannerIsADefiniteFailure() async throws {
         let port = try freePort()
         let sup = try supervisor(.oneForOne, [spec("imposter", ["--listen", "\(port)", "SSH-2.0-OpenSSH\n"], readiness: .tcp(host: "127.0.0.1", port: port, banner: "RFB 003.008"))])
