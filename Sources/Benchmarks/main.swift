@@ -85,7 +85,7 @@ func rssKiB(_ pid: Int32) -> Int {
     defer { fclose(f) }
     var line = [CChar](repeating: 0, count: 512)
     while fgets(&line, Int32(line.count), f) != nil {
-        let s = String(cString: line)
+        let s = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         if s.hasPrefix("VmRSS:") { return Int(s.split(separator: " ").dropFirst().first ?? "") ?? -1 }
     }
     return -1
@@ -252,10 +252,7 @@ func kioskdServeRSS(children: Int, child: String) throws -> Int {
     try writeText(dir + "/kioskd.yaml", conf)
     let socketPath = dir + "/notify.sock"
     let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socketPath.utf8)) }
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    _ = withUnixSocketAddress(socketPath) { bind(fd, $0, $1) }
     var tv = timeval(tv_sec: 30, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     let pid = spawn(sibling("kioskd"), ["serve", "--config", dir + "/kioskd.yaml"], env: ["NOTIFY_SOCKET=\(socketPath)", "PATH=/usr/bin:/bin"])
@@ -303,7 +300,7 @@ final class FileLines {
     func next() -> String? {
         var line = [CChar](repeating: 0, count: 1024)
         guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-        return String(cString: line).trimmingNewline
+        return line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.trimmingNewline
     }
 }
 

@@ -92,7 +92,8 @@ struct Show: ParsableCommand {
     func run() throws {
         let config = try options.load(currentEnvironment())
         for key in ConfigSchema.keys {
-            print("\(key.path) = \(key.current(config))    # \(key.environmentVariable)")
+            print("\(key.path) = \(key.current(config))")
+            print("    # \(key.doc) (\(key.environmentVariable))")
         }
         print("programs = \(config.programs.map(\.name))    # \(ConfigSchema.environmentVariable(for: ConfigSchema.programsKey)) (YAML)")
     }

@@ -14,7 +14,6 @@ public final class OutputSink: Sendable {
     private struct State {
         var ring: [Line] = []
         var head = 0
-        var total = 0
         var windowStart: ContinuousClock.Instant = .now
         var loggedInWindow = 0
         var dropped = 0
@@ -39,9 +38,6 @@ public final class OutputSink: Sendable {
         }
     }
 
-    /// Lines seen in all (including those no longer in the ring).
-    public var totalLines: Int { state.withLock { $0.total } }
-
     /// Resolves with the first line containing `needle` from now on.
     func watch(for needle: String) -> OnceValue<String> {
         let value = OnceValue<String>()
@@ -59,7 +55,6 @@ public final class OutputSink: Sendable {
                 s.ring[s.head] = line
                 s.head = (s.head + 1) % capacity
             }
-            s.total += 1
             var matched: [OnceValue<String>] = []
             if !s.watchers.isEmpty {
                 s.watchers.removeAll { w in

@@ -40,7 +40,6 @@ public enum ProcessTree {
 
     struct Stat {
         let state: Character
-        let ppid: Int32
         let pgrp: Int32
         let session: Int32
         let startTime: UInt64
@@ -52,9 +51,9 @@ public enum ProcessTree {
         // The command name may contain spaces and parentheses: fields start after the last ')'.
         let fields = text[text.index(after: close)...].split(separator: " ")
         guard fields.count > 20, let state = fields[0].first,
-              let ppid = Int32(fields[1]), let pgrp = Int32(fields[2]), let session = Int32(fields[3]),
+              let pgrp = Int32(fields[2]), let session = Int32(fields[3]),
               let start = UInt64(fields[19]) else { return nil }
-        return Stat(state: state, ppid: ppid, pgrp: pgrp, session: session, startTime: start)
+        return Stat(state: state, pgrp: pgrp, session: session, startTime: start)
     }
 
     static func environ(of pid: Int32, contains needle: [UInt8]) -> Bool {

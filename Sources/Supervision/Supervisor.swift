@@ -18,7 +18,6 @@ public actor Supervisor {
     private let bus: EventBus
     private let logger: Logger
     private let readiness = OnceValue<SupervisionError?>()
-    private let finished = OnceValue<SupervisorStateMachine.Outcome>()
     private var nextRequest = 0
     private var addReplies: [Int: CheckedContinuation<Void, any Error>] = [:]
     private var removeReplies: [Int: CheckedContinuation<Void, any Error>] = [:]
@@ -72,18 +71,12 @@ public actor Supervisor {
         // Cancelled: the children were killed as their tasks were cancelled.
         let outcome = SupervisorStateMachine.Outcome.normal("cancelled")
         readiness.set(.notRunning)
-        finished.set(outcome)
         return outcome
     }
 
     /// Returns when the initial start completed; throws if it failed.
     public nonisolated func waitReady() async throws {
         if let error = try await readiness.wait() { throw error }
-    }
-
-    /// The outcome, once the supervisor has finished.
-    public nonisolated func waitFinished() async throws -> SupervisorStateMachine.Outcome {
-        try await finished.wait()
     }
 
     /// Stops every child in reverse order; `run()` then returns `.normal`.
@@ -165,7 +158,6 @@ public actor Supervisor {
             case .gaveUp(let why): readiness.set(.gaveUp(why))
             case .normal: readiness.set(.notRunning)
             }
-            finished.set(outcome)
         }
     }
 

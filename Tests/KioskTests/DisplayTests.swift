@@ -33,10 +33,7 @@ struct DisplayTests {
     /// A socket file nobody listens on any more (its server died).
     func deadSocket(_ n: Int) {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array("\(dir)/sockets/X\(n)".utf8)) }
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        _ = withUnixSocketAddress("\(dir)/sockets/X\(n)") { bind(fd, $0, $1) }
         close(fd)
     }
 
@@ -90,14 +87,7 @@ struct DisplayTests {
         // Someone in this network namespace holds @<socketDir>/X63.
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let name = [UInt8(0)] + Array("\(dir)/sockets/X63".utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: name) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sa_family_t>.size + name.count)) }
-        }
-        #expect(bound == 0)
+        #expect(withUnixSocketAddress("@\(dir)/sockets/X63") { bind(fd, $0, $1) } == 0)
         listen(fd, 1)
         await #expect(throws: DisplayError.exhausted(62...63)) { try await displays.allocate() }
         #expect(access(dir + "/.X62-lock", F_OK) == 0, "a lock we cannot read is not ours to delete")

@@ -1,5 +1,6 @@
 import KioskdTestSupport
 import Logging
+import Supervision
 import Testing
 @testable import KioskdDaemon
 
@@ -51,14 +52,7 @@ struct LogAndNotifyTests {
         let name = "kioskd-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = [UInt8(0)] + Array(name.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)) }
-        }
-        #expect(bound == 0)
+        #expect(withUnixSocketAddress("@" + name) { bind(fd, $0, $1) } == 0)
         #expect(SystemdNotifier(environment: ["NOTIFY_SOCKET": "@" + name]).notify([("STATUS", "hello")]))
         var buffer = [UInt8](repeating: 0, count: 256)
         let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))

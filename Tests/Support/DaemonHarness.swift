@@ -42,7 +42,7 @@ public final class DaemonProcess: Sendable {
             defer { fclose(stream) }
             var line = [CChar](repeating: 0, count: 65536)
             while fgets(&line, Int32(line.count), stream) != nil {
-                var text = String(cString: line)
+                var text = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
                 if text.hasSuffix("\n") { text.removeLast() }
                 log.record(text)
             }
@@ -81,13 +81,7 @@ public final class NotifyListener: Sendable {
     public init(path: String) throws {
         self.path = path
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard ok == 0 else { throw TestFailure("cannot bind \(path): errno \(errno)") }
+        guard withUnixSocketAddress(path, { bind(fd, $0, $1) }) == 0 else { throw TestFailure("cannot bind \(path): errno \(errno)") }
         let (socketFD, messages) = (fd, self.messages)
         Thread.detach {
             var buffer = [UInt8](repeating: 0, count: 65536)
@@ -115,49 +109,11 @@ public final class NotifyListener: Sendable {
     }
 }
 
-/// Lines (log lines, datagrams) as they arrive, with waiting for one that matches.
-public final class LineLog: Sendable {
-    private struct State {
-        var lines: [String] = []
-        var waiters: [(after: Int, match: @Sendable (String) -> Bool, found: OnceValue<String>)] = []
-    }
-    private let state = Mutex(State())
+/// Log lines or datagrams as they arrive.
+public typealias LineLog = Recorder<String>
 
-    public init() {}
-
-    public var lines: [String] { state.withLock { $0.lines } }
-
-    public func record(_ line: String) {
-        let hits = state.withLock { s -> [OnceValue<String>] in
-            s.lines.append(line)
-            var hits: [OnceValue<String>] = []
-            s.waiters.removeAll { w in
-                guard w.match(line) else { return false }
-                hits.append(w.found)
-                return true
-            }
-            return hits
-        }
-        for h in hits { h.set(line) }
-    }
-
-    /// The first line at index ≥ `after` that matches, within the deadline.
-    @discardableResult
-    public func wait(for what: String, after: Int = 0, timeout: Duration = .seconds(20), _ match: @escaping @Sendable (String) -> Bool) async throws -> String {
-        let found = OnceValue<String>()
-        state.withLock { s in
-            if let hit = s.lines.dropFirst(after).first(where: match) {
-                found.set(hit)
-            } else {
-                s.waiters.append((after, match, found))
-            }
-        }
-        do {
-            return try await withTimeout(timeout, what) { try await found.wait() }
-        } catch {
-            throw TestFailure("\(error); seen: \(lines.dropFirst(after).suffix(40))")
-        }
-    }
+extension Recorder where Element == String {
+    public var lines: [String] { items }
 }
 
 /// A plain OS thread for blocking calls (recv, waitpid) that must not hold a cooperative thread.

@@ -5,64 +5,75 @@ import Synchronization
 import Glibc
 #endif
 
-/// Records every event of a bus and lets a test wait for one, with a deadline (never a sleep).
-public final class EventRecorder: Sendable {
-    private struct Waiter {
-        let after: Int
-        let match: @Sendable (SupervisionEvent) -> Bool
-        let found: OnceValue<SupervisionEvent>
-    }
+/// What arrived (events, log lines, datagrams), in order, with waiting for one that matches
+/// within a deadline (never a sleep).
+public final class Recorder<Element: Sendable>: Sendable {
     private struct State {
-        var events: [SupervisionEvent] = []
-        var waiters: [Waiter] = []
+        var items: [Element] = []
+        var waiters: [(match: @Sendable (Element) -> Bool, found: OnceValue<Element>)] = []
     }
     private let state = Mutex(State())
+    private let describe: @Sendable (Element) -> String
 
-    public init(_ bus: EventBus) {
-        let stream = bus.subscribe()
-        Task { [self] in
-            for await event in stream { record(event) }
-        }
-    }
+    public init(describe: @escaping @Sendable (Element) -> String = { "\($0)" }) { self.describe = describe }
 
-    /// How many events so far: pass it as `after` to wait only for later ones.
-    public var count: Int { state.withLock { $0.events.count } }
-    public var events: [SupervisionEvent] { state.withLock { $0.events } }
+    /// How many so far: pass it as `after` to wait only for later ones.
+    public var count: Int { state.withLock { $0.items.count } }
+    public var items: [Element] { state.withLock { $0.items } }
 
-    private func record(_ event: SupervisionEvent) {
-        let matched = state.withLock { s -> [OnceValue<SupervisionEvent>] in
-            s.events.append(event)
-            var hits: [OnceValue<SupervisionEvent>] = []
+    public func record(_ item: Element) {
+        let hits = state.withLock { s -> [OnceValue<Element>] in
+            s.items.append(item)
+            var hits: [OnceValue<Element>] = []
             s.waiters.removeAll { w in
-                guard w.match(event) else { return false }
+                guard w.match(item) else { return false }
                 hits.append(w.found)
                 return true
             }
             return hits
         }
-        for m in matched { m.set(event) }
+        for h in hits { h.set(item) }
     }
 
-    /// The first event at index ≥ `after` that matches.
+    /// The first item at index ≥ `after` that matches.
     @discardableResult
-    public func wait(
-        for what: String, after: Int = 0, timeout: Duration = .seconds(20),
-        _ match: @escaping @Sendable (SupervisionEvent) -> Bool
-    ) async throws -> SupervisionEvent {
-        let found = OnceValue<SupervisionEvent>()
+    public func wait(for what: String, after: Int = 0, timeout: Duration = .seconds(20),
+                     _ match: @escaping @Sendable (Element) -> Bool) async throws -> Element {
+        let found = OnceValue<Element>()
         state.withLock { s in
-            if let hit = s.events.dropFirst(after).first(where: match) {
+            if let hit = s.items.dropFirst(after).first(where: match) {
                 found.set(hit)
             } else {
-                s.waiters.append(Waiter(after: after, match: match, found: found))
+                s.waiters.append((match, found))
             }
         }
         do {
             return try await withTimeout(timeout, what) { try await found.wait() }
         } catch let error as TimeoutError {
-            let seen = events.dropFirst(after).map(\.description).joined(separator: "\n  ")
-            throw TestFailure("\(error); events seen:\n  \(seen)")
+            let seen = items.dropFirst(after).suffix(40).map(describe).joined(separator: "\n  ")
+            throw TestFailure("\(error); seen:\n  \(seen)")
         }
+    }
+}
+
+/// Every event of a bus, recorded.
+public final class EventRecorder: Sendable {
+    private let recorder = Recorder<SupervisionEvent>(describe: \.description)
+
+    public init(_ bus: EventBus) {
+        let stream = bus.subscribe()
+        Task { [recorder] in
+            for await event in stream { recorder.record(event) }
+        }
+    }
+
+    public var count: Int { recorder.count }
+    public var events: [SupervisionEvent] { recorder.items }
+
+    @discardableResult
+    public func wait(for what: String, after: Int = 0, timeout: Duration = .seconds(20),
+                     _ match: @escaping @Sendable (SupervisionEvent) -> Bool) async throws -> SupervisionEvent {
+        try await recorder.wait(for: what, after: after, timeout: timeout, match)
     }
 }
 
