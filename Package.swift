@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
     ],
     targets: [
         // fork/exec, pidfd and the few variadic syscalls Swift cannot call directly.
@@ -26,12 +27,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // One small file per session program turning settings into a child spec; displays, cookies.
+        // One small file per session program turning settings into a child spec; displays,
+        // cookies, ports, the session tree and its manager; the CDP client that watches the tab.
         .target(
             name: "Kiosk",
             dependencies: [
                 "Supervision",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "WSClient", package: "swift-websocket"),
             ]
         ),
         .target(

@@ -16,6 +16,11 @@ PACKAGES=(
   "openbox:/usr/bin/openbox"               # the session's window manager
   "x11vnc:/usr/bin/x11vnc"                 # the session's VNC server
   "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks
+  "chromium:/usr/lib/chromium/chromium"    # the session's browser
+  "websockify:/usr/bin/websockify"         # the session's relay when bridge mode = websockify
+  "novnc:/usr/share/novnc/vnc.html"        # the viewer page
+  "imagemagick:/usr/bin/import"            # screenshots of a session's display (demo, tests)
+  "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # pages render text
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -47,6 +52,14 @@ if ! command -v swift >/dev/null 2>&1; then
     echo "[setup] no Swift toolchain: install Swift 6.1 or newer (expected at /opt/swift/usr/bin/swift)" >&2
     exit 1
   fi
+fi
+
+# Chromium's managed policies lock the kiosk down (chrome://, file://, devtools:// blocked, no
+# incognito, downloads, printing or file dialogs) while CDP keeps working: they deliberately leave
+# DeveloperToolsAvailability unset, which would refuse the agent's CDP attach. Root-owned, so
+# the browser's user cannot change them.
+if [ "$(id -u)" -eq 0 ]; then
+  install -D -m 0644 -o root -g root config/chromium-policies/kioskd.json /etc/chromium/policies/managed/kioskd.json
 fi
 
 # The service's own user (systemd/kioskd.service runs as it); no login, no home.

@@ -45,9 +45,7 @@ public actor DisplayAllocator {
             case .live:
                 continue
             case .stale(let why):
-                logger.warning("removing leftovers of a dead X server", metadata: ["display": ":\(n)", "reason": "\(why)"])
-                unlink(lockPath(n))
-                unlink(socketPath(n))
+                removeLeftovers(n, why)
                 guard state(of: n, abstract: abstractSockets()) == .free else { continue }
             case .free:
                 break
@@ -60,6 +58,20 @@ public actor DisplayAllocator {
 
     public func release(_ n: Int) {
         reserved.remove(n)
+    }
+
+    /// Removes a display's leftovers if they are provably dead (not reserved, not live).
+    /// Returns whether anything was removed.
+    public func removeIfStale(_ n: Int) -> Bool {
+        guard !reserved.contains(n), case .stale(let why) = state(of: n) else { return false }
+        removeLeftovers(n, why)
+        return true
+    }
+
+    private func removeLeftovers(_ n: Int, _ why: String) {
+        logger.warning("removing leftovers of a dead X server", metadata: ["display": ":\(n)", "reason": "\(why)"])
+        unlink(lockPath(n))
+        unlink(socketPath(n))
     }
 
     public func state(of n: Int) -> State {

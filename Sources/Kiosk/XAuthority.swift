@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Supervision
 
 /// A per-session MIT-MAGIC-COOKIE-1: only clients that read the session's Xauthority file may
 /// connect to its X server (never `-ac`).
@@ -36,18 +37,7 @@ public enum XAuthority {
     }
 
     /// Writes the file with mode 0600, owned by `owner` when given (the session's user).
-    public static func write(path: String, display: Int, cookie: XCookie, owner: (uid: UInt32, gid: UInt32)? = nil) throws(XAuthorityError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw XAuthorityError(path: path, errno: errno) }
-        defer { close(fd) }
-        let bytes = entry(display: display, cookie: cookie)
-        guard Glibc.write(fd, bytes, bytes.count) == bytes.count else { throw XAuthorityError(path: path, errno: errno) }
-        if let owner, fchown(fd, owner.uid, owner.gid) != 0 { throw XAuthorityError(path: path, errno: errno) }
+    public static func write(path: String, display: Int, cookie: XCookie, owner: Credentials? = nil) throws(FileError) {
+        try writeFile(path, entry(display: display, cookie: cookie), mode: 0o600, owner: owner)
     }
-}
-
-public struct XAuthorityError: Error, CustomStringConvertible {
-    public let path: String
-    public let errno: Int32
-    public var description: String { "cannot write the X authority file \(path): \(String(cString: strerror(errno)))" }
 }

@@ -37,6 +37,7 @@ public final class ProcessInstance: Sendable {
 
     /// Forks and execs `spec` on the reactor thread and starts watching it.
     static func spawn(_ spec: ProcessSpec, watchingFor needle: String? = nil, logger: Logger) async throws -> ProcessInstance {
+        try spec.beforeLaunch?()
         let cookie = randomHex(16)
         var environment = spec.environment
         environment[ProcessTree.cookieVariable] = cookie

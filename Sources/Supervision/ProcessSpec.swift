@@ -17,6 +17,10 @@ public struct ProcessSpec: Sendable {
     public var ringLines: Int
     /// Output lines per second logged for this child before lines are counted and dropped.
     public var logRate: Int
+    /// Runs before every launch, after the previous incarnation's processes are gone: clears
+    /// what a killed incarnation leaves behind (e.g. Chromium's profile lock). An error fails
+    /// the start.
+    public var beforeLaunch: (@Sendable () throws -> Void)?
 
     public init(
         executable: String,
@@ -27,7 +31,8 @@ public struct ProcessSpec: Sendable {
         rlimits: [ResourceLimit] = [],
         notifyFD: Int32? = nil,
         ringLines: Int = 200,
-        logRate: Int = 200
+        logRate: Int = 200,
+        beforeLaunch: (@Sendable () throws -> Void)? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -38,6 +43,7 @@ public struct ProcessSpec: Sendable {
         self.notifyFD = notifyFD
         self.ringLines = ringLines
         self.logRate = logRate
+        self.beforeLaunch = beforeLaunch
     }
 
     /// Variables that belong to the daemon itself and must never reach a child.

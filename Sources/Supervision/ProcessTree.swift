@@ -97,6 +97,32 @@ public enum ProcessTree {
         return killed
     }
 
+    /// SIGKILLs every process whose environment has an entry starting with `entryPrefix`
+    /// (e.g. `KIOSKD_SESSION=/run/kioskd/sessions/`): what a previous run of the daemon left.
+    /// Returns how many were killed. Blocks for at most a few seconds.
+    public static func killAll(environmentEntryPrefix entryPrefix: String) -> Int {
+        let needle = Array(entryPrefix.utf8)
+        let me = getpid()
+        var killed = 0
+        for _ in 0..<64 {
+            var pinned: [PinnedProcess] = []
+            guard let dir = opendir("/proc") else { return killed }
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard let pid = Int32(name), pid != me, let stat = readStat(pid), stat.state != "Z",
+                      environ(of: pid, contains: needle),
+                      let p = PinnedProcess(Member(pid: pid, startTime: stat.startTime)) else { continue }
+                pinned.append(p)
+            }
+            closedir(dir)
+            if pinned.isEmpty { break }
+            for p in pinned { _ = ksup_pidfd_send_signal(p.pidfd, SIGKILL) }
+            killed += pinned.count
+            PinnedProcess.waitAll(pinned, timeout: .milliseconds(500))
+        }
+        return killed
+    }
+
     static func terminate(leader: Int32, leaderStart: UInt64, cookie: String, grace: Duration?) async -> Int {
         await withCheckedContinuation { c in
             DispatchQueue.global().async {

@@ -94,7 +94,8 @@ private func retrying(_ attempt: () async throws -> String?) async throws -> Str
 }
 
 /// Runs blocking socket work off the cooperative pool.
-private func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+/// Runs blocking work (a connect, a /proc scan) off the cooperative pool.
+public func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { c in
         DispatchQueue.global().async { c.resume(with: Result { try body() }) }
     }

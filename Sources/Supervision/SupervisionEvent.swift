@@ -60,35 +60,5 @@ public struct SupervisionEvent: Sendable, CustomStringConvertible {
     }
 }
 
-/// Fans events out to every subscriber. A subscriber that falls behind loses its oldest
-/// events (bounded buffer) rather than slowing the supervisors down.
-public final class EventBus: Sendable {
-    private struct State {
-        var next = 0
-        var subscribers: [Int: AsyncStream<SupervisionEvent>.Continuation] = [:]
-    }
-    private let state = Mutex(State())
-    private let bufferSize: Int
-
-    public init(bufferSize: Int = 4096) { self.bufferSize = bufferSize }
-
-    public func subscribe() -> AsyncStream<SupervisionEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: SupervisionEvent.self, bufferingPolicy: .bufferingNewest(bufferSize))
-        let id = state.withLock { s in
-            s.next += 1
-            s.subscribers[s.next] = continuation
-            return s.next
-        }
-        continuation.onTermination = { [weak self] _ in
-            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
-        }
-        return stream
-    }
-
-    public func publish(_ event: SupervisionEvent) {
-        let subscribers = state.withLock { Array($0.subscribers.values) }
-        for s in subscribers { s.yield(event) }
-    }
-}
-
-import Synchronization
+/// The supervision tree's event stream.
+public typealias EventBus = Broadcast<SupervisionEvent>

@@ -1,0 +1,275 @@
+import FoundationEssentials
+import Logging
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a session is in its life.
+public enum SessionState: String, Sendable, Codable {
+    case starting, ready, stopping, ended
+}
+
+/// Why a session ended. `failed` is true when it did not end because someone asked.
+public struct SessionEnd: Sendable, Equatable, Codable, CustomStringConvertible {
+    public let reason: String
+    public let failed: Bool
+    public var description: String { (failed ? "failed: " : "") + reason }
+}
+
+/// What the API layer and viewers need to know about a session.
+public struct SessionInfo: Sendable, Equatable, Codable {
+    public var id: String
+    public var state: SessionState
+    public var display: String
+    /// The browser's CDP endpoint for the agent (loopback).
+    public var cdpURL: String
+    public var vncPort: Int
+    public var websockifyPort: Int?
+    public var directory: String
+    /// Live pids by child id (xvfb, openbox, x11vnc, websockify, chromium).
+    public var pids: [String: Int32]
+    public var end: SessionEnd?
+}
+
+/// What happens in a session, as one stream: its tree's transitions, the browser watch's
+/// findings, readiness and the end.
+public enum SessionEvent: Sendable, CustomStringConvertible {
+    case supervision(SupervisionEvent)
+    case browser(BrowserEvent)
+    case ready
+    case ended(SessionEnd)
+
+    public var description: String {
+        switch self {
+        case .supervision(let e): e.description
+        case .browser(let e): e.description
+        case .ready: "session ready"
+        case .ended(let end): "session ended: \(end)"
+        }
+    }
+}
+
+public enum SessionError: Error, Equatable, CustomStringConvertible {
+    case invalidSettings([String])
+    case duplicate(String)
+    case failedToStart(id: String, reason: String)
+    case setup(String)
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .invalidSettings(let problems): "invalid session settings: " + problems.joined(separator: "; ")
+        case .duplicate(let id): "a session with id '\(id)' already exists"
+        case .failedToStart(let id, let reason): "session '\(id)' failed to start: \(reason)"
+        case .setup(let why): "cannot set the session up: \(why)"
+        case .shuttingDown: "the session manager is shutting down"
+        }
+    }
+}
+
+/// One kiosk session: its resources (display, ports, directory) and its supervision tree.
+/// Created ready or not at all; everything it took is given back when it ends, however it ends.
+public actor Session {
+    public nonisolated let id: String
+    public nonisolated let settings: SessionSettings
+    public nonisolated let layout: SessionLayout
+    /// Every event of the session; finished after `.ended`.
+    public nonisolated let events: Broadcast<SessionEvent>
+    private let supervisor: Supervisor
+    private let host: SessionHost
+    private var state: SessionState = .starting
+    private var end: SessionEnd?
+    private var stopReason: String?
+    private var runner: Task<SessionEnd, Never>?
+
+    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, events: Broadcast<SessionEvent>, host: SessionHost) {
+        id = settings.id
+        self.events = events
+        self.settings = settings
+        self.layout = layout
+        self.supervisor = supervisor
+        self.host = host
+    }
+
+    /// Allocates, prepares and boots a session; returns once every program is ready (Chromium
+    /// answering CDP and the watch attached). On failure nothing is left behind.
+    static func start(_ settings: SessionSettings, host: SessionHost) async throws -> Session {
+        let problems = settings.problems()
+        guard problems.isEmpty else { throw SessionError.invalidSettings(problems) }
+        var logger = host.logger
+        logger[metadataKey: "session"] = "\(settings.id)"
+
+        var taken = Resources(host: host)
+        let layout: SessionLayout
+        do {
+            let display = try await taken.display()
+            let vnc = try await taken.port(), cdp = try await taken.port()
+            let ws = settings.bridge == .websockify ? try await taken.port() : nil
+            layout = SessionLayout(display: display, vncPort: vnc, cdpPort: cdp, websockifyPort: ws,
+                                   directory: host.sessionsDir + "/" + settings.id)
+            try prepareDirectory(layout, host: host)
+            try host.writeRecord(SessionRecord(id: settings.id, display: display, directory: layout.directory))
+        } catch {
+            removeTree(host.sessionsDir + "/" + settings.id)
+            await taken.release()
+            if let e = error as? SessionError { throw e }
+            throw SessionError.setup("\(error)")
+        }
+
+        let bus = EventBus()
+        let events = Broadcast<SessionEvent>()
+        let watch = BrowserWatch(profileDir: layout.profileDir, homeURL: settings.url, logger: logger) { event in
+            events.publish(.browser(event))
+        }
+        let spec = SessionTree.spec(settings, layout, user: host.user, lockdown: host.lockdown(layout), watch: watch, logger: logger)
+        let supervisor: Supervisor
+        do {
+            supervisor = try Supervisor(name: settings.id, spec: spec, parentPath: ["sessions"], events: bus, logger: logger)
+        } catch {
+            await cleanUp(layout, taken, host: host, logger: logger)
+            throw SessionError.setup("\(error)")
+        }
+        let session = Session(settings: settings, layout: layout, supervisor: supervisor, events: events, host: host)
+        await session.launch(bus: bus, resources: taken, logger: logger)
+
+        do {
+            try await supervisor.waitReady()
+        } catch {
+            let reason = "\(error)"
+            _ = await session.runner?.value
+            throw SessionError.failedToStart(id: settings.id, reason: reason)
+        }
+        await session.markReady()
+        return session
+    }
+
+    private func launch(bus: EventBus, resources: Resources, logger: Logger) {
+        let events = self.events
+        let forward = bus.subscribe()
+        let forwarder = Task {
+            for await event in forward { events.publish(.supervision(event)) }
+        }
+        let supervisor = self.supervisor, layout = self.layout, host = self.host
+        runner = Task {
+            let outcome = await supervisor.run()
+            bus.finish()
+            await forwarder.value
+            await Session.cleanUp(layout, resources, host: host, logger: logger)
+            return self.finish(outcome)
+        }
+    }
+
+    private func markReady() {
+        guard state == .starting else { return }
+        state = .ready
+        events.publish(.ready)
+    }
+
+    private func finish(_ outcome: SupervisorStateMachine.Outcome) -> SessionEnd {
+        let end: SessionEnd = switch outcome {
+        case .normal(let why): SessionEnd(reason: stopReason ?? why, failed: stopReason == nil)
+        case .failedToStart: SessionEnd(reason: outcome.description, failed: true)
+        case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)", failed: true)
+        }
+        self.end = end
+        state = .ended
+        events.publish(.ended(end))
+        events.finish()
+        return end
+    }
+
+    /// Stops every program (in reverse order, each by its shutdown spec), removes the
+    /// directory and releases the display and ports. Returns how the session ended.
+    @discardableResult
+    public func stop(reason: String) async -> SessionEnd {
+        if state != .ended {
+            if stopReason == nil { stopReason = reason }
+            state = .stopping
+            supervisor.shutdown()
+        }
+        return await ended()
+    }
+
+    /// Waits for the session's end, whatever causes it.
+    public func ended() async -> SessionEnd {
+        if let end { return end }
+        return await runner!.value
+    }
+
+    public func info() async -> SessionInfo {
+        var pids: [String: Int32] = [:]
+        if state != .ended {
+            for node in await supervisor.snapshot().descendants {
+                if let pid = node.pid { pids[node.id] = pid }
+            }
+        }
+        return SessionInfo(id: id, state: state, display: ":\(layout.display)", cdpURL: "http://127.0.0.1:\(layout.cdpPort)",
+                           vncPort: layout.vncPort, websockifyPort: layout.websockifyPort, directory: layout.directory,
+                           pids: pids, end: end)
+    }
+
+    /// The session's tree, for status pages.
+    public func snapshot() async -> TreeNode { await supervisor.snapshot() }
+
+    /// Recent output of one of the session's programs (e.g. "chromium"), for failure reports.
+    public func recentOutput(of child: String) async -> [String] {
+        (await supervisor.recentOutput(of: child) ?? []).map(\.text)
+    }
+
+    // MARK: - Resources
+
+    /// The directory tree, owned by the session's user: nothing else can read its cookie or
+    /// profile. The Xauthority file and the window manager's config are written here.
+    private static func prepareDirectory(_ layout: SessionLayout, host: SessionHost) throws {
+        let user = host.user
+        try makeDirectory(layout.directory, mode: 0o700, owner: user)
+        for sub in [layout.profileDir, layout.tmpDir, layout.directory + "/.config", layout.directory + "/.cache"] {
+            try makeDirectory(sub, mode: 0o700, owner: user)
+        }
+        try XAuthority.write(path: layout.authFile, display: layout.display, cookie: .random(), owner: user)
+        try Openbox.writeConfig(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory), owner: user)
+    }
+
+    private static func cleanUp(_ layout: SessionLayout, _ resources: Resources, host: SessionHost, logger: Logger) async {
+        // The tree is stopped: nothing writes here any more. A retry covers files a dying
+        // process's last write created while the first pass ran.
+        var left: [String] = []
+        for _ in 0..<3 {
+            left = removeTree(layout.directory)
+            if left.isEmpty { break }
+        }
+        if !left.isEmpty {
+            logger.error("could not remove the session directory", metadata: ["path": "\(layout.directory)", "left": "\(left.prefix(5))"])
+        }
+        host.removeRecord(layout.directory.split(separator: "/").last.map(String.init) ?? "")
+        await resources.release()
+    }
+}
+
+/// What a session took from the host, given back exactly once.
+struct Resources: Sendable {
+    let host: SessionHost
+    private(set) var displays: [Int] = []
+    private(set) var ports: [Int] = []
+
+    init(host: SessionHost) { self.host = host }
+
+    mutating func display() async throws -> Int {
+        let n = try await host.displays.allocate()
+        displays.append(n)
+        return n
+    }
+
+    mutating func port() async throws -> Int {
+        let p = try await host.ports.allocate()
+        ports.append(p)
+        return p
+    }
+
+    func release() async {
+        for d in displays { await host.displays.release(d) }
+        for p in ports { await host.ports.release(p) }
+    }
+}

@@ -1,0 +1,63 @@
+import Supervision
+
+/// How viewers reach a session's x11vnc.
+public enum BridgeMode: String, Sendable, CaseIterable, Codable {
+    /// kioskd's own WebSocket bridge (public listener) connects to x11vnc directly.
+    case builtin
+    /// A websockify process per session relays WebSocket to x11vnc.
+    case websockify
+}
+
+/// What one session is asked to be.
+public struct SessionSettings: Sendable, Equatable {
+    /// Names the session's directory, logs and events: letters, digits, '-' and '_', ≤ 64.
+    public var id: String
+    /// The page the kiosk opens (and reopens when its last tab is gone).
+    public var url: String
+    public var width: Int
+    public var height: Int
+    public var depth: Int
+    public var input: X11VNC.Input
+    public var bridge: BridgeMode
+    /// Restarts the session may spend per period before it ends (at each level of its tree:
+    /// the display stack, and the browser/VNC group).
+    public var budget: Intensity
+    /// The browser binary (a Chromium build; Debian's by default).
+    public var browserExecutable: String
+    /// false only when the config explicitly asks: it is logged as a warning.
+    public var sandbox: Bool
+
+    public init(id: String, url: String = "about:blank", width: Int = 1280, height: Int = 800, depth: Int = 24,
+                input: X11VNC.Input = .control, bridge: BridgeMode = .builtin,
+                budget: Intensity = Intensity(maxRestarts: 5, period: .seconds(60)),
+                browserExecutable: String = Chromium.executable, sandbox: Bool = true) {
+        self.id = id
+        self.url = url
+        self.width = width
+        self.height = height
+        self.depth = depth
+        self.input = input
+        self.bridge = bridge
+        self.budget = budget
+        self.browserExecutable = browserExecutable
+        self.sandbox = sandbox
+    }
+
+    /// Every problem at once, each naming the setting.
+    public func problems() -> [String] {
+        var out: [String] = []
+        let allowed = id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F
+        }
+        if id.isEmpty || id.utf8.count > 64 || !allowed || id.hasPrefix("-") {
+            out.append("id: '\(id)' must be 1–64 letters, digits, '-' or '_', not starting with '-'")
+        }
+        if !(320...7680).contains(width) { out.append("width: \(width) must be between 320 and 7680") }
+        if !(200...4320).contains(height) { out.append("height: \(height) must be between 200 and 4320") }
+        if ![16, 24].contains(depth) { out.append("depth: \(depth) must be 16 or 24") }
+        if url.isEmpty || url.utf8.count > 8192 { out.append("url: must be 1–8192 characters") }
+        if budget.maxRestarts < 0 || budget.period <= .zero { out.append("budget: restarts must be ≥ 0 and the period positive") }
+        if !browserExecutable.hasPrefix("/") { out.append("browser: '\(browserExecutable)' must be an absolute path") }
+        return out
+    }
+}

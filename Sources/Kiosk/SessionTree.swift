@@ -1,0 +1,79 @@
+import Logging
+import Supervision
+
+/// Everything a session was given: its display, ports and paths. Fixed for the session's life,
+/// so every restart of a child reuses them.
+public struct SessionLayout: Sendable, Equatable {
+    public var display: Int
+    public var vncPort: Int
+    public var cdpPort: Int
+    /// Only in websockify bridge mode.
+    public var websockifyPort: Int?
+    /// The session's private root: cookie, profile, TMPDIR, window manager config.
+    public var directory: String
+
+    public var authFile: String { directory + "/Xauthority" }
+    public var profileDir: String { directory + "/profile" }
+    public var tmpDir: String { directory + "/tmp" }
+
+    /// The variable that marks every process of the session, so a later run's sweeper can find
+    /// leftovers by /proc even if the daemon was SIGKILLed.
+    public static let markerVariable = "KIOSKD_SESSION"
+
+    /// The environment of every session program: nothing of the daemon's, HOME and TMPDIR in
+    /// the session's directory.
+    public func environment() -> [String: String] {
+        [
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": directory,
+            "TMPDIR": tmpDir,
+            "XDG_CONFIG_HOME": directory + "/.config",
+            "XDG_CACHE_HOME": directory + "/.cache",
+            Self.markerVariable: directory,
+        ]
+    }
+}
+
+/// The session's supervision tree:
+///
+///     <id> (rest_for_one)            budget N in P; spent → the session ends
+///     ├─ xvfb
+///     ├─ openbox
+///     ├─ <lockdown children>         (the key grabber's slot: they need X and the WM's rules)
+///     └─ clients (one_for_one)       budget N in P
+///        ├─ x11vnc
+///        ├─ websockify               (bridge mode websockify only)
+///        ├─ chromium
+///        └─ cdp-watch                (in-process: tab crashes, extra targets)
+///
+/// rest_for_one at the top: when Xvfb dies every X client dies with it, so everything after it
+/// restarts in order; a client's crash restarts only that client.
+public enum SessionTree {
+    public static func spec(_ s: SessionSettings, _ layout: SessionLayout, user: Credentials?,
+                            lockdown: [ChildSpec] = [], watch: BrowserWatch?, logger: Logger) -> SupervisorSpec {
+        let env = layout.environment()
+        var clients = [
+            X11VNC.childSpec(X11VNC.Settings(display: layout.display, authFile: layout.authFile, port: layout.vncPort, input: s.input),
+                             credentials: user, environment: env),
+        ]
+        if let port = layout.websockifyPort {
+            clients.append(Websockify.childSpec(Websockify.Settings(port: port, vncPort: layout.vncPort), credentials: user, environment: env))
+        }
+        clients.append(Chromium.childSpec(
+            Chromium.Settings(display: layout.display, authFile: layout.authFile, width: s.width, height: s.height,
+                              profileDir: layout.profileDir, cdpPort: layout.cdpPort, url: s.url, sandbox: s.sandbox,
+                              executable: s.browserExecutable),
+            credentials: user, environment: env, logger: logger))
+        if let watch { clients.append(watch.childSpec()) }
+
+        return SupervisorSpec(strategy: .restForOne, intensity: s.budget, children: [
+            Xvfb.childSpec(Xvfb.Settings(display: layout.display, authFile: layout.authFile, width: s.width, height: s.height, depth: s.depth),
+                           credentials: user, environment: env),
+            Openbox.childSpec(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory),
+                              credentials: user, environment: env),
+        ] + lockdown + [
+            ChildSpec(id: "clients", kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients))),
+        ])
+    }
+}
