@@ -28,13 +28,13 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
 /// browser restart only drops the connection: the watch reattaches to the new browser itself,
 /// so a Chromium restart does not count twice against the session's budget.
 public struct BrowserWatch: Sendable {
-    public let profileDir: String
+    public let cdpPort: Int
     public let homeURL: String
     public let report: @Sendable (BrowserEvent) -> Void
     public let logger: Logger
 
-    public init(profileDir: String, homeURL: String, logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
-        self.profileDir = profileDir
+    public init(cdpPort: Int, homeURL: String, logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
+        self.cdpPort = cdpPort
         self.homeURL = homeURL
         self.logger = logger
         self.report = report
@@ -49,7 +49,7 @@ public struct BrowserWatch: Sendable {
         var delay = Duration.milliseconds(20)
         while true {
             try Task.checkCancellation()
-            if let url = browserDebuggerURL(profileDir: profileDir) {
+            if let url = await browserDebuggerURL(cdpPort: cdpPort) {
                 do {
                     try await CDPConnection.connect(url: url, logger: logger) { cdp in try await watch(cdp, context) }
                     delay = .milliseconds(20)
@@ -59,7 +59,7 @@ public struct BrowserWatch: Sendable {
                     logger.debug("CDP watch reconnecting", metadata: ["reason": "\(error)"])
                 }
             }
-            // The browser is (re)starting: DevToolsActivePort is missing or still the old one.
+            // The browser is (re)starting: its endpoint is not up yet, or the old id is gone.
             try await Task.sleep(for: delay)
             delay = min(delay * 2, .milliseconds(500))
         }
@@ -68,7 +68,7 @@ public struct BrowserWatch: Sendable {
     private func watch(_ cdp: CDPConnection, _ context: TaskChildContext) async throws {
         try await cdp.send("Target.setDiscoverTargets", ["discover": true])
         var pages: Set<String> = []
-        for info in try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? [] where info["type"]?.string == "page" {
+        for info in try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? [] where Self.isTab(info) {
             if let id = info["targetId"]?.string { pages.insert(id) }
         }
         report(.attached(pages: pages.count))
@@ -79,7 +79,9 @@ public struct BrowserWatch: Sendable {
             let info = event.params["targetInfo"]
             let id = info?["targetId"]?.string ?? event.params["targetId"]?.string ?? ""
             switch event.method {
-            case "Target.targetCreated" where info?["type"]?.string == "page":
+            case "Target.targetCreated" where info.map(Self.isTab) ?? false:
+                // Discovery also announces the targets that existed before it was enabled.
+                guard !pages.contains(id) else { continue }
                 if !pages.isEmpty {
                     report(.unexpectedTarget(targetID: id, type: "page", url: info?["url"]?.string ?? ""))
                 }
@@ -90,13 +92,20 @@ public struct BrowserWatch: Sendable {
                     report(.tabClosed(targetID: id))
                     try await openHome(cdp)
                 }
-            case "Target.targetCrashed":
+            case "Target.targetCrashed" where pages.contains(id):
                 report(.tabCrashed(targetID: id, status: event.params["status"]?.string ?? "crashed"))
                 try await reload(id, cdp)
             default:
                 break
             }
         }
+    }
+
+    /// Whether a CDP TargetInfo is a tab: a page target that is not part of the browser's own
+    /// UI (the omnibox popup is a hidden WebUI page on a `*.top-chrome` host).
+    public static func isTab(_ info: JSONValue) -> Bool {
+        guard info["type"]?.string == "page", let url = info["url"]?.string else { return false }
+        return !(url.hasPrefix("chrome://") && url.split(separator: "/").dropFirst().first?.hasSuffix(".top-chrome") == true)
     }
 
     private func reload(_ target: String, _ cdp: CDPConnection) async throws {

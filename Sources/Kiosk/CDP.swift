@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import Supervision
 import Synchronization
 import WSClient
 
@@ -38,7 +39,7 @@ public final class CDPConnection: Sendable {
         (events, eventSink) = AsyncStream.makeStream(of: CDPEvent.self, bufferingPolicy: .bufferingNewest(1024))
     }
 
-    /// Connects to a CDP WebSocket URL (e.g. the browser's, from DevToolsActivePort) and runs
+    /// Connects to a CDP WebSocket URL (e.g. the browser's, `browserDebuggerURL`) and runs
     /// `body` with the connection; the connection closes when `body` returns.
     public static func connect<T: Sendable>(url: String, logger: Logger, _ body: @escaping @Sendable (CDPConnection) async throws -> T) async throws -> T {
         let result = Mutex<Result<T, any Error>?>(nil)
@@ -138,11 +139,11 @@ public final class CDPConnection: Sendable {
     }
 }
 
-/// The browser-wide CDP endpoint a running Chromium wrote into its profile: its port and
-/// path (`/devtools/browser/<id>`). Stale after a restart until the new browser rewrites it.
-public func browserDebuggerURL(profileDir: String) -> String? {
-    guard let text = readTextFile(profileDir + "/DevToolsActivePort") else { return nil }
-    let lines = text.split(separator: "\n")
-    guard lines.count >= 2, let port = Int(lines[0]), lines[1].hasPrefix("/devtools/browser/") else { return nil }
-    return "ws://127.0.0.1:\(port)\(lines[1])"
+/// The browser-wide CDP WebSocket endpoint (`ws://127.0.0.1:P/devtools/browser/<id>`), from
+/// /json/version; nil while nothing answers there. The id changes with every browser launch.
+public func browserDebuggerURL(cdpPort: Int) async -> String? {
+    let answer = try? await blocking { httpGet(host: "127.0.0.1", port: cdpPort, path: "/json/version") }
+    guard let answer, answer.status == 200,
+          let version = try? JSONDecoder().decode(JSONValue.self, from: Data(answer.body)) else { return nil }
+    return version["webSocketDebuggerUrl"]?.string
 }

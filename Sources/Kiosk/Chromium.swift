@@ -48,6 +48,9 @@ public enum Chromium {
             // CDP binds loopback by default; the port is the session's own.
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=\(s.cdpPort)",
+            // Chromium refuses CDP WebSockets that carry an Origin; the session's watch (NIO's
+            // client) sends this one. Pages have http(s) origins and stay refused.
+            "--remote-allow-origins=ws://127.0.0.1",
             "--ozone-platform=x11",
             "--window-position=0,0",
             "--window-size=\(s.width),\(s.height)",

@@ -15,6 +15,12 @@ public enum SessionState: String, Sendable, Codable {
 public struct SessionEnd: Sendable, Equatable, Codable, CustomStringConvertible {
     public let reason: String
     public let failed: Bool
+
+    public init(reason: String, failed: Bool) {
+        self.reason = reason
+        self.failed = failed
+    }
+
     public var description: String { (failed ? "failed: " : "") + reason }
 }
 
@@ -120,7 +126,11 @@ public actor Session {
 
         let bus = EventBus()
         let events = Broadcast<SessionEvent>()
-        let watch = BrowserWatch(profileDir: layout.profileDir, homeURL: settings.url, logger: logger) { event in
+        let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, logger: logger) { [logger] event in
+            switch event {
+            case .tabCrashed, .unexpectedTarget, .tabClosed: logger.warning("\(event)")
+            default: logger.info("\(event)")
+            }
             events.publish(.browser(event))
         }
         let spec = SessionTree.spec(settings, layout, user: host.user, lockdown: host.lockdown(layout), watch: watch, logger: logger)

@@ -73,7 +73,9 @@ public enum SessionTree {
             Openbox.childSpec(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory),
                               credentials: user, environment: env),
         ] + lockdown + [
-            ChildSpec(id: "clients", kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients))),
+            // Ready when all its children are: Chromium's own 30 s bound is the longest.
+            ChildSpec(id: "clients", kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients)),
+                      readyTimeout: .seconds(60)),
         ])
     }
 }

@@ -128,22 +128,51 @@ private func connectProbe(_ endpoint: Endpoint, banner: String?) throws -> Strin
 }
 
 private func httpProbe(host: String, port: Int, path: String) throws -> String? {
+    guard let answer = httpGet(host: host, port: port, path: path, bodyLimit: 0) else { return nil }
+    return (200..<300).contains(answer.status) ? answer.statusLine : nil
+}
+
+/// One answer of `httpGet`.
+public struct HTTPAnswer: Sendable {
+    public let status: Int
+    public let statusLine: String
+    public let body: [UInt8]
+}
+
+/// A minimal blocking GET for small loopback endpoints (readiness, Chromium's /json/version):
+/// `Connection: close`, body read to EOF or Content-Length up to `bodyLimit` bytes, no chunked
+/// bodies. Each read waits at most 250 ms. Nil when nothing listens or the answer is not HTTP.
+public func httpGet(host: String, port: Int, path: String, bodyLimit: Int = 1 << 20) -> HTTPAnswer? {
     guard let fd = connectSocket(.tcp(host, port)) else { return nil }
     defer { close(fd) }
-    let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
+    // HTTP/1.1: Chromium's DevTools server rejects 1.0 requests; Connection: close ends the answer.
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n\r\n".utf8)
     guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
-    var head: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 512)
-    while !head.contains(UInt8(ascii: "\n")) && head.count < 4096 {
+    let separator = Array("\r\n\r\n".utf8)
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    var headEnd: Int?
+    var contentLength: Int?
+    // Until EOF, or until Content-Length is complete: servers may keep the connection open.
+    while data.count < 16384 + bodyLimit {
+        if bodyLimit == 0, data.contains(UInt8(ascii: "\n")) { break }
+        if let h = headEnd, let length = contentLength, data.count - h >= min(length, bodyLimit) { break }
         let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return nil }
-        head.append(contentsOf: chunk[0..<n])
+        if n <= 0 { break }
+        data.append(contentsOf: chunk[0..<n])
+        if headEnd == nil, let i = data.indices.dropLast(3).first(where: { data[$0..<($0 + 4)].elementsEqual(separator) }) {
+            headEnd = i + 4
+            let head = String(decoding: data[..<i], as: UTF8.self).lowercased()
+            contentLength = head.split(separator: "\r\n").lazy
+                .compactMap { line in line.hasPrefix("content-length:") ? Int(line.dropFirst(15).filter { $0 != " " && $0 != "\t" }) : nil }
+                .first
+        }
     }
-    let statusLine = String(decoding: head.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self).trimmingNewlines
+    let statusLine = String(decoding: data.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self).trimmingNewlines
     let parts = statusLine.split(separator: " ")
-    guard parts.count >= 2, let code = Int(parts[1]) else { return nil }
-    return (200..<300).contains(code) ? statusLine : nil
+    guard parts.count >= 2, parts[0].hasPrefix("HTTP/"), let code = Int(parts[1]) else { return nil }
+    return HTTPAnswer(status: code, statusLine: statusLine, body: headEnd.map { Array(data[$0...].prefix(bodyLimit)) } ?? [])
 }
 
 private func connectSocket(_ endpoint: Endpoint) -> Int32? {
