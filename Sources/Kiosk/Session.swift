@@ -88,10 +88,14 @@ public actor Session {
     private var state: SessionState = .starting
     private var end: SessionEnd?
     private var stopReason: String?
+    private var lastFailure: String?
+    private let onEnded: @Sendable (String) async -> Void
     private var runner: Task<SessionEnd, Never>?
 
-    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, events: Broadcast<SessionEvent>, host: SessionHost) {
+    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, events: Broadcast<SessionEvent>, host: SessionHost,
+         onEnded: @escaping @Sendable (String) async -> Void) {
         id = settings.id
+        self.onEnded = onEnded
         self.events = events
         self.settings = settings
         self.layout = layout
@@ -101,7 +105,8 @@ public actor Session {
 
     /// Allocates, prepares and boots a session; returns once every program is ready (Chromium
     /// answering CDP and the watch attached). On failure nothing is left behind.
-    static func start(_ settings: SessionSettings, host: SessionHost) async throws -> Session {
+    /// `onEnded` runs once the session's resources are released, before `ended()` returns.
+    static func start(_ settings: SessionSettings, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) async throws -> Session {
         let problems = settings.problems()
         guard problems.isEmpty else { throw SessionError.invalidSettings(problems) }
         var logger = host.logger
@@ -141,7 +146,7 @@ public actor Session {
             await cleanUp(layout, taken, host: host, logger: logger)
             throw SessionError.setup("\(error)")
         }
-        let session = Session(settings: settings, layout: layout, supervisor: supervisor, events: events, host: host)
+        let session = Session(settings: settings, layout: layout, supervisor: supervisor, events: events, host: host, onEnded: onEnded)
         await session.launch(bus: bus, resources: taken, logger: logger)
 
         do {
@@ -159,7 +164,10 @@ public actor Session {
         let events = self.events
         let forward = bus.subscribe()
         let forwarder = Task {
-            for await event in forward { events.publish(.supervision(event)) }
+            for await event in forward {
+                self.note(event)
+                events.publish(.supervision(event))
+            }
         }
         let supervisor = self.supervisor, layout = self.layout, host = self.host
         runner = Task {
@@ -167,7 +175,19 @@ public actor Session {
             bus.finish()
             await forwarder.value
             await Session.cleanUp(layout, resources, host: host, logger: logger)
+            await self.onEnded(self.id)
             return self.finish(outcome)
+        }
+    }
+
+    /// The last program failure, so a spent budget names the program and not only the group.
+    private func note(_ event: SupervisionEvent) {
+        switch event.kind {
+        case .exited(let child, .failed(let why), _), .startFailed(let child, let why):
+            guard child != "clients" else { return }
+            lastFailure = "\(child): \(why)"
+        default:
+            break
         }
     }
 
@@ -181,7 +201,7 @@ public actor Session {
         let end: SessionEnd = switch outcome {
         case .normal(let why): SessionEnd(reason: stopReason ?? why, failed: stopReason == nil)
         case .failedToStart: SessionEnd(reason: outcome.description, failed: true)
-        case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)", failed: true)
+        case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)" + (lastFailure.map { "; last failure: \($0)" } ?? ""), failed: true)
         }
         self.end = end
         state = .ended

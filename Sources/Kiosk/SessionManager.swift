@@ -34,16 +34,14 @@ public actor SessionManager {
         guard sessions[settings.id] == nil, !starting.contains(settings.id) else { throw SessionError.duplicate(settings.id) }
         starting.insert(settings.id)
         defer { starting.remove(settings.id) }
-        let session = try await Session.start(settings, host: host)
+        let session = try await Session.start(settings, host: host) { [weak self] id in await self?.forget(id) }
         sessions[settings.id] = session
+        // It may have ended (and been forgotten) between becoming ready and being added.
+        if await session.info().state == .ended { sessions[settings.id] = nil }
         let id = settings.id, events = self.events
         let stream = session.events.subscribe()
         Task {
             for await event in stream { events.publish((id, event)) }
-        }
-        Task {
-            _ = await session.ended()
-            self.forget(id)
         }
         return session
     }
