@@ -12,6 +12,14 @@ public struct SessionLayout: Sendable, Equatable {
     /// The session's private root: cookie, profile, TMPDIR, window manager config.
     public var directory: String
 
+    public init(display: Int, vncPort: Int, cdpPort: Int, websockifyPort: Int?, directory: String) {
+        self.display = display
+        self.vncPort = vncPort
+        self.cdpPort = cdpPort
+        self.websockifyPort = websockifyPort
+        self.directory = directory
+    }
+
     public var authFile: String { directory + "/Xauthority" }
     public var profileDir: String { directory + "/profile" }
     public var tmpDir: String { directory + "/tmp" }

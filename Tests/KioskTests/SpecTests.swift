@@ -1,0 +1,121 @@
+import Kiosk
+import Logging
+import Supervision
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The programs' command lines and the session tree, as pure values.
+@Suite("Program specs and the session tree")
+struct SpecTests {
+    let layout = SessionLayout(display: 42, vncPort: 21000, cdpPort: 21001, websockifyPort: nil, directory: "/run/kioskd/sessions/s1")
+
+    @Test func x11vncIsLoopbackOnlyWithoutClipboardAndItsInputFollowsTheMode() {
+        let control = X11VNC.arguments(.init(display: 42, authFile: "/a", port: 21000, input: .control))
+        for flag in ["-localhost", "-shared", "-forever", "-nosel", "-noclipboard", "-nosetclipboard", "-noprimary", "-nosetprimary", "-safer", "-nocmds", "-norc"] {
+            #expect(control.contains(flag), "\(flag)")
+        }
+        #expect(control.joined(separator: " ").contains("-ncache 0"))
+        #expect(control.joined(separator: " ").contains("-input KMB"), "without B, clicks are dropped")
+        let view = X11VNC.arguments(.init(display: 42, authFile: "/a", port: 21000, input: .viewOnly))
+        #expect(view.contains("-viewonly") && !view.contains("-input"))
+        guard case .process(let p) = X11VNC.childSpec(.init(display: 42, authFile: "/a", port: 21000, input: .control), credentials: nil, environment: [:]).kind else {
+            Issue.record("x11vnc must be a process")
+            return
+        }
+        #expect(p.rlimits == [ResourceLimit(.nofile, soft: 8192)], "a huge NOFILE makes each connect take minutes")
+    }
+
+    @Test func chromiumIsAKioskWithItsOwnProfileAndCDPOnLoopbackAndTheSandboxStaysOn() {
+        let s = Chromium.Settings(display: 42, authFile: "/a", width: 800, height: 600, profileDir: "/p", cdpPort: 21001,
+                                  url: "https://example.com", useDevShm: true)
+        let args = Chromium.arguments(s)
+        #expect(args.first == "--kiosk" && args.last == "https://example.com")
+        for flag in ["--user-data-dir=/p", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=21001",
+                     "--password-store=basic", "--disable-gpu", "--hide-crash-restore-bubble", "--window-size=800,600"] {
+            #expect(args.contains(flag), "\(flag)")
+        }
+        #expect(!args.contains("--no-sandbox") && !args.contains("--disable-dev-shm-usage"))
+        var unsafe = s
+        unsafe.sandbox = false
+        unsafe.useDevShm = false
+        #expect(Chromium.arguments(unsafe).contains("--no-sandbox") && Chromium.arguments(unsafe).contains("--disable-dev-shm-usage"))
+    }
+
+    @Test func openboxGetsAKioskConfigWithNoBindingsAndEveryWindowFullscreen() {
+        let rc = Openbox.rcXML(menuPath: "/s/menu&.xml")
+        #expect(rc.contains("<keyboard></keyboard>"), "no key bindings: Openbox's default A-F4 would close the browser")
+        #expect(!rc.contains("<context name=\"Root\">") && !rc.contains("<context name=\"Desktop\">"), "no menus")
+        #expect(rc.contains("<application class=\"*\">") && rc.contains("<decor>no</decor>") && rc.contains("<fullscreen>yes</fullscreen>"))
+        #expect(rc.contains("/s/menu&amp;.xml"), "paths are escaped in XML")
+        let args = Openbox.arguments(.init(display: 42, authFile: "/a", directory: "/s"))
+        #expect(args == ["--config-file", "/s/openbox-rc.xml", "--sm-disable", "--startup", "/usr/bin/touch /s/openbox.ready"])
+    }
+
+    @Test func theSessionTreeIsRestForOneWithTheClientsGroupLast() {
+        let spec = SessionTree.spec(SessionSettings(id: "s1"), layout, user: nil,
+                                    lockdown: [ChildSpec(id: "grabber", kind: .task { _ in })], watch: nil, logger: Logger(label: "test"))
+        #expect(spec.strategy == .restForOne)
+        #expect(spec.children.map(\.id) == ["xvfb", "openbox", "grabber", "clients"])
+        guard case .supervisor(let clients) = spec.children.last?.kind else {
+            Issue.record("clients must be a supervisor")
+            return
+        }
+        #expect(clients.strategy == .oneForOne)
+        #expect(clients.children.map(\.id) == ["x11vnc", "chromium"], "no websockify in builtin mode")
+        var ws = layout
+        ws.websockifyPort = 21002
+        let withRelay = SessionTree.spec(SessionSettings(id: "s1", bridge: .websockify), ws, user: nil, watch: nil, logger: Logger(label: "test"))
+        guard case .supervisor(let relayed) = withRelay.children.last?.kind else { return }
+        #expect(relayed.children.map(\.id) == ["x11vnc", "websockify", "chromium"])
+        #expect(Websockify.arguments(.init(port: 21002, vncPort: 21000)) == ["127.0.0.1:21002", "127.0.0.1:21000"])
+    }
+
+    @Test func sessionProgramsGetTheSessionsHomeAndNothingOfTheDaemon() {
+        let env = layout.environment()
+        #expect(env["HOME"] == layout.directory && env["TMPDIR"] == layout.directory + "/tmp")
+        #expect(env["KIOSKD_SESSION"] == layout.directory, "the marker the sweeper finds leftovers by")
+        #expect(env.keys.allSatisfy { !$0.hasPrefix("NOTIFY_") && !$0.hasPrefix("LISTEN_") && !$0.hasPrefix("WATCHDOG_") })
+    }
+
+    @Test(arguments: [
+        (SessionSettings(id: "ok-1_2"), [String]()),
+        (SessionSettings(id: ""), ["id"]),
+        (SessionSettings(id: "../etc"), ["id"]),
+        (SessionSettings(id: "-x"), ["id"]),
+        (SessionSettings(id: String(repeating: "a", count: 65)), ["id"]),
+        (SessionSettings(id: "s", width: 100, height: 100_000, depth: 8), ["width", "height", "depth"]),
+        (SessionSettings(id: "s", url: ""), ["url"]),
+        (SessionSettings(id: "s", browserExecutable: "chromium"), ["browser"]),
+    ])
+    func settingsProblemsNameTheSetting(settings: SessionSettings, keys: [String]) {
+        #expect(settings.problems().map { String($0.prefix { $0 != ":" }) } == keys)
+    }
+
+    @Test func portsAreNeverHandedOutTwiceNorWhileSomethingListens() async throws {
+        let ports = PortAllocator(range: 29990...29992)
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(29990).bigEndian)
+        addr.sin_addr.s_addr = in_addr_t(UInt32(0x7F00_0001).bigEndian)
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(bound == 0)
+        listen(listener, 1)
+        #expect(try await ports.allocate() == 29991, "29990 is in use")
+        #expect(try await ports.allocate() == 29992)
+        await #expect(throws: PortError.exhausted(29990...29992)) { try await ports.allocate() }
+        await ports.release(29991)
+        #expect(try await ports.allocate() == 29991)
+    }
+
+    @Test func theBrowsersOwnUIPagesAreNotTabs() {
+        #expect(BrowserWatch.isTab(["type": "page", "url": "https://example.com"]))
+        #expect(BrowserWatch.isTab(["type": "page", "url": "chrome://version"]), "a blocked chrome:// tab is still a tab")
+        #expect(!BrowserWatch.isTab(["type": "page", "url": "chrome://omnibox-popup.top-chrome/"]))
+        #expect(!BrowserWatch.isTab(["type": "service_worker", "url": "https://example.com/sw.js"]))
+    }
+}
