@@ -41,6 +41,7 @@ let package = Package(
             name: "KioskdDaemon",
             dependencies: [
                 "Supervision",
+                "Kiosk",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

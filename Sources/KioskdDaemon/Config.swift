@@ -1,3 +1,4 @@
+import Kiosk
 import Supervision
 
 /// The daemon's configuration, with every default. `ConfigSchema` lists each key, its
@@ -11,6 +12,8 @@ public struct Config: Sendable, Equatable {
     public var log = Log()
     public var supervisor = SupervisorSettings()
     public var shutdown = ShutdownSettings()
+    public var sessions = SessionDefaults()
+    public var demo = Demo()
     public var programs: [Program] = []
 
     public init() {}
@@ -58,6 +61,27 @@ public struct Config: Sendable, Equatable {
 
     public struct ShutdownSettings: Sendable, Equatable {
         public var timeout = Duration.seconds(30)
+    }
+
+    /// What every kiosk session gets unless its request says otherwise.
+    public struct SessionDefaults: Sendable, Equatable {
+        public var user = "kioskd"
+        public var displays = 10...999
+        public var ports = 20000...29999
+        public var width = 1280
+        public var height = 800
+        public var input = X11VNC.Input.control
+        public var bridge = BridgeMode.builtin
+        public var maxRestarts = 5
+        public var period = Duration.seconds(60)
+        public var browser = Chromium.executable
+        public var sandbox = true
+    }
+
+    /// A session booted with the daemon, to look at (the README's run command).
+    public struct Demo: Sendable, Equatable {
+        public var enabled = false
+        public var url = "about:blank"
     }
 
     /// One supervised program (`programs:` list).

@@ -1,3 +1,4 @@
+import Kiosk
 import Supervision
 
 /// Every scalar configuration key: its path, what it means, how its text is checked and stored.
@@ -41,6 +42,19 @@ enum ConfigSchema {
         key("supervisor.backoff.jitter", "Random spread of each delay, as a fraction (0.25 = ±25 %).", \.supervisor.backoff.jitter, decimal(0...1)),
         key("supervisor.backoff.reset_after", "Running this long counts as stable: the failure count starts over.", \.supervisor.backoff.resetAfter, duration(min: .zero)),
         key("shutdown.timeout", "Bound on an orderly stop (SIGTERM); whatever still runs after it is killed.", \.shutdown.timeout, duration(min: .milliseconds(100))),
+        key("sessions.user", "Unprivileged user the session programs run as when kioskd runs as root (Chromium's sandbox needs one).", \.sessions.user, userName),
+        key("sessions.displays", "X display numbers sessions may use (first-last).", \.sessions.displays, range(1...65535)),
+        key("sessions.ports", "Loopback TCP ports for the sessions' x11vnc, CDP and websockify (first-last).", \.sessions.ports, range(1024...65535)),
+        key("sessions.width", "Screen width in pixels.", \.sessions.width, integer(320...7680)),
+        key("sessions.height", "Screen height in pixels.", \.sessions.height, integer(200...4320)),
+        key("sessions.input", "What VNC viewers may do: control (keys, mouse, clicks) or view.", \.sessions.input, choice(X11VNC.Input.self)),
+        key("sessions.bridge", "How viewers reach x11vnc: builtin (kioskd's bridge) or websockify (a relay process per session).", \.sessions.bridge, choice(BridgeMode.self)),
+        key("sessions.max_restarts", "Restarts a session may spend per sessions.period (at each level of its tree) before it ends.", \.sessions.maxRestarts, integer(0...1000)),
+        key("sessions.period", "Window for sessions.max_restarts.", \.sessions.period, duration(min: .seconds(1))),
+        key("sessions.browser", "The Chromium binary (Debian's by default; not the /usr/bin/chromium wrapper).", \.sessions.browser, absolutePath),
+        key("sessions.sandbox", "Chromium's sandbox. false only if you must: a hostile page could then reach the host.", \.sessions.sandbox, boolean),
+        key("demo.enabled", "Boot one session with the daemon and print how to look at it.", \.demo.enabled, boolean),
+        key("demo.url", "The demo session's page.", \.demo.url, nonEmpty),
     ]
 
     static func key<T>(_ path: String, _ doc: String, _ field: WritableKeyPath<Config, T> & Sendable,
@@ -99,6 +113,37 @@ enum ConfigSchema {
             return text
         }
         throw ValueError(message: "must be empty, sqlite:///path or postgres://…, got a URL with another scheme")
+    }
+
+    static func userName(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty, text != "root", text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw ValueError(message: "must be the name of an unprivileged user, got \"\(text)\"")
+        }
+        return text
+    }
+
+    static func nonEmpty(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty else { throw ValueError(message: "must not be empty") }
+        return text
+    }
+
+    static func boolean(_ text: String) throws(ValueError) -> Bool {
+        switch text.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw ValueError(message: "must be true or false, got \"\(text)\"")
+        }
+    }
+
+    static func range(_ bounds: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> ClosedRange<Int> {
+        { (text: String) throws(ValueError) -> ClosedRange<Int> in
+            let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+            guard parts.count == 2, let low = Int(parts[0].filter { $0 != " " }), let high = Int(parts[1].filter { $0 != " " }),
+                  low <= high, bounds.contains(low), bounds.contains(high) else {
+                throw ValueError(message: "must be first-last within \(bounds.lowerBound)-\(bounds.upperBound), got \"\(text)\"")
+            }
+            return low...high
+        }
     }
 
     static func choice<T: RawRepresentable & CaseIterable & Sendable>(_: T.Type) -> @Sendable (String) throws(ValueError) -> T where T.RawValue == String {
@@ -162,6 +207,10 @@ extension HostPort: ConfigRenderable { var rendered: String { description } }
 extension LogLevel: ConfigRenderable { var rendered: String { rawValue } }
 extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
 extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
+extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
+extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
+extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
+extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
 extension Duration: ConfigRenderable {
     var rendered: String {
         let (s, atto) = components

@@ -1,3 +1,4 @@
+import Kiosk
 import Logging
 import ServiceLifecycle
 import Supervision
@@ -24,6 +25,12 @@ public struct Daemon {
 
         let events = EventBus()
         let programs = try ProgramSpecs.supervisor(config)
+        let sessions: SessionManager
+        do {
+            sessions = SessionManager(host: try SessionsChild.host(config, logger: logger))
+        } catch {
+            throw DaemonError.setup(key: "sessions.user", message: "\(error)")
+        }
         // A significant program ending stops the programs group, and with it the daemon.
         let significant = programs.autoShutdown != .never
         // The root restarts a subtree that gave up once a minute at most; beyond that the
@@ -34,7 +41,10 @@ public struct Daemon {
                 strategy: .oneForOne,
                 intensity: Intensity(maxRestarts: 1, period: .seconds(60)),
                 autoShutdown: significant ? .anySignificant : .never,
-                children: [ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant)]),
+                children: [
+                    ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
+                    SessionsChild.spec(config, manager: sessions, logger: logger),
+                ]),
             events: events, logger: logger)
         let notifier = SystemdNotifier(environment: environment)
         logger.info("starting", metadata: [
@@ -62,6 +72,10 @@ public struct Daemon {
             if let error = makeDirectories(path, mode: 0o750) {
                 throw DaemonError.setup(key: key, message: "cannot create \(path): \(error)")
             }
+        }
+        // The session user must pass through to its session's directory (nothing is listable).
+        if geteuid() == 0, chmod(config.runtime.dir, 0o711) != 0 {
+            throw DaemonError.setup(key: "runtime.dir", message: "cannot chmod \(config.runtime.dir): \(String(cString: strerror(errno)))")
         }
     }
 }

@@ -28,7 +28,6 @@ struct SessionFixture {
             throw TestFailure("Chromium's kiosk policies are not installed: run scripts/setup.sh (installs config/chromium-policies)")
         }
         dir = try makeTempDir(name)
-        chmod(dir, 0o711)  // the session user must reach its directory below this one
         let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records",
                                user: try SessionHost.sessionUser(named: sessionUserName),
                                displays: hostDisplays, ports: hostPorts, logger: { var l = Logger(label: "test"); l.logLevel = .debug; return l }())

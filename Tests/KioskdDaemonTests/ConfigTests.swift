@@ -72,6 +72,19 @@ struct ConfigTests {
         "supervisor.backoff.jitter": "0.1",
         "supervisor.backoff.reset_after": "45s",
         "shutdown.timeout": "12s",
+        "sessions.user": "kiosk-user",
+        "sessions.displays": "100-199",
+        "sessions.ports": "30000-30999",
+        "sessions.width": "1920",
+        "sessions.height": "1080",
+        "sessions.input": "view",
+        "sessions.bridge": "websockify",
+        "sessions.max_restarts": "3",
+        "sessions.period": "30s",
+        "sessions.browser": "/opt/chromium/chrome",
+        "sessions.sandbox": "false",
+        "demo.enabled": "true",
+        "demo.url": "https://example.com/",
     ]
 
     @Test func everyKeyCanBeSetFromItsEnvironmentVariable() throws {

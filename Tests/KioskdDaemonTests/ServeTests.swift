@@ -149,4 +149,37 @@ struct ServeTests {
         #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
         #expect(processesWithEnvironment(containing: marker).isEmpty)
     }
+
+    @Test func theDemoSessionBootsAndADaemonKilledWithItsSessionLeavesNothingAfterTheNextStart() async throws {
+        defer { removeTree(dir) }
+        // Displays and ports of their own: the test process's sessions allocate in parallel.
+        let path = try config("  []", extra: """
+            sessions:
+              displays: 900-949
+              ports: 40000-40999
+            demo:
+              enabled: true
+              url: "data:text/html,<title>demo</title>"
+            """)
+        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/demo"
+        let first = try start(path)
+        try await first.log.wait(for: "the demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }
+        let line = try #require(first.log.items.first { $0.contains("demo session ready") })
+        #expect(line.contains("import -window root") && line.contains("vnc=\"127.0.0.1:40"), "it says how to look: \(line)")
+        let old = processesWithEnvironment(containing: sessionMarker)
+        #expect(old.count >= 4, "xvfb, openbox, x11vnc, chromium and its helpers")
+
+        // A daemon killed outright cannot stop its session: the next start sweeps it.
+        first.signal(SIGKILL)
+        _ = try await first.waitExit()
+        let second = try start(path)
+        try await second.log.wait(for: "the sweep", timeout: .seconds(60)) { $0.contains("removed leftovers of an earlier run") }
+        try await second.log.wait(for: "the new demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }
+        for pid in old { #expect(!isAlive(pid), "a process of the killed daemon's session survived: \(pid)") }
+
+        second.signal(SIGTERM)
+        #expect(try await second.waitExit() == 0, "\(second.stderr)")
+        #expect(processesWithEnvironment(containing: sessionMarker).isEmpty, "the session stopped with the daemon")
+        #expect(access(dir + "/run/sessions/demo", F_OK) != 0)
+    }
 }

@@ -146,10 +146,12 @@ public func readText(_ path: String) throws -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// A fresh private directory, removed by the caller with `removeTree`.
+/// A fresh directory, removed by the caller with `removeTree`. Searchable by others (0711, not
+/// listable) so session programs running as the session user can reach their directory below.
 public func makeTempDir(_ prefix: String = "kioskd-test") throws -> String {
     var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
     guard let p = mkdtemp(&template) else { throw TestFailure("mkdtemp failed: errno \(errno)") }
+    chmod(p, 0o711)
     return String(cString: p)
 }
 

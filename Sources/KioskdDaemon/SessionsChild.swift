@@ -1,0 +1,48 @@
+import Kiosk
+import Logging
+import Supervision
+
+/// The session manager as a child of the root supervisor: ready once an earlier run's leftovers
+/// are swept (and the demo session, if configured, is up); on stop, every session is stopped.
+enum SessionsChild {
+    static func spec(_ config: Config, manager: SessionManager, logger: Logger) -> ChildSpec {
+        ChildSpec(
+            id: "sessions",
+            kind: .task { context in
+                let report = try await manager.start()
+                var detail = "swept \(report.processes) processes, \(report.directories.count) directories"
+                if config.demo.enabled {
+                    let session = try await manager.create(demoSettings(config))
+                    let info = await session.info()
+                    detail += "; demo session on \(info.display)"
+                    logger.notice("demo session ready: look at it with", metadata: [
+                        "vnc": "127.0.0.1:\(info.vncPort) (e.g. ssh -L \(info.vncPort):127.0.0.1:\(info.vncPort) this-host, then a VNC viewer on localhost:\(info.vncPort))",
+                        "screenshot": "DISPLAY=\(info.display) XAUTHORITY=\(info.directory)/Xauthority import -window root /tmp/kiosk.png",
+                        "cdp": "\(info.cdpURL)/json/version",
+                    ])
+                }
+                context.markReady(detail)
+                // Runs until stopped; then every session stops in order, each by its tree.
+                do { try await OnceValue<Void>().wait() } catch {}
+                await manager.stopAll(reason: "kioskd is stopping")
+            },
+            restart: .permanent,
+            shutdown: .timeout(.seconds(20)),
+            readiness: .signaled,
+            readyTimeout: .seconds(90))
+    }
+
+    static func host(_ config: Config, logger: Logger) throws -> SessionHost {
+        SessionHost(sessionsDir: config.runtime.dir + "/sessions", recordsDir: config.state.dir + "/sessions",
+                    user: try SessionHost.sessionUser(named: config.sessions.user),
+                    displays: DisplayAllocator(range: config.sessions.displays, logger: logger),
+                    ports: PortAllocator(range: config.sessions.ports), logger: logger)
+    }
+
+    static func demoSettings(_ config: Config) -> SessionSettings {
+        SessionSettings(id: "demo", url: config.demo.url, width: config.sessions.width, height: config.sessions.height,
+                        input: config.sessions.input, bridge: config.sessions.bridge,
+                        budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
+                        browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox)
+    }
+}
