@@ -4,13 +4,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
+# The page the demo kiosk shows, served by the supervised demo-http program. The directory is
+# searchable (not listable) by the session user.
 mkdir -p /tmp/kioskd-demo
+chmod 0711 /tmp/kioskd-demo
+cat > /tmp/kioskd-demo/kiosk.html <<'HTML'
+<!doctype html><title>kioskd demo</title>
+<body style="margin:0;font:48px sans-serif;background:#0b5394;color:#fff;display:grid;place-items:center;height:100vh">
+<div>kioskd demo kiosk<br><small id="t"></small></div>
+<script>setInterval(() => t.textContent = new Date().toLocaleTimeString(), 1000)</script>
+HTML
+chmod 0644 /tmp/kioskd-demo/kiosk.html
 bin="$(swift build -c release --show-bin-path)/kioskd"
 cat <<MSG
-[demo] kioskd supervises two programs (config/demo.yaml). Try, from another shell:
-[demo]   curl -s http://127.0.0.1:8765/ | head -3     # the demo-http program
-[demo]   pkill -9 -f 'http.server 8765'                # kill it: it is back at once
-[demo]   $bin config show --config config/demo.yaml
+[demo] kioskd runs one kiosk session and two programs (config/demo.yaml). When it logs
+[demo] "demo session ready", try from another shell:
+[demo]   DISPLAY=:10 XAUTHORITY=/tmp/kioskd-demo/run/sessions/demo/Xauthority import -window root /tmp/kiosk.png
+[demo]   (the log line gives the exact display; a VNC viewer works on the vnc= port it names)
+[demo]   pkill -9 -x chromium        # the browser is back in about a second, the rest untouched
+[demo]   curl -s <the cdp= URL of that line>   # the browser's CDP endpoint, for an agent
 [demo] Ctrl+C stops everything in reverse order.
 MSG
 exec "$bin" serve --config config/demo.yaml
