@@ -53,7 +53,7 @@ let package = Package(
         .executableTarget(name: "TestChild"),
         .executableTarget(
             name: "Benchmarks",
-            dependencies: ["Supervision", "KioskdTestSupport"]
+            dependencies: ["Supervision", "Kiosk", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(

@@ -1,12 +1,13 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
-//   kioskd-bench [--kills N] [--children N] [--supervisord PATH]
+//   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--only-sessions]
 //
 // Detection: kill -9 of a trivial child → the supervisor's exit event.
 // Restart:   kill -9 → the child is running (ready) again.
 // Memory:    RSS of the daemon supervising N idle children.
 // supervisord reports through its event-listener protocol (PROCESS_STATE_*), timestamped with
 // CLOCK_MONOTONIC by the listener; kioskd through its event bus, on the same clock.
+// Sessions:  N cold starts of a kiosk session, one after the other (SessionBench.swift).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -21,6 +22,8 @@ struct Options {
     var children = 20
     var supervisord = ".build-bench/venv/bin/supervisord"
     var python = "/usr/bin/python3"
+    var sessions = 20
+    var onlySessions = false
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -29,8 +32,10 @@ struct Options {
             case "--kills": kills = Int(it.next() ?? "") ?? kills
             case "--children": children = Int(it.next() ?? "") ?? children
             case "--supervisord": supervisord = it.next() ?? supervisord
+            case "--sessions": sessions = Int(it.next() ?? "") ?? sessions
+            case "--only-sessions": onlySessions = true
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--only-sessions]")
             }
         }
     }
@@ -310,22 +315,24 @@ extension String {
 
 // MARK: - main
 
-let options = Options(CommandLine.arguments)
-let child = sibling("kioskd-testchild")
-print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
-print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
-
-let k = try await benchKioskd(child: child, kills: options.kills)
-let s = try benchSupervisord(options, child: child)
-let kRSS = try kioskdServeRSS(children: options.children, child: child)
-let sRSS = try supervisordRSS(options, child: child)
-
 func row(_ name: String, _ a: String, _ b: String) -> String {
     "| " + name.padding(toLength: 42) + " | " + a.padding(toLength: 12) + " | " + b.padding(toLength: 12) + " |"
 }
 extension String {
     func padding(toLength n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }
+
+let options = Options(CommandLine.arguments)
+let child = sibling("kioskd-testchild")
+print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
+print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
+
+if !options.onlySessions {
+let k = try await benchKioskd(child: child, kills: options.kills)
+let s = try benchSupervisord(options, child: child)
+let kRSS = try kioskdServeRSS(children: options.children, child: child)
+let sRSS = try supervisordRSS(options, child: child)
+
 print(row("measure", "kioskd", "supervisord"))
 print(row(String(repeating: "-", count: 42), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
 print(row("kill -9 → exit event, p50 (ms)", ms(percentile(k.detection, 0.5)), ms(percentile(s.detection, 0.5))))
@@ -334,3 +341,23 @@ print(row("kill -9 → running again, p50 (ms)", ms(percentile(k.restart, 0.5)),
 print(row("kill -9 → running again, p99 (ms)", ms(percentile(k.restart, 0.99)), ms(percentile(s.restart, 0.99))))
 print(row("daemon RSS, \(options.children) idle children (MB)", String(kRSS / 1024) + "." + String((kRSS % 1024) * 10 / 1024), String(sRSS / 1024) + "." + String((sRSS % 1024) * 10 / 1024)))
 print("\ntargets: detection p99 ≤ 10 ms; daemon RSS with 20 idle children ≤ 25 MB")
+}
+
+if options.sessions > 0 {
+    print("\nkiosk session cold start, \(options.sessions) starts one after the other (1280x800, a data: page):")
+    let r = try await benchSessions(count: options.sessions)
+    func stat(_ name: String, _ values: [Double]) {
+        print(row(name, ms(percentile(values, 0.5)), ms(percentile(values, 0.9))))
+    }
+    print(row("create → (ms)", "p50", "p90"))
+    print(row(String(repeating: "-", count: 42), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
+    for (stage, label) in [("xvfb", "Xvfb ready (-displayfd)"), ("openbox", "Openbox ready (--startup)"), ("x11vnc spawned", "x11vnc spawned"), ("x11vnc", "x11vnc ready (RFB banner)"),
+                           ("chromium spawned", "Chromium spawned"),
+                           ("chromium", "Chromium ready (CDP /json/version)"), ("cdp-watch", "CDP attached (watch)")] {
+        stat(label, r.starts.compactMap { $0.stages[stage] })
+    }
+    stat("session ready (create returns)", r.starts.map(\.ready))
+    stat("first frame over VNC", r.starts.map(\.firstFrame))
+    print("\none idle session: \(r.processes) processes, PSS \(r.pssKiB / 1024) MB (proportional: Chromium's processes share pages)")
+    print("target: session ready p50 ≤ 1.0 s, p90 ≤ 1.5 s")
+}

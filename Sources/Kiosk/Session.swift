@@ -105,8 +105,11 @@ public actor Session {
 
     /// Allocates, prepares and boots a session; returns once every program is ready (Chromium
     /// answering CDP and the watch attached). On failure nothing is left behind.
-    /// `onEnded` runs once the session's resources are released, before `ended()` returns.
-    static func start(_ settings: SessionSettings, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) async throws -> Session {
+    /// Everything the session goes through is published on `events` (subscribe before, to see
+    /// the boot). `onEnded` runs once the session's resources are released, before `ended()`
+    /// returns.
+    static func start(_ settings: SessionSettings, host: SessionHost, events: Broadcast<SessionEvent>,
+                      onEnded: @escaping @Sendable (String) async -> Void) async throws -> Session {
         let problems = settings.problems()
         guard problems.isEmpty else { throw SessionError.invalidSettings(problems) }
         var logger = host.logger
@@ -130,7 +133,6 @@ public actor Session {
         }
 
         let bus = EventBus()
-        let events = Broadcast<SessionEvent>()
         let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, logger: logger) { [logger] event in
             switch event {
             case .tabCrashed, .unexpectedTarget, .tabClosed: logger.warning("\(event)")

@@ -34,15 +34,22 @@ public actor SessionManager {
         guard sessions[settings.id] == nil, !starting.contains(settings.id) else { throw SessionError.duplicate(settings.id) }
         starting.insert(settings.id)
         defer { starting.remove(settings.id) }
-        let session = try await Session.start(settings, host: host) { [weak self] id in await self?.forget(id) }
+        let id = settings.id, all = self.events
+        let events = Broadcast<SessionEvent>()
+        let stream = events.subscribe()
+        Task {
+            for await event in stream { all.publish((id, event)) }
+        }
+        let session: Session
+        do {
+            session = try await Session.start(settings, host: host, events: events) { [weak self] id in await self?.forget(id) }
+        } catch {
+            events.finish()
+            throw error
+        }
         sessions[settings.id] = session
         // It may have ended (and been forgotten) between becoming ready and being added.
         if await session.info().state == .ended { sessions[settings.id] = nil }
-        let id = settings.id, events = self.events
-        let stream = session.events.subscribe()
-        Task {
-            for await event in stream { events.publish((id, event)) }
-        }
         return session
     }
 

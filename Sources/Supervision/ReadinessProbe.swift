@@ -93,7 +93,6 @@ private func retrying(_ attempt: () async throws -> String?) async throws -> Str
     }
 }
 
-/// Runs blocking socket work off the cooperative pool.
 /// Runs blocking work (a connect, a /proc scan) off the cooperative pool.
 public func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { c in

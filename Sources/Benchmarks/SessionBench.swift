@@ -1,0 +1,140 @@
+// Session cold start: create → every program ready (Chromium answering CDP, the watch attached)
+// → a first frame over VNC, with per-stage times and the memory of one session.
+import Kiosk
+import KioskdTestSupport
+import Logging
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct SessionStart {
+    /// Seconds from create() to each program's readiness, by child id.
+    var stages: [String: Double] = [:]
+    var ready = 0.0
+    var firstFrame = 0.0
+}
+
+struct SessionResults {
+    var starts: [SessionStart] = []
+    /// Proportional set size of all processes of one idle session (KiB): Chromium's processes
+    /// share pages, so RSS would count them many times.
+    var pssKiB = 0
+    var processes = 0
+}
+
+func benchSessions(count: Int) async throws -> SessionResults {
+    let dir = try makeTempDir("kioskd-bench-sessions")
+    defer { removeTree(dir) }
+    var logger = Logger(label: "bench")
+    logger.logLevel = .error
+    let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records",
+                           user: try SessionHost.sessionUser(named: "kioskd"),
+                           displays: DisplayAllocator(range: 800...899, logger: logger), ports: PortAllocator(range: 41000...41999),
+                           logger: logger)
+    let manager = SessionManager(host: host)
+    _ = try await manager.start()
+    let page = "data:text/html,<body style='background:rgb(20,120,200)'><h1>bench</h1>"
+    var results = SessionResults()
+    for i in 0..<count {
+        let events = manager.events.subscribe()
+        let stages = Recorder<(String, Double)>()
+        let t0 = monotonic()
+        let watcher = Task {
+            for await (_, event) in events {
+                guard case .supervision(let e) = event else { continue }
+                if case .ready(let child, _) = e.kind { stages.record((child, monotonic() - t0)) }
+                if case .spawned(let child, _) = e.kind { stages.record((child + " spawned", monotonic() - t0)) }
+            }
+        }
+        let session = try await manager.create(SessionSettings(id: "bench-\(i)", url: page, width: 1280, height: 800))
+        var start = SessionStart()
+        start.ready = monotonic() - t0
+        let info = await session.info()
+        try await firstFramebufferUpdate(port: info.vncPort)
+        start.firstFrame = monotonic() - t0
+        for (child, t) in stages.items { start.stages[child] = t }
+        results.starts.append(start)
+        if i == count - 1 {
+            let pids = descendants(of: Set(info.pids.values))
+            results.processes = pids.count
+            results.pssKiB = pids.map(pssKiB).reduce(0, +)
+        }
+        await session.stop(reason: "bench")
+        watcher.cancel()
+    }
+    await manager.stopAll(reason: "bench over")
+    return results
+}
+
+/// The processes and every descendant of them (by PPid in /proc).
+func descendants(of roots: Set<Int32>) -> [Int32] {
+    var parents: [Int32: Int32] = [:]
+    for pid in allPIDs() {
+        guard let status = try? readText("/proc/\(pid)/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") }),
+              let ppid = Int32(line.dropFirst(5).filter { !$0.isWhitespace }) else { continue }
+        parents[pid] = ppid
+    }
+    return parents.keys.filter { pid in
+        var p: Int32? = pid
+        while let current = p, current > 1 {
+            if roots.contains(current) { return true }
+            p = parents[current]
+        }
+        return false
+    }
+}
+
+func pssKiB(_ pid: Int32) -> Int {
+    guard let f = fopen("/proc/\(pid)/smaps_rollup", "r") else { return 0 }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 512)
+    while fgets(&line, Int32(line.count), f) != nil {
+        let s = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        if s.hasPrefix("Pss:") { return Int(s.split(separator: " ").dropFirst().first ?? "") ?? 0 }
+    }
+    return 0
+}
+
+/// RFB 3.8 as a viewer does it: version, security None, ClientInit, one full
+/// FramebufferUpdateRequest; returns when the FramebufferUpdate's header arrives.
+func firstFramebufferUpdate(port: Int) async throws {
+    try await blocking {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw TestFailure("VNC connect to \(port) failed") }
+        func read(_ n: Int) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: n)
+            var got = 0
+            while got < n {
+                let r = out[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard r > 0 else { throw TestFailure("VNC stream ended after \(got) of \(n) bytes") }
+                got += r
+            }
+            return out
+        }
+        func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } }
+        _ = try read(12)                          // "RFB 003.008\n"
+        write(Array("RFB 003.008\n".utf8))
+        let types = try read(Int(try read(1)[0]))
+        guard types.contains(1) else { throw TestFailure("no None security type: \(types)") }
+        write([1])
+        guard try read(4) == [0, 0, 0, 0] else { throw TestFailure("security handshake failed") }
+        write([1])                                // ClientInit: shared
+        let serverInit = try read(24)
+        let width = UInt16(serverInit[0]) << 8 | UInt16(serverInit[1]), height = UInt16(serverInit[2]) << 8 | UInt16(serverInit[3])
+        let nameLength = Int(serverInit[20]) << 24 | Int(serverInit[21]) << 16 | Int(serverInit[22]) << 8 | Int(serverInit[23])
+        _ = try read(nameLength)
+        write([3, 0, 0, 0, 0, 0, UInt8(width >> 8), UInt8(width & 0xFF), UInt8(height >> 8), UInt8(height & 0xFF)])
+        guard try read(1) == [0] else { throw TestFailure("expected a FramebufferUpdate") }
+    }
+}
