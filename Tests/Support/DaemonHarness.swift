@@ -13,6 +13,8 @@ public final class DaemonProcess: Sendable {
     /// Everything the daemon wrote to stderr, line by line, as it writes it.
     public let log = LineLog()
     private let exitStatus = OnceValue<Int32>()
+    /// Set once stderr reached EOF: every line the daemon wrote is in `log`.
+    private let logDrained = OnceValue<Void>()
 
     public init(executable: String, arguments: [String], environment: [String: String], directory: String) throws {
         var fds: [Int32] = [0, 0]
@@ -36,8 +38,9 @@ public final class DaemonProcess: Sendable {
             throw TestFailure("cannot start \(executable): errno \(rc)")
         }
         self.pid = pid
-        let (log, readEnd) = (self.log, fds[0])
+        let (log, readEnd, drained) = (self.log, fds[0], self.logDrained)
         Thread.detach {
+            defer { drained.set(()) }
             guard let stream = fdopen(readEnd, "r") else { return }
             defer { fclose(stream) }
             var line = [CChar](repeating: 0, count: 65536)
@@ -61,6 +64,8 @@ public final class DaemonProcess: Sendable {
     /// The exit code (or 128 + signal), within the deadline.
     public func waitExit(timeout: Duration = .seconds(30)) async throws -> Int32 {
         let status = try await withTimeout(timeout, "kioskd (pid \(pid)) to exit") { try await self.exitStatus.wait() }
+        // Its stderr is read on another thread: the exit can be seen before the last lines.
+        try await withTimeout(.seconds(5), "kioskd's stderr to close") { try await self.logDrained.wait() }
         let termsig = status & 0x7f
         return termsig == 0 ? (status >> 8) & 0xff : 128 + termsig
     }
