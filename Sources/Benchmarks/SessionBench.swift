@@ -106,11 +106,7 @@ func firstFramebufferUpdate(port: Int) async throws {
         defer { close(fd) }
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let rc = withLoopbackAddress(port: port) { connect(fd, $0, $1) }
         guard rc == 0 else { throw TestFailure("VNC connect to \(port) failed") }
         func read(_ n: Int) throws -> [UInt8] {
             var out = [UInt8](repeating: 0, count: n)

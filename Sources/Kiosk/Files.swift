@@ -47,31 +47,7 @@ func removeTree(_ path: String) -> [String] {
     if st.st_mode & S_IFMT != S_IFDIR {
         return unlink(path) == 0 || errno == ENOENT ? [] : [path]
     }
-    var failed: [String] = []
-    if let dir = opendir(path) {
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
-            failed += removeTree(path + "/" + name)
-        }
-        closedir(dir)
-    }
+    var failed = directoryEntries(path).flatMap { removeTree(path + "/" + $0) }
     if rmdir(path) != 0 && errno != ENOENT { failed.append(path) }
     return failed
-}
-
-/// A small text file's contents, or nil when it cannot be read.
-func readTextFile(_ path: String, limit: Int = 1 << 16) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes = [UInt8](repeating: 0, count: limit)
-    var total = 0
-    while total < limit {
-        let n = bytes[total...].withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { break }
-        total += n
-    }
-    return String(decoding: bytes[..<total], as: UTF8.self)
 }

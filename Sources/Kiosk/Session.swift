@@ -145,7 +145,7 @@ public actor Session {
         do {
             supervisor = try Supervisor(name: settings.id, spec: spec, parentPath: ["sessions"], events: bus, logger: logger)
         } catch {
-            await cleanUp(layout, taken, host: host, logger: logger)
+            await cleanUp(id: settings.id, layout, taken, host: host, logger: logger)
             throw SessionError.setup("\(error)")
         }
         let session = Session(settings: settings, layout: layout, supervisor: supervisor, events: events, host: host, onEnded: onEnded)
@@ -171,12 +171,12 @@ public actor Session {
                 events.publish(.supervision(event))
             }
         }
-        let supervisor = self.supervisor, layout = self.layout, host = self.host
+        let supervisor = self.supervisor, layout = self.layout, host = self.host, id = self.id
         runner = Task {
             let outcome = await supervisor.run()
             bus.finish()
             await forwarder.value
-            await Session.cleanUp(layout, resources, host: host, logger: logger)
+            await Session.cleanUp(id: id, layout, resources, host: host, logger: logger)
             await self.onEnded(self.id)
             return self.finish(outcome)
         }
@@ -186,7 +186,7 @@ public actor Session {
     private func note(_ event: SupervisionEvent) {
         switch event.kind {
         case .exited(let child, .failed(let why), _), .startFailed(let child, let why):
-            guard child != "clients" else { return }
+            guard child != SessionTree.clientsID else { return }
             lastFailure = "\(child): \(why)"
         default:
             break
@@ -242,14 +242,6 @@ public actor Session {
                            pids: pids, end: end)
     }
 
-    /// The session's tree, for status pages.
-    public func snapshot() async -> TreeNode { await supervisor.snapshot() }
-
-    /// Recent output of one of the session's programs (e.g. "chromium"), for failure reports.
-    public func recentOutput(of child: String) async -> [String] {
-        (await supervisor.recentOutput(of: child) ?? []).map(\.text)
-    }
-
     // MARK: - Resources
 
     /// The directory tree, owned by the session's user: nothing else can read its cookie or
@@ -264,7 +256,7 @@ public actor Session {
         try Openbox.writeConfig(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory), owner: user)
     }
 
-    private static func cleanUp(_ layout: SessionLayout, _ resources: Resources, host: SessionHost, logger: Logger) async {
+    private static func cleanUp(id: String, _ layout: SessionLayout, _ resources: Resources, host: SessionHost, logger: Logger) async {
         // The tree is stopped: nothing writes here any more. A retry covers files a dying
         // process's last write created while the first pass ran.
         var left: [String] = []
@@ -275,7 +267,7 @@ public actor Session {
         if !left.isEmpty {
             logger.error("could not remove the session directory", metadata: ["path": "\(layout.directory)", "left": "\(left.prefix(5))"])
         }
-        host.removeRecord(layout.directory.split(separator: "/").last.map(String.init) ?? "")
+        host.removeRecord(id)
         await resources.release()
     }
 }

@@ -58,6 +58,9 @@ public struct SessionLayout: Sendable, Equatable {
 /// rest_for_one at the top: when Xvfb dies every X client dies with it, so everything after it
 /// restarts in order; a client's crash restarts only that client.
 public enum SessionTree {
+    /// The group of X clients (x11vnc, websockify, Chromium, the watch).
+    public static let clientsID = "clients"
+
     public static func spec(_ s: SessionSettings, _ layout: SessionLayout, user: Credentials?,
                             lockdown: [ChildSpec] = [], watch: BrowserWatch?, logger: Logger) -> SupervisorSpec {
         let env = layout.environment()
@@ -82,7 +85,7 @@ public enum SessionTree {
                               credentials: user, environment: env),
         ] + lockdown + [
             // Ready when all its children are: Chromium's own 30 s bound is the longest.
-            ChildSpec(id: "clients", kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients)),
+            ChildSpec(id: clientsID, kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients)),
                       readyTimeout: .seconds(60)),
         ])
     }

@@ -25,15 +25,15 @@ struct Sweeper {
         let prefix = SessionLayout.markerVariable + "=" + host.sessionsDir + "/"
         report.processes = (try? await blocking { ProcessTree.killAll(environmentEntryPrefix: prefix) }) ?? 0
 
-        for name in entries(host.recordsDir) where name.hasSuffix(".json") {
+        for name in directoryEntries(host.recordsDir) where name.hasSuffix(".json") {
             let path = host.recordsDir + "/" + name
-            if let text = readTextFile(path), let record = try? JSONDecoder().decode(SessionRecord.self, from: Data(text.utf8)),
+            if let text = readSmallFile(path), let record = try? JSONDecoder().decode(SessionRecord.self, from: Data(text.utf8)),
                await host.displays.removeIfStale(record.display) {
                 report.displays.append(record.display)
             }
             unlink(path)
         }
-        for name in entries(host.sessionsDir) {
+        for name in directoryEntries(host.sessionsDir) {
             let path = host.sessionsDir + "/" + name
             removeTree(path)
             report.directories.append(path)
@@ -44,16 +44,5 @@ struct Sweeper {
             ])
         }
         return report
-    }
-
-    private func entries(_ dir: String) -> [String] {
-        guard let d = opendir(dir) else { return [] }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
     }
 }

@@ -10,18 +10,15 @@ public enum Websockify {
         public var port: Int
         /// x11vnc's loopback port.
         public var vncPort: Int
-        /// Static files (noVNC) served on the same port; nil serves none.
-        public var webRoot: String?
 
-        public init(port: Int, vncPort: Int, webRoot: String? = nil) {
+        public init(port: Int, vncPort: Int) {
             self.port = port
             self.vncPort = vncPort
-            self.webRoot = webRoot
         }
     }
 
     public static func arguments(_ s: Settings) -> [String] {
-        (s.webRoot.map { ["--web", $0] } ?? []) + ["127.0.0.1:\(s.port)", "127.0.0.1:\(s.vncPort)"]
+        ["127.0.0.1:\(s.port)", "127.0.0.1:\(s.vncPort)"]
     }
 
     public static func childSpec(_ s: Settings, credentials: Credentials?, environment: [String: String]) -> ChildSpec {

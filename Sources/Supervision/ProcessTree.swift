@@ -1,5 +1,4 @@
 import CSupport
-import Dispatch
 
 #if canImport(Glibc)
 import Glibc
@@ -21,21 +20,20 @@ public enum ProcessTree {
     /// Live (non-zombie) processes of the tree of `leader`, found by pgid, session or cookie.
     /// Only processes started no earlier than the leader are considered for the cookie check.
     public static func members(leader: Int32, leaderStart: UInt64, cookie: String) -> [Member] {
-        guard let dir = opendir("/proc") else { return [] }
-        defer { closedir(dir) }
         let needle = Array("\(cookieVariable)=\(cookie)\0".utf8)
-        let me = getpid()
-        var found: [Member] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let pid = Int32(name), pid != me, let stat = readStat(pid), stat.state != "Z" else { continue }
-            if stat.pgrp == leader || stat.session == leader {
-                found.append(Member(pid: pid, startTime: stat.startTime))
-            } else if stat.startTime >= leaderStart, environ(of: pid, contains: needle) {
-                found.append(Member(pid: pid, startTime: stat.startTime))
-            }
+        return liveProcesses().compactMap { pid, stat in
+            if stat.pgrp == leader || stat.session == leader { return Member(pid: pid, startTime: stat.startTime) }
+            if stat.startTime >= leaderStart, environ(of: pid, contains: needle) { return Member(pid: pid, startTime: stat.startTime) }
+            return nil
         }
-        return found
+    }
+
+    /// Every live (non-zombie) process but this one, with its stat.
+    static func liveProcesses() -> [(pid: Int32, stat: Stat)] {
+        directoryEntries("/proc").compactMap { name in
+            guard let pid = Int32(name), pid != getpid(), let stat = readStat(pid), stat.state != "Z" else { return nil }
+            return (pid, stat)
+        }
     }
 
     struct Stat {
@@ -102,19 +100,11 @@ public enum ProcessTree {
     /// Returns how many were killed. Blocks for at most a few seconds.
     public static func killAll(environmentEntryPrefix entryPrefix: String) -> Int {
         let needle = Array(entryPrefix.utf8)
-        let me = getpid()
         var killed = 0
         for _ in 0..<64 {
-            var pinned: [PinnedProcess] = []
-            guard let dir = opendir("/proc") else { return killed }
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                guard let pid = Int32(name), pid != me, let stat = readStat(pid), stat.state != "Z",
-                      environ(of: pid, contains: needle),
-                      let p = PinnedProcess(Member(pid: pid, startTime: stat.startTime)) else { continue }
-                pinned.append(p)
+            let pinned = liveProcesses().compactMap { pid, stat in
+                environ(of: pid, contains: needle) ? PinnedProcess(Member(pid: pid, startTime: stat.startTime)) : nil
             }
-            closedir(dir)
             if pinned.isEmpty { break }
             for p in pinned { _ = ksup_pidfd_send_signal(p.pidfd, SIGKILL) }
             killed += pinned.count
@@ -124,11 +114,7 @@ public enum ProcessTree {
     }
 
     static func terminate(leader: Int32, leaderStart: UInt64, cookie: String, grace: Duration?) async -> Int {
-        await withCheckedContinuation { c in
-            DispatchQueue.global().async {
-                c.resume(returning: terminateBlocking(leader: leader, leaderStart: leaderStart, cookie: cookie, grace: grace))
-            }
-        }
+        (try? await blocking { terminateBlocking(leader: leader, leaderStart: leaderStart, cookie: cookie, grace: grace) }) ?? 0
     }
 }
 
@@ -163,23 +149,4 @@ struct PinnedProcess {
             for i in pending.indices { pending[i].revents = 0 }
         }
     }
-}
-
-func readSmallFile(_ path: String) -> String? {
-    readSmallFileBytes(path, limit: 65536).map { String(decoding: $0, as: UTF8.self) }
-}
-
-func readSmallFileBytes(_ path: String, limit: Int) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while out.count < limit {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out.append(contentsOf: chunk[0..<n])
-    }
-    return out
 }

@@ -98,11 +98,7 @@ struct SpecTests {
         let ports = PortAllocator(range: 29990...29992)
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(listener) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(29990).bigEndian)
-        addr.sin_addr.s_addr = in_addr_t(UInt32(0x7F00_0001).bigEndian)
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let bound = withLoopbackAddress(port: 29990) { bind(listener, $0, $1) }
         try #require(bound == 0)
         listen(listener, 1)
         #expect(try await ports.allocate() == 29991, "29990 is in use")
