@@ -102,12 +102,8 @@ func pssKiB(_ pid: Int32) -> Int {
 /// FramebufferUpdateRequest; returns when the FramebufferUpdate's header arrives.
 func firstFramebufferUpdate(port: Int) async throws {
     try await blocking {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = try connectLoopback(port: port)
         defer { close(fd) }
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let rc = withLoopbackAddress(port: port) { connect(fd, $0, $1) }
-        guard rc == 0 else { throw TestFailure("VNC connect to \(port) failed") }
         func read(_ n: Int) throws -> [UInt8] {
             var out = [UInt8](repeating: 0, count: n)
             var got = 0

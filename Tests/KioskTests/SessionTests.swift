@@ -220,12 +220,8 @@ func writeText(_ path: String, _ text: String, mode: mode_t) -> Bool {
 /// Opens a WebSocket on a loopback port by hand and returns what the server answered first.
 func websocketGreeting(port: Int) async throws -> String {
     try await blocking {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = try connectLoopback(port: port, timeout: 5)
         defer { close(fd) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let ok = withLoopbackAddress(port: port) { connect(fd, $0, $1) }
-        guard ok == 0 else { throw TestFailure("cannot connect to \(port)") }
         let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
         _ = send(fd, request, request.utf8.count, 0)

@@ -183,3 +183,16 @@ public func freePort() throws -> Int {
     guard ok else { throw TestFailure("cannot find a free port: errno \(errno)") }
     return Int(UInt16(bigEndian: addr.sin_port))
 }
+
+/// A TCP connection to 127.0.0.1:`port` whose reads give up after `timeout` seconds; the
+/// caller closes it.
+public func connectLoopback(port: Int, timeout: Int = 10) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var tv = timeval(tv_sec: timeout, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    guard withLoopbackAddress(port: port, { connect(fd, $0, $1) }) == 0 else {
+        close(fd)
+        throw TestFailure("cannot connect to 127.0.0.1:\(port): errno \(errno)")
+    }
+    return fd
+}
