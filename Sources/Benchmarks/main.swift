@@ -324,10 +324,9 @@ extension String {
 
 let options = Options(CommandLine.arguments)
 let child = sibling("kioskd-testchild")
+if !options.onlySessions {
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
 print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
-
-if !options.onlySessions {
 let k = try await benchKioskd(child: child, kills: options.kills)
 let s = try benchSupervisord(options, child: child)
 let kRSS = try kioskdServeRSS(children: options.children, child: child)
