@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     ],
     targets: [
         // fork/exec, pidfd and the few variadic syscalls Swift cannot call directly.
@@ -27,12 +28,24 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // libX11 + libXtst, and the few things Swift cannot do with Xlib directly: error
+        // handlers that never exit, opening a display with a given cookie.
+        .target(name: "CX11", linkerSettings: [.linkedLibrary("X11"), .linkedLibrary("Xtst")]),
+        // Xlib: the key grabber, XTEST self-test and input release, the window watchdog.
+        .target(
+            name: "Display",
+            dependencies: [
+                "CX11", "Supervision",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         // One small file per session program turning settings into a child spec; displays,
         // cookies, ports, the session tree and its manager; the CDP client that watches the tab.
         .target(
             name: "Kiosk",
             dependencies: [
-                "Supervision",
+                "Supervision", "Display",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "WSClient", package: "swift-websocket"),
             ]
@@ -64,6 +77,13 @@ let package = Package(
         .testTarget(
             name: "SupervisionTests",
             dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
+        ),
+        .testTarget(
+            name: "DisplayTests",
+            dependencies: [
+                "Display", "KioskdTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         .testTarget(
             name: "KioskTests",

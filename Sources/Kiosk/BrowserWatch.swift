@@ -10,6 +10,12 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
     case tabClosed(targetID: String)
     case tabOpened(targetID: String, url: String)
     case unexpectedTarget(targetID: String, type: String, url: String)
+    /// The watchdog closed a tab that is not the kiosk tab; `byPage`: the page opened it
+    /// (window.open, target=_blank, a modified click).
+    case targetClosed(targetID: String, url: String, byPage: Bool)
+    /// The lockdown's self-test passed with the browser up: these combinations reached the
+    /// grabber and the windows and tabs stayed the same.
+    case lockdownVerified(combos: String)
 
     public var description: String {
         switch self {
@@ -18,24 +24,36 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
         case .tabReloaded(let id): "tab \(id) reloaded after its crash"
         case .tabClosed(let id): "the last tab \(id) was closed"
         case .tabOpened(let id, let url): "opened tab \(id) on \(url)"
-        case .unexpectedTarget(let id, let type, let url): "unexpected \(type) target \(id) (\(url))"
+        case .unexpectedTarget(let id, let type, let url): "extra \(type) target \(id) (\(url)) left open"
+        case .targetClosed(let id, let url, let byPage): "closed \(byPage ? "a tab the page opened" : "an extra tab") \(id) (\(url))"
+        case .lockdownVerified(let combos): "lockdown verified against the browser: \(combos)"
         }
     }
 }
 
 /// An in-process child next to Chromium: attaches to the browser's CDP endpoint, watches the
-/// targets, reloads a crashed tab and reopens the home page when the last tab is gone. A
-/// browser restart only drops the connection: the watch reattaches to the new browser itself,
+/// targets, reloads a crashed tab and reopens the home page when the last tab is gone. It is
+/// also the tab half of the lockdown's watchdog: a tab other than the kiosk tab is closed.
+/// A browser restart only drops the connection: the watch reattaches to the new browser itself,
 /// so a Chromium restart does not count twice against the session's budget.
 public struct BrowserWatch: Sendable {
     public let cdpPort: Int
     public let homeURL: String
+    /// Close every tab but the kiosk tab; false: close only tabs the page opened, and leave
+    /// the ones a CDP client (the agent) creates.
+    public let closeExtraTabs: Bool
+    /// Run on every attach before the watch counts as ready: the lockdown's self-test against
+    /// the running browser. Tabs must be the same afterwards.
+    public let verify: (@Sendable () async throws -> String)?
     public let report: @Sendable (BrowserEvent) -> Void
     public let logger: Logger
 
-    public init(cdpPort: Int, homeURL: String, logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
+    public init(cdpPort: Int, homeURL: String, closeExtraTabs: Bool = true, verify: (@Sendable () async throws -> String)? = nil,
+                logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
         self.cdpPort = cdpPort
         self.homeURL = homeURL
+        self.closeExtraTabs = closeExtraTabs
+        self.verify = verify
         self.logger = logger
         self.report = report
     }
@@ -65,13 +83,29 @@ public struct BrowserWatch: Sendable {
         }
     }
 
+    private func tabs(_ cdp: CDPConnection) async throws -> [String] {
+        try await cdp.send("Target.getTargets")["targetInfos"]?.array?.filter(Self.isTab).compactMap { $0["targetId"]?.string } ?? []
+    }
+
     private func watch(_ cdp: CDPConnection, _ context: TaskChildContext) async throws {
         try await cdp.send("Target.setDiscoverTargets", ["discover": true])
-        var pages: Set<String> = []
-        for info in try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? [] where Self.isTab(info) {
-            if let id = info["targetId"]?.string { pages.insert(id) }
-        }
+        let found = try await tabs(cdp)
+        var pages = Set(found)
         report(.attached(pages: pages.count))
+        if closeExtraTabs {
+            for id in found.dropFirst() {
+                try await close(id, url: "", byPage: false, cdp)
+                pages.remove(id)
+            }
+        }
+        if let verify {
+            let tested = try await verify()
+            let after = Set(try await tabs(cdp))
+            guard after == pages else {
+                throw CDPError(description: "tabs changed during the lockdown self-test: \(pages.sorted()) → \(after.sorted())")
+            }
+            report(.lockdownVerified(combos: tested))
+        }
         context.markReady("\(pages.count) page\(pages.count == 1 ? "" : "s")")
         if pages.isEmpty { try await openHome(cdp) }
 
@@ -82,8 +116,15 @@ public struct BrowserWatch: Sendable {
             case "Target.targetCreated" where info.map(Self.isTab) ?? false:
                 // Discovery also announces the targets that existed before it was enabled.
                 guard !pages.contains(id) else { continue }
+                let url = info?["url"]?.string ?? ""
                 if !pages.isEmpty {
-                    report(.unexpectedTarget(targetID: id, type: "page", url: info?["url"]?.string ?? ""))
+                    // Opened by the page (window.open, a target=_blank or modified click).
+                    let byPage = !(info?["openerId"]?.string ?? "").isEmpty
+                    if closeExtraTabs || byPage {
+                        try await close(id, url: url, byPage: byPage, cdp)
+                        continue
+                    }
+                    report(.unexpectedTarget(targetID: id, type: "page", url: url))
                 }
                 pages.insert(id)
             case "Target.targetDestroyed" where pages.contains(id):
@@ -114,6 +155,16 @@ public struct BrowserWatch: Sendable {
         try await cdp.send("Page.reload", [:], session: session)
         try await cdp.send("Target.detachFromTarget", ["sessionId": .string(session)])
         report(.tabReloaded(targetID: target))
+    }
+
+    private func close(_ id: String, url: String, byPage: Bool, _ cdp: CDPConnection) async throws {
+        do {
+            try await cdp.send("Target.closeTarget", ["targetId": .string(id)])
+            report(.targetClosed(targetID: id, url: url, byPage: byPage))
+        } catch let error as CDPError {
+            // Already gone (the X watchdog closed its window first): nothing left to close.
+            logger.debug("closing a tab", metadata: ["target": "\(id)", "reason": "\(error)"])
+        }
     }
 
     private func openHome(_ cdp: CDPConnection) async throws {

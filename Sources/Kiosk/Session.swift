@@ -1,3 +1,4 @@
+import Display
 import FoundationEssentials
 import Logging
 import Supervision
@@ -44,6 +45,7 @@ public struct SessionInfo: Sendable, Equatable, Codable {
 public enum SessionEvent: Sendable, CustomStringConvertible {
     case supervision(SupervisionEvent)
     case browser(BrowserEvent)
+    case lockdown(LockdownEvent)
     case ready
     case ended(SessionEnd)
 
@@ -51,6 +53,7 @@ public enum SessionEvent: Sendable, CustomStringConvertible {
         switch self {
         case .supervision(let e): e.description
         case .browser(let e): e.description
+        case .lockdown(let e): e.description
         case .ready: "session ready"
         case .ended(let end): "session ended: \(end)"
         }
@@ -84,6 +87,7 @@ public actor Session {
     /// Every event of the session; finished after `.ended`.
     public nonisolated let events: Broadcast<SessionEvent>
     private let supervisor: Supervisor
+    private let lockdown: LockdownChild
     private let host: SessionHost
     private var state: SessionState = .starting
     private var end: SessionEnd?
@@ -92,8 +96,9 @@ public actor Session {
     private let onEnded: @Sendable (String) async -> Void
     private var runner: Task<SessionEnd, Never>?
 
-    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, events: Broadcast<SessionEvent>, host: SessionHost,
-         onEnded: @escaping @Sendable (String) async -> Void) {
+    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, lockdown: LockdownChild, events: Broadcast<SessionEvent>,
+         host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
+        self.lockdown = lockdown
         id = settings.id
         self.onEnded = onEnded
         self.events = events
@@ -117,13 +122,14 @@ public actor Session {
 
         var taken = Resources(host: host)
         let layout: SessionLayout
+        let cookie = XCookie.random()
         do {
             let display = try await taken.display()
             let vnc = try await taken.port(), cdp = try await taken.port()
             let ws = settings.bridge == .websockify ? try await taken.port() : nil
             layout = SessionLayout(display: display, vncPort: vnc, cdpPort: cdp, websockifyPort: ws,
                                    directory: host.sessionsDir + "/" + settings.id)
-            try prepareDirectory(layout, host: host)
+            try prepareDirectory(layout, cookie: cookie, host: host)
             try host.writeRecord(SessionRecord(id: settings.id, display: display, directory: layout.directory))
         } catch {
             removeTree(host.sessionsDir + "/" + settings.id)
@@ -133,14 +139,23 @@ public actor Session {
         }
 
         let bus = EventBus()
-        let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, logger: logger) { [logger] event in
+        let lockdown = LockdownChild(options: Lockdown.Options(display: layout.display, cookie: cookie.bytes, entries: settings.grabs, session: settings.id),
+                                     logger: logger) { [logger] event in
             switch event {
-            case .tabCrashed, .unexpectedTarget, .tabClosed: logger.warning("\(event)")
+            case .blocked, .windowClosed: logger.notice("\(event)")
+            default: logger.info("\(event)")
+            }
+            events.publish(.lockdown(event))
+        }
+        let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, closeExtraTabs: settings.closeExtraTabs,
+                                 verify: lockdown.verifyAgainstBrowser, logger: logger) { [logger] event in
+            switch event {
+            case .tabCrashed, .unexpectedTarget, .tabClosed, .targetClosed: logger.warning("\(event)")
             default: logger.info("\(event)")
             }
             events.publish(.browser(event))
         }
-        let spec = SessionTree.spec(settings, layout, user: host.user, lockdown: host.lockdown(layout), watch: watch, logger: logger)
+        let spec = SessionTree.spec(settings, layout, user: host.user, lockdown: lockdown, watch: watch, logger: logger)
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(name: settings.id, spec: spec, parentPath: ["sessions"], events: bus, logger: logger)
@@ -148,7 +163,8 @@ public actor Session {
             await cleanUp(id: settings.id, layout, taken, host: host, logger: logger)
             throw SessionError.setup("\(error)")
         }
-        let session = Session(settings: settings, layout: layout, supervisor: supervisor, events: events, host: host, onEnded: onEnded)
+        let session = Session(settings: settings, layout: layout, supervisor: supervisor, lockdown: lockdown, events: events, host: host,
+                              onEnded: onEnded)
         await session.launch(bus: bus, resources: taken, logger: logger)
 
         do {
@@ -230,6 +246,13 @@ public actor Session {
         return await runner!.value
     }
 
+    /// Releases every key and button held on the display: for the bridge, when a controlling
+    /// viewer leaves (x11vnc's own "viewer gone" does it for direct connections).
+    @discardableResult
+    public func releaseHeldInput() async throws -> LockdownEvent {
+        try await lockdown.releaseHeldInput()
+    }
+
     public func info() async -> SessionInfo {
         var pids: [String: Int32] = [:]
         if state != .ended {
@@ -246,13 +269,13 @@ public actor Session {
 
     /// The directory tree, owned by the session's user: nothing else can read its cookie or
     /// profile. The Xauthority file and the window manager's config are written here.
-    private static func prepareDirectory(_ layout: SessionLayout, host: SessionHost) throws {
+    private static func prepareDirectory(_ layout: SessionLayout, cookie: XCookie, host: SessionHost) throws {
         let user = host.user
         try makeDirectory(layout.directory, mode: 0o700, owner: user)
         for sub in [layout.profileDir, layout.tmpDir, layout.directory + "/.config", layout.directory + "/.cache"] {
             try makeDirectory(sub, mode: 0o700, owner: user)
         }
-        try XAuthority.write(path: layout.authFile, display: layout.display, cookie: .random(), owner: user)
+        try XAuthority.write(path: layout.authFile, display: layout.display, cookie: cookie, owner: user)
         try Openbox.writeConfig(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory), owner: user)
     }
 

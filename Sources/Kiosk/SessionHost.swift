@@ -18,18 +18,15 @@ public struct SessionHost: Sendable {
     public var user: Credentials?
     public var displays: DisplayAllocator
     public var ports: PortAllocator
-    /// Children placed after the window manager in each session (the key grabber's slot).
-    public var lockdown: @Sendable (SessionLayout) -> [ChildSpec]
     public var logger: Logger
 
     public init(sessionsDir: String, recordsDir: String, user: Credentials?, displays: DisplayAllocator, ports: PortAllocator,
-                lockdown: @escaping @Sendable (SessionLayout) -> [ChildSpec] = { _ in [] }, logger: Logger) {
+                logger: Logger) {
         self.sessionsDir = sessionsDir
         self.recordsDir = recordsDir
         self.user = user
         self.displays = displays
         self.ports = ports
-        self.lockdown = lockdown
         self.logger = logger
     }
 

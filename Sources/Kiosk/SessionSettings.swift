@@ -1,3 +1,4 @@
+import Display
 import Supervision
 
 /// How viewers reach a session's x11vnc.
@@ -26,11 +27,16 @@ public struct SessionSettings: Sendable, Equatable {
     public var browserExecutable: String
     /// false only when the config explicitly asks: it is logged as a warning.
     public var sandbox: Bool
+    /// What the key grabber holds on the session's display.
+    public var grabs: [GrabEntry]
+    /// Close every tab but the kiosk tab (true), or only the tabs the page opens.
+    public var closeExtraTabs: Bool
 
     public init(id: String, url: String = "about:blank", width: Int = 1280, height: Int = 800, depth: Int = 24,
                 input: X11VNC.Input = .control, bridge: BridgeMode = .builtin,
                 budget: Intensity = Intensity(maxRestarts: 5, period: .seconds(60)),
-                browserExecutable: String = Chromium.executable, sandbox: Bool = true) {
+                browserExecutable: String = Chromium.executable, sandbox: Bool = true,
+                grabs: [GrabEntry] = GrabList.defaults, closeExtraTabs: Bool = true) {
         self.id = id
         self.url = url
         self.width = width
@@ -41,6 +47,8 @@ public struct SessionSettings: Sendable, Equatable {
         self.budget = budget
         self.browserExecutable = browserExecutable
         self.sandbox = sandbox
+        self.grabs = grabs
+        self.closeExtraTabs = closeExtraTabs
     }
 
     /// Every problem at once, each naming the setting.

@@ -1,3 +1,4 @@
+import Display
 import Logging
 import Supervision
 
@@ -48,25 +49,29 @@ public struct SessionLayout: Sendable, Equatable {
 ///     <id> (rest_for_one)            budget N in P; spent → the session ends
 ///     ├─ xvfb
 ///     ├─ openbox
-///     ├─ <lockdown children>         (the key grabber's slot: they need X and the WM's rules)
+///     ├─ lockdown                    (in-process key grabber + window watchdog; ready: XTEST self-test)
 ///     └─ clients (one_for_one)       budget N in P
-///        ├─ x11vnc
+///        ├─ x11vnc                   (a viewer leaving releases held keys through the lockdown)
 ///        ├─ websockify               (bridge mode websockify only)
 ///        ├─ chromium
-///        └─ cdp-watch                (in-process: tab crashes, extra targets)
+///        └─ cdp-watch                (in-process: tab crashes, extra tabs; ready: self-test again
+///                                     with the browser up, windows and tabs unchanged)
 ///
 /// rest_for_one at the top: when Xvfb dies every X client dies with it, so everything after it
-/// restarts in order; a client's crash restarts only that client.
+/// restarts in order; a client's crash restarts only that client. The lockdown comes before
+/// any client, so no window exists before its grabs do.
 public enum SessionTree {
     /// The group of X clients (x11vnc, websockify, Chromium, the watch).
     public static let clientsID = "clients"
 
     public static func spec(_ s: SessionSettings, _ layout: SessionLayout, user: Credentials?,
-                            lockdown: [ChildSpec] = [], watch: BrowserWatch?, logger: Logger) -> SupervisorSpec {
+                            lockdown: LockdownChild?, watch: BrowserWatch?, logger: Logger) -> SupervisorSpec {
         let env = layout.environment()
+        // A view-only x11vnc injects nothing, so nothing can be left held.
+        let viewerGone = s.input == .control ? lockdown?.viewerGone : nil
         var clients = [
             X11VNC.childSpec(X11VNC.Settings(display: layout.display, authFile: layout.authFile, port: layout.vncPort, input: s.input),
-                             credentials: user, environment: env),
+                             credentials: user, environment: env, viewerGone: viewerGone),
         ]
         if let port = layout.websockifyPort {
             clients.append(Websockify.childSpec(Websockify.Settings(port: port, vncPort: layout.vncPort), credentials: user, environment: env))
@@ -83,7 +88,7 @@ public enum SessionTree {
                            credentials: user, environment: env),
             Openbox.childSpec(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory),
                               credentials: user, environment: env),
-        ] + lockdown + [
+        ] + (lockdown.map { [$0.childSpec()] } ?? []) + [
             // Ready when all its children are: Chromium's own 30 s bound is the longest.
             ChildSpec(id: clientsID, kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients)),
                       readyTimeout: .seconds(60)),

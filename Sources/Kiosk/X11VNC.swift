@@ -43,8 +43,6 @@ public enum X11VNC {
             // ncache keeps old screen contents below the visible area, where a viewer can see them.
             "-ncache", "0",
             "-safer", "-nocmds", "-norc", "-nopw",
-            // x11vnc narrates every poll and client on stderr; warnings and errors still come.
-            "-quiet",
             // Screen polling pace: the default (~20 ms) dominates what a viewer feels; 2 ms
             // polls cost CPU per idle session. 5 ms is the middle (notes/kiosk.md).
             "-wait", "5", "-defer", "5",
@@ -56,13 +54,29 @@ public enum X11VNC {
         return args
     }
 
-    public static func childSpec(_ s: Settings, credentials: Credentials?, environment: [String: String]) -> ChildSpec {
-        ChildSpec(
+    /// Whether an output line is x11vnc's report that a viewer disconnected ("Client <host>
+    /// gone"): it is the only report of it, and `-quiet` would hide it.
+    public static func isViewerGone(_ line: String) -> Bool {
+        let words = line.split(separator: " ")
+        return words.count >= 3 && words[words.count - 1] == "gone" && words[words.count - 3] == "Client"
+    }
+
+    /// `viewerGone` runs when a viewer disconnects (on the reactor thread: it must be quick).
+    /// x11vnc narrates each client and poll: its lines are logged at debug and kept in the ring.
+    public static func childSpec(_ s: Settings, credentials: Credentials?, environment: [String: String],
+                                 viewerGone: (@Sendable () -> Void)? = nil) -> ChildSpec {
+        var onLine: (@Sendable (String) -> Void)?
+        if let viewerGone {
+            onLine = { line in if isViewerGone(line) { viewerGone() } }
+        }
+        return ChildSpec(
             id: "x11vnc",
             kind: .process(ProcessSpec(executable: executable, arguments: arguments(s),
                                        environment: environment.merging(["XAUTHORITY": s.authFile]) { $1 },
                                        credentials: credentials,
-                                       rlimits: [ResourceLimit(.nofile, soft: openFiles)])),
+                                       rlimits: [ResourceLimit(.nofile, soft: openFiles)],
+                                       outputLevel: .debug,
+                                       onLine: onLine)),
             restart: .permanent,
             shutdown: .timeout(.seconds(2)),
             readiness: .tcp(host: "127.0.0.1", port: s.port, banner: banner),

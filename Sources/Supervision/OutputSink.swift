@@ -23,11 +23,15 @@ public final class OutputSink: Sendable {
     private let state = Mutex(State())
     private let capacity: Int
     private let logRate: Int
+    private let level: Logger.Level
+    private let onLine: (@Sendable (String) -> Void)?
     private let logger: Logger
 
-    init(capacity: Int, logRate: Int, logger: Logger) {
+    init(capacity: Int, logRate: Int, level: Logger.Level = .info, onLine: (@Sendable (String) -> Void)? = nil, logger: Logger) {
         self.capacity = capacity
         self.logRate = logRate
+        self.level = level
+        self.onLine = onLine
         self.logger = logger
     }
 
@@ -79,12 +83,13 @@ public final class OutputSink: Sendable {
             return (false, 0, matched)
         }
         for m in matched { m.set(text) }
+        onLine?(text)
         if droppedBefore > 0 {
             logger.warning("output rate limit: \(droppedBefore) lines not logged (kept in the ring)")
         }
         if log {
             // Many programs write ordinary output to stderr: the stream is metadata, not a level.
-            logger.info("\(text)", metadata: ["stream": "\(stream.rawValue)"])
+            logger.log(level: level, "\(text)", metadata: ["stream": "\(stream.rawValue)"])
         }
     }
 }

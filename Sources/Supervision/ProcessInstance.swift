@@ -43,7 +43,7 @@ public final class ProcessInstance: Sendable {
         environment[ProcessTree.cookieVariable] = cookie
         let argv = [spec.executable] + spec.arguments
         let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
-        let sink = OutputSink(capacity: spec.ringLines, logRate: spec.logRate, logger: logger)
+        let sink = OutputSink(capacity: spec.ringLines, logRate: spec.logRate, level: spec.outputLevel, onLine: spec.onLine, logger: logger)
         let notifyLine: OnceValue<String>? = spec.notifyFD == nil ? nil : OnceValue()
         let logWatch = needle.map { sink.watch(for: $0) }
         let reactor = ProcessReactor.shared

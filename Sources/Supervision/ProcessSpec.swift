@@ -1,3 +1,4 @@
+import Logging
 /// An external program run as a supervised child.
 public struct ProcessSpec: Sendable {
     /// Absolute path of the executable (no PATH lookup: what runs must be unambiguous).
@@ -21,6 +22,12 @@ public struct ProcessSpec: Sendable {
     /// what a killed incarnation leaves behind (e.g. Chromium's profile lock). An error fails
     /// the start.
     public var beforeLaunch: (@Sendable () throws -> Void)?
+    /// The level output lines are logged at: a program that narrates routine work (x11vnc)
+    /// logs at debug, so the journal keeps only what matters while the ring keeps it all.
+    public var outputLevel: Logger.Level
+    /// Sees every output line as it arrives, on the reactor thread: it must be quick. For
+    /// programs whose only report of an event is a line (x11vnc's "Client … gone").
+    public var onLine: (@Sendable (String) -> Void)?
 
     public init(
         executable: String,
@@ -32,7 +39,9 @@ public struct ProcessSpec: Sendable {
         notifyFD: Int32? = nil,
         ringLines: Int = 200,
         logRate: Int = 200,
-        beforeLaunch: (@Sendable () throws -> Void)? = nil
+        beforeLaunch: (@Sendable () throws -> Void)? = nil,
+        outputLevel: Logger.Level = .info,
+        onLine: (@Sendable (String) -> Void)? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -44,6 +53,8 @@ public struct ProcessSpec: Sendable {
         self.ringLines = ringLines
         self.logRate = logRate
         self.beforeLaunch = beforeLaunch
+        self.outputLevel = outputLevel
+        self.onLine = onLine
     }
 
     /// Variables that belong to the daemon itself and must never reach a child.

@@ -55,10 +55,10 @@ struct SpecTests {
     }
 
     @Test func theSessionTreeIsRestForOneWithTheClientsGroupLast() {
-        let spec = SessionTree.spec(SessionSettings(id: "s1"), layout, user: nil,
-                                    lockdown: [ChildSpec(id: "grabber", kind: .task { _ in })], watch: nil, logger: Logger(label: "test"))
+        let lockdown = LockdownChild(options: .init(display: 42, cookie: [], session: "s1"), logger: Logger(label: "test")) { _ in }
+        let spec = SessionTree.spec(SessionSettings(id: "s1"), layout, user: nil, lockdown: lockdown, watch: nil, logger: Logger(label: "test"))
         #expect(spec.strategy == .restForOne)
-        #expect(spec.children.map(\.id) == ["xvfb", "openbox", "grabber", "clients"])
+        #expect(spec.children.map(\.id) == ["xvfb", "openbox", "lockdown", "clients"], "no window exists before the grabs")
         guard case .supervisor(let clients) = spec.children.last?.kind else {
             Issue.record("clients must be a supervisor")
             return
@@ -67,7 +67,8 @@ struct SpecTests {
         #expect(clients.children.map(\.id) == ["x11vnc", "chromium"], "no websockify in builtin mode")
         var ws = layout
         ws.websockifyPort = 21002
-        let withRelay = SessionTree.spec(SessionSettings(id: "s1", bridge: .websockify), ws, user: nil, watch: nil, logger: Logger(label: "test"))
+        let withRelay = SessionTree.spec(SessionSettings(id: "s1", bridge: .websockify), ws, user: nil, lockdown: nil, watch: nil,
+                                         logger: Logger(label: "test"))
         guard case .supervisor(let relayed) = withRelay.children.last?.kind else { return }
         #expect(relayed.children.map(\.id) == ["x11vnc", "websockify", "chromium"])
         #expect(Websockify.arguments(.init(port: 21002, vncPort: 21000)) == ["127.0.0.1:21002", "127.0.0.1:21000"])
