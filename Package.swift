@@ -79,15 +79,11 @@ let package = Package(
             dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
         ),
         .testTarget(
-            name: "DisplayTests",
+            name: "KioskTests",
             dependencies: [
-                "Display", "KioskdTestSupport",
+                "Kiosk", "Display", "Supervision", "KioskdTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
-        ),
-        .testTarget(
-            name: "KioskTests",
-            dependencies: ["Kiosk", "Supervision", "KioskdTestSupport"]
         ),
         .testTarget(
             name: "KioskdDaemonTests",

@@ -98,35 +98,12 @@ func pssKiB(_ pid: Int32) -> Int {
     return 0
 }
 
-/// RFB 3.8 as a viewer does it: version, security None, ClientInit, one full
-/// FramebufferUpdateRequest; returns when the FramebufferUpdate's header arrives.
+/// RFB 3.8 as a viewer does it: the handshake, then one full FramebufferUpdateRequest;
+/// returns when the FramebufferUpdate's header arrives.
 func firstFramebufferUpdate(port: Int) async throws {
     try await blocking {
-        let fd = try connectLoopback(port: port)
-        defer { close(fd) }
-        func read(_ n: Int) throws -> [UInt8] {
-            var out = [UInt8](repeating: 0, count: n)
-            var got = 0
-            while got < n {
-                let r = out[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                guard r > 0 else { throw TestFailure("VNC stream ended after \(got) of \(n) bytes") }
-                got += r
-            }
-            return out
-        }
-        func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } }
-        _ = try read(12)                          // "RFB 003.008\n"
-        write(Array("RFB 003.008\n".utf8))
-        let types = try read(Int(try read(1)[0]))
-        guard types.contains(1) else { throw TestFailure("no None security type: \(types)") }
-        write([1])
-        guard try read(4) == [0, 0, 0, 0] else { throw TestFailure("security handshake failed") }
-        write([1])                                // ClientInit: shared
-        let serverInit = try read(24)
-        let width = UInt16(serverInit[0]) << 8 | UInt16(serverInit[1]), height = UInt16(serverInit[2]) << 8 | UInt16(serverInit[3])
-        let nameLength = Int(serverInit[20]) << 24 | Int(serverInit[21]) << 16 | Int(serverInit[22]) << 8 | Int(serverInit[23])
-        _ = try read(nameLength)
-        write([3, 0, 0, 0, 0, 0, UInt8(width >> 8), UInt8(width & 0xFF), UInt8(height >> 8), UInt8(height & 0xFF)])
-        guard try read(1) == [0] else { throw TestFailure("expected a FramebufferUpdate") }
+        let viewer = try RFBClient(port: port)
+        defer { viewer.close() }
+        try viewer.firstFramebufferUpdate()
     }
 }

@@ -24,13 +24,18 @@ public struct GrabPlan: Sendable {
     public let layout: ModifierLayout
 
     public init(entries: [GrabEntry], keymap: Keymap, layout: ModifierLayout) {
+        self.init(entries: entries, layout: layout, keycodes: keymap.keycodes(for:))
+    }
+
+    /// `keycodes`: the keycodes to grab for a keysym.
+    public init(entries: [GrabEntry], layout: ModifierLayout, keycodes: (UInt) -> [UInt8]) {
         self.layout = layout
         items = entries.map { entry in
             guard let base = layout.mask(of: entry.combo.modifiers) else {
                 return Item(entry: entry, grabs: [], unmapped: "no key on this keymap gives its modifiers")
             }
             let inputs: [Grab.Input] = switch entry.combo.trigger {
-            case .key(let sym, _): keymap.keycodes(for: sym).map { .key($0) }
+            case .key(let sym, _): keycodes(sym).map { .key($0) }
             case .button(let n): [.button(UInt32(n))]
             }
             guard !inputs.isEmpty else { return Item(entry: entry, grabs: [], unmapped: "no keycode carries its keysym") }

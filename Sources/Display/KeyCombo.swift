@@ -12,7 +12,7 @@ public struct Modifiers: OptionSet, Sendable, Hashable {
     public static let `super` = Modifiers(rawValue: 8)
 
     /// Names in the order they are written: "Ctrl+Shift+Alt+Super+…".
-    static let names: [(Modifiers, String)] = [(.ctrl, "Ctrl"), (.shift, "Shift"), (.alt, "Alt"), (.super, "Super")]
+    public static let names: [(Modifiers, String)] = [(.ctrl, "Ctrl"), (.shift, "Shift"), (.alt, "Alt"), (.super, "Super")]
     static let aliases: [String: Modifiers] = ["ctrl": .ctrl, "control": .ctrl, "shift": .shift, "alt": .alt, "super": .super, "win": .super]
 }
 

@@ -20,6 +20,10 @@ final class LockdownCore {
     private var closing: Set<Window> = []
     private var selfTest: PendingSelfTest?
     private var windowWaiters: [([Window]) -> Void] = []
+    /// Every keycode that has carried each grabbed keysym this session. Clients that missed a
+    /// keymap change (x11vnc's and Chromium's caches) keep typing and reading the old codes,
+    /// so a combination stays grabbed on its old keycodes as well as its new ones.
+    private var keycodeHistory: [UInt: Set<UInt8>] = [:]
 
     struct PendingSelfTest {
         var expected: [GrabEntry]
@@ -35,7 +39,9 @@ final class LockdownCore {
         root = XDefaultRootWindow(dpy)
         clientListAtom = XInternAtom(dpy, "_NET_CLIENT_LIST", 0)
         closeWindowAtom = XInternAtom(dpy, "_NET_CLOSE_WINDOW", 0)
-        plan = GrabPlan(entries: entries, keymap: Self.keymap(dpy), layout: Self.layout(dpy))
+        var history: [UInt: Set<UInt8>] = [:]
+        plan = Self.makePlan(dpy, entries, &history)
+        keycodeHistory = history
         // The window manager publishes its client list on the root window.
         XSelectInput(dpy, root, PropertyChangeMask)
     }
@@ -66,13 +72,21 @@ final class LockdownCore {
         }
     }
 
+    private static func makePlan(_ dpy: OpaquePointer, _ entries: [GrabEntry], _ history: inout [UInt: Set<UInt8>]) -> GrabPlan {
+        let keymap = keymap(dpy)
+        return GrabPlan(entries: entries, layout: layout(dpy)) { sym in
+            history[sym, default: []].formUnion(keymap.keycodes(for: sym))
+            return history[sym, default: []].sorted()
+        }
+    }
+
     var grabCount: Int { plan.items.reduce(0) { $0 + $1.grabs.count } }
     var unmapped: [String] { plan.items.compactMap { item in item.unmapped.map { "\(item.entry.combo): \($0)" } } }
 
     private func regrab() {
         XUngrabKey(dpy, Int32(AnyKey), UInt32(AnyModifier), root)
         XUngrabButton(dpy, UInt32(AnyButton), UInt32(AnyModifier), root)
-        plan = GrabPlan(entries: entries, keymap: Self.keymap(dpy), layout: Self.layout(dpy))
+        plan = Self.makePlan(dpy, entries, &keycodeHistory)
         do {
             try grabAll()
             report(.regrabbed(grabs: grabCount))

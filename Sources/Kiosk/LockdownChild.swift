@@ -75,6 +75,10 @@ public final class LockdownChild: Sendable {
         return event
     }
 
+    func windows() async throws -> [UInt] {
+        try await running.clientWindows()
+    }
+
     /// For x11vnc's "viewer gone" line, which arrives on the reactor thread.
     @Sendable func viewerGone() {
         Task {

@@ -253,6 +253,12 @@ public actor Session {
         try await lockdown.releaseHeldInput()
     }
 
+    /// The display's top-level windows (the window manager's client list), oldest first: one,
+    /// the kiosk, while the lockdown holds.
+    public func windows() async throws -> [UInt] {
+        try await lockdown.windows()
+    }
+
     public func info() async -> SessionInfo {
         var pids: [String: Int32] = [:]
         if state != .ended {

@@ -1,0 +1,212 @@
+import Display
+import Kiosk
+import KioskdTestSupport
+import Logging
+import Metrics
+import MetricsTestKit
+import Supervision
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The lockdown against real input: viewers' keys and clicks arrive through the real x11vnc
+/// (a small RFB client), exactly as noVNC's would.
+@Suite("Kiosk lockdown", .serialized)
+struct LockdownTests {
+    static let keysyms: [Modifiers: UInt32] = [.ctrl: 0xFFE3, .shift: 0xFFE1, .alt: 0xFFE9, .super: 0xFFEB]
+    static let numLock: UInt32 = 0xFF7F
+
+    /// Types a combination the way a viewer does: modifiers down, key (shifted letters as
+    /// their upper case, which is what viewers send with Shift held), everything up.
+    static func send(_ combo: KeyCombo, _ viewer: RFBClient, at point: (Int, Int)) {
+        let mods = Modifiers.names.map(\.0).filter { combo.modifiers.contains($0) }.compactMap { keysyms[$0] }
+        for sym in mods { viewer.key(sym, down: true) }
+        switch combo.trigger {
+        case .key(let sym, _):
+            var keysym = UInt32(sym)
+            if combo.modifiers.contains(.shift), (0x61...0x7A).contains(keysym) { keysym -= 0x20 }
+            viewer.key(keysym, down: true)
+            viewer.key(keysym, down: false)
+        case .button(let n):
+            viewer.pointer(buttons: UInt8(1 << (n - 1)), x: point.0, y: point.1)
+            viewer.pointer(buttons: 0, x: point.0, y: point.1)
+        }
+        for sym in mods.reversed() { viewer.key(sym, down: false) }
+    }
+
+    /// x11vnc types a keysym on the level it sits on: for Shift+Tab or Shift+F5 it lifts Shift
+    /// (the keysym is unshifted), so the X server sees Ctrl+Tab or F5. Those are grabbed too.
+    static func shiftDropped(_ combo: KeyCombo) -> String {
+        var plain = combo
+        plain.modifiers.remove(.shift)
+        return plain.description
+    }
+
+    static func blocked(_ e: (session: String, event: SessionEvent), _ session: String) -> String? {
+        guard e.session == session, case .lockdown(.blocked(let combo, _)) = e.event else { return nil }
+        return combo
+    }
+
+    /// The process's metrics backend (bootstrapping is once per process).
+    static let metrics: TestMetrics = {
+        let metrics = TestMetrics()
+        MetricsSystem.bootstrap(metrics)
+        return metrics
+    }()
+
+    @Test func everyDefaultCombinationFromAViewerIsBlockedWithNumLockOffAndOn() async throws {
+        let metrics = Self.metrics
+        let f = try await SessionFixture("kioskd-lock")
+        defer { Task { await f.tearDown() } }
+        _ = try await f.manager.start()
+        let url = SessionTests.page("locked")
+        // A combination of our own marks the end of each pass: x11vnc delivers in order.
+        let sentinel = try KeyCombo(parsing: "Super+F12")
+        var settings = SessionSettings(id: "keys", url: url, width: 800, height: 600)
+        settings.grabs = try GrabList.configured(add: [sentinel], remove: [])
+        let session = try await f.manager.create(settings)
+        let before = await session.info()
+        let viewer = try RFBClient(port: before.vncPort)
+        defer { viewer.close() }
+        // x11vnc injects buttons 1–5 only (RFB's mask has 8 bits): the side buttons are grabbed
+        // for other input paths, and cannot come from a viewer.
+        let sendable = GrabList.defaults.filter { ![.button(8), .button(9)].contains($0.combo.trigger) }
+
+        for pass in ["NumLock off", "NumLock on"] {
+            if pass == "NumLock on" {
+                viewer.key(Self.numLock, down: true)
+                viewer.key(Self.numLock, down: false)
+            }
+            let mark = f.recorder.count
+            try await blocking {
+                for entry in sendable { Self.send(entry.combo, viewer, at: (400, 300)) }
+                Self.send(sentinel, viewer, at: (400, 300))
+            }
+            // Once the sentinel is blocked, every combination before it has reached the server.
+            try await f.recorder.wait(for: "the sentinel blocked (\(pass))", after: mark) { Self.blocked($0, "keys") == "Super+F12" }
+            let seen = Set(f.recorder.items.dropFirst(mark).compactMap { Self.blocked($0, "keys") })
+            let missing = sendable.map(\.combo).filter { !seen.contains($0.description) && !seen.contains(Self.shiftDropped($0)) }
+            #expect(missing.isEmpty, "\(pass): not blocked: \(missing)")
+        }
+
+        // Every blocked attempt is counted, by purpose (other sessions may add to it).
+        let closes = sendable.filter { $0.purpose == .close }.count * 2
+        let counted = try metrics.expectCounter("kioskd_lockdown_blocked_total", [("purpose", "close")]).totalValue
+        #expect(counted >= closes, "counted \(counted) blocked close combinations, sent \(closes)")
+
+        let after = await session.info()
+        #expect(after.pids["chromium"] == before.pids["chromium"], "the browser never restarted")
+        #expect(after.pids["xvfb"] == before.pids["xvfb"], "the X server survived every combination")
+        #expect(try await session.windows().count == 1, "one window")
+        let tabs = try await pageTargets(after)
+        #expect(tabs.count == 1, "one page target: \(tabs)")
+        #expect(tabs.first?.url.hasPrefix("data:text/html,<title>locked") == true, "same URL: \(tabs)")
+        #expect(try await withPage(after) { cdp, s in try await evaluate(cdp, s, "document.title") } == "locked")
+    }
+
+    @Test func aSecondGrabberFailsClearlyAndAKeymapChangeIsGrabbedAgain() async throws {
+        let f = try await SessionFixture("kioskd-lock")
+        defer { Task { await f.tearDown() } }
+        _ = try await f.manager.start()
+        let session = try await f.manager.create(SessionSettings(id: "regrab", url: SessionTests.page("regrab"), width: 800, height: 600))
+        let info = await session.info()
+        let display = Int(info.display.dropFirst())!
+        let cookie = Array(try #require(readSmallFileBytes(info.directory + "/Xauthority", limit: 4096)).suffix(16))
+
+        await #expect(throws: LockdownError.grabConflict(display: display, combo: "Ctrl+W")) {
+            _ = try await Lockdown.start(.init(display: display, cookie: cookie, session: "intruder")) { _ in }
+        }
+
+        // Move w to another keycode: x11vnc now types it there, which only a re-grab covers.
+        let mark = f.recorder.count
+        let xmodmap = try systemProgram("/usr/bin/xmodmap", package: "x11-xserver-utils")
+        let rc = try await runToExit(xmodmap, ["-e", "keycode 25 = F13", "-e", "keycode 200 = w W"],
+                                     environment: ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority"])
+        #expect(rc == 0)
+        try await f.recorder.wait(for: "the re-grab", after: mark) { e in
+            if e.session == "regrab", case .lockdown(.regrabbed(let n)) = e.event { n > 0 } else { false }
+        }
+        let viewer = try RFBClient(port: info.vncPort)
+        defer { viewer.close() }
+        let typed = f.recorder.count
+        Self.send(try KeyCombo(parsing: "Ctrl+W"), viewer, at: (10, 10))
+        try await f.recorder.wait(for: "Ctrl+W on its new keycode blocked", after: typed) { Self.blocked($0, "regrab") == "Ctrl+W" }
+        #expect(try await pageTargets(info).count == 1, "the tab is still open")
+    }
+
+    @Test func theWatchdogClosesWindowsAndTabsThatAreNotTheKiosk() async throws {
+        let f = try await SessionFixture("kioskd-lock")
+        defer { Task { await f.tearDown() } }
+        _ = try await f.manager.start()
+        // One button over the whole page: any click opens a popup window.
+        let page = "data:text/html,<title>opener</title><body style='margin:0'><button style='width:100vw;height:100vh' "
+            + "onclick=\"window.open('about:blank','_blank','popup,width=300,height=200')\">open</button></body>"
+        let session = try await f.manager.create(SessionSettings(id: "watchdog", url: page, width: 800, height: 600))
+        let info = await session.info()
+        #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, loadedTitle) } == "opener")
+
+        let mark = f.recorder.count
+        let viewer = try RFBClient(port: info.vncPort)
+        defer { viewer.close() }
+        viewer.pointer(buttons: 1, x: 400, y: 300)
+        viewer.pointer(buttons: 0, x: 400, y: 300)
+        try await f.recorder.wait(for: "the popup closed by the watchdog", after: mark, timeout: .seconds(15)) { e in
+            guard e.session == "watchdog" else { return false }
+            if case .browser(.targetClosed(_, _, byPage: true)) = e.event { return true }
+            if case .lockdown(.windowClosed) = e.event { return true }
+            return false
+        }
+        try await eventually("one window and one tab again") {
+            let windows = try await session.windows().count, tabs = try await pageTargets(info).count
+            return windows == 1 && tabs == 1
+        }
+
+        // A window of another X client: only the X watchdog can see it.
+        let xmessage = try systemProgram("/usr/bin/xmessage", package: "x11-utils")
+        let windowMark = f.recorder.count
+        // xmessage only ends when its window goes: returning (not timing out) is the closing.
+        _ = try await runToExit(xmessage, ["-name", "intruder", "intruder"],
+                                environment: ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority"], timeout: .seconds(15))
+        let closed = f.recorder.items.dropFirst(windowMark).contains { e in
+            if e.session == "watchdog", case .lockdown(.windowClosed(_, let name)) = e.event { return name == "intruder" } else { return false }
+        }
+        #expect(closed, "the watchdog reported closing the intruder's window")
+        try await eventually("the kiosk window alone again") { try await session.windows().count == 1 }
+    }
+
+    @Test func keysAndButtonsHeldByADepartingViewerAreReleased() async throws {
+        let f = try await SessionFixture("kioskd-lock")
+        defer { Task { await f.tearDown() } }
+        _ = try await f.manager.start()
+        let session = try await f.manager.create(SessionSettings(id: "held", url: SessionTests.page("held"), width: 800, height: 600))
+        let info = await session.info()
+        let viewer = try RFBClient(port: info.vncPort)
+        viewer.pointer(buttons: 1, x: 200, y: 200)
+        viewer.key(0xFFE3, down: true)   // Control_L
+        viewer.key(0x61, down: true)     // a
+        // A round trip proves x11vnc has processed the input before the viewer leaves.
+        try await blocking { try viewer.firstFramebufferUpdate() }
+        let mark = f.recorder.count
+        viewer.close()
+        let released = try await f.recorder.wait(for: "held input released", after: mark) { e in
+            if e.session == "held", case .lockdown(.inputReleased) = e.event { true } else { false }
+        }
+        guard case .lockdown(.inputReleased(let keys, let buttons)) = released.event else { return }
+        #expect(keys.contains("Control_L") && keys.contains("a"), "released: \(keys)")
+        #expect(buttons == [1])
+        #expect(try await session.releaseHeldInput() == .inputReleased(keys: [], buttons: []), "nothing is down any more")
+    }
+}
+
+/// The browser's tabs, from its CDP endpoint.
+func pageTargets(_ info: SessionInfo) async throws -> [(id: String, url: String)] {
+    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    return try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
+        (try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []).filter(BrowserWatch.isTab).map {
+            (id: $0["targetId"]?.string ?? "", url: $0["url"]?.string ?? "")
+        }
+    }
+}
