@@ -55,6 +55,7 @@ let package = Package(
             dependencies: [
                 "Supervision",
                 "Kiosk",
+                "Display",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -11,7 +11,7 @@ public struct KioskdCommand: AsyncParsableCommand {
         commandName: "kioskd",
         abstract: "Supervises browser kiosk sessions: Xvfb, Openbox, x11vnc, websockify and Chromium.",
         version: "kioskd \(kioskdVersion)",
-        subcommands: [Serve.self, ConfigCommand.self])
+        subcommands: [Serve.self, ConfigCommand.self, LockdownCommand.self])
 
     public init() {}
 

@@ -1,3 +1,4 @@
+import Display
 import Kiosk
 import Supervision
 
@@ -76,6 +77,9 @@ public struct Config: Sendable, Equatable {
         public var period = Duration.seconds(60)
         public var browser = Chromium.executable
         public var sandbox = true
+        public var lockdownAdd: [KeyCombo] = []
+        public var lockdownRemove: [KeyCombo] = []
+        public var closeExtraTabs = true
     }
 
     /// A session booted with the daemon, to look at (the README's run command).

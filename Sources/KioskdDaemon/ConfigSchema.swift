@@ -1,3 +1,4 @@
+import Display
 import Kiosk
 import Supervision
 
@@ -53,6 +54,9 @@ enum ConfigSchema {
         key("sessions.period", "Window for sessions.max_restarts.", \.sessions.period, duration(min: .seconds(1))),
         key("sessions.browser", "The Chromium binary (Debian's by default; not the /usr/bin/chromium wrapper).", \.sessions.browser, absolutePath),
         key("sessions.sandbox", "Chromium's sandbox. false only if you must: a hostile page could then reach the host.", \.sessions.sandbox, boolean),
+        key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
+        key("sessions.lockdown.remove", "Default combinations the key grabber leaves to the browser, comma-separated (F5, Ctrl+R).", \.sessions.lockdownRemove, combos(inDefaults: true)),
+        key("sessions.lockdown.close_extra_tabs", "Close every tab but the kiosk tab (true), or only tabs the page opens, leaving the agent's.", \.sessions.closeExtraTabs, boolean),
         key("demo.enabled", "Boot one session with the daemon and print how to look at it.", \.demo.enabled, boolean),
         key("demo.url", "The demo session's page.", \.demo.url, nonEmpty),
     ]
@@ -135,6 +139,23 @@ enum ConfigSchema {
         }
     }
 
+    /// A comma-separated list of combinations; `inDefaults`: each must be in the default list.
+    static func combos(inDefaults: Bool) -> @Sendable (String) throws(ValueError) -> [KeyCombo] {
+        { text throws(ValueError) in
+            var out: [KeyCombo] = []
+            for part in text.split(separator: ",") where !part.allSatisfy(\.isWhitespace) {
+                do throws(ComboError) {
+                    let combo = try KeyCombo(parsing: String(String(part.drop(while: \.isWhitespace).reversed()).drop(while: \.isWhitespace).reversed()))
+                    if inDefaults, !GrabList.defaults.contains(where: { $0.combo == combo }) { throw .notInList(combo.description) }
+                    out.append(combo)
+                } catch {
+                    throw ValueError(message: error.description)
+                }
+            }
+            return out
+        }
+    }
+
     static func range(_ bounds: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> ClosedRange<Int> {
         { (text: String) throws(ValueError) -> ClosedRange<Int> in
             let parts = text.split(separator: "-", omittingEmptySubsequences: false)
@@ -209,6 +230,7 @@ extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
 extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
 extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
+extension [KeyCombo]: ConfigRenderable { var rendered: String { map(\.description).joined(separator: ", ") } }
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
 extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
 extension Duration: ConfigRenderable {

@@ -83,6 +83,9 @@ struct ConfigTests {
         "sessions.period": "30s",
         "sessions.browser": "/opt/chromium/chrome",
         "sessions.sandbox": "false",
+        "sessions.lockdown.add": "Ctrl+Shift+X, F9",
+        "sessions.lockdown.remove": "F5, Ctrl+R",
+        "sessions.lockdown.close_extra_tabs": "false",
         "demo.enabled": "true",
         "demo.url": "https://example.com/",
     ]
@@ -127,6 +130,9 @@ struct ConfigTests {
         ("contrl:\n  socket: /x\n", "contrl", "unknown key (did you mean control?)"),
         ("control: [1, 2]\n", "control", "unknown key"),
         ("log:\n  level: [info]\n", "log.level", "must be a single value"),
+        ("sessions:\n  lockdown:\n    add: \"Ctrl+Bogus\"\n", "sessions.lockdown.add", "'Ctrl+Bogus': 'Bogus' is not an X keysym name"),
+        ("sessions:\n  lockdown:\n    add: \"Hyper+W\"\n", "sessions.lockdown.add", "unknown modifier 'Hyper'"),
+        ("sessions:\n  lockdown:\n    remove: \"F5, Ctrl+G\"\n", "sessions.lockdown.remove", "'Ctrl+G' is not in the grab list"),
     ])
     func aBadValueNamesItsKeyAndWhatIsAllowed(yaml: String, key: String, message: String) throws {
         let found = try issues(yaml)
