@@ -15,7 +15,10 @@ PACKAGES=(
   "xvfb:/usr/bin/Xvfb"                     # the session's virtual screen
   "openbox:/usr/bin/openbox"               # the session's window manager
   "x11vnc:/usr/bin/x11vnc"                 # the session's VNC server
-  "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks
+  "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks; xmessage
+  "x11-xserver-utils:/usr/bin/xmodmap"     # tests: a keymap change under the key grabber
+  "libx11-dev:/usr/include/X11/Xlib.h"     # the key grabber links libX11 ...
+  "libxtst-dev:/usr/include/X11/extensions/XTest.h"  # ... and libXtst (XTEST self-test)
   "chromium:/usr/lib/chromium/chromium"    # the session's browser
   "websockify:/usr/bin/websockify"         # the session's relay when bridge mode = websockify
   "novnc:/usr/share/novnc/vnc.html"        # the viewer page

@@ -350,9 +350,10 @@ if options.sessions > 0 {
     }
     print(row("create → (ms)", "p50", "p90"))
     print(row(String(repeating: "-", count: 42), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
-    for (stage, label) in [("xvfb", "Xvfb ready (-displayfd)"), ("openbox", "Openbox ready (--startup)"), ("x11vnc spawned", "x11vnc spawned"), ("x11vnc", "x11vnc ready (RFB banner)"),
+    for (stage, label) in [("xvfb", "Xvfb ready (-displayfd)"), ("openbox", "Openbox ready (--startup)"),
+                           ("lockdown", "lockdown ready (grabs + XTEST self-test)"), ("x11vnc spawned", "x11vnc spawned"), ("x11vnc", "x11vnc ready (RFB banner)"),
                            ("chromium spawned", "Chromium spawned"),
-                           ("chromium", "Chromium ready (CDP /json/version)"), ("cdp-watch", "CDP attached (watch)")] {
+                           ("chromium", "Chromium ready (CDP /json/version)"), ("cdp-watch", "CDP attached, lockdown re-verified")] {
         stat(label, r.starts.compactMap { $0.stages[stage] })
     }
     stat("session ready (create returns)", r.starts.map(\.ready))
