@@ -65,7 +65,13 @@ public final class Lockdown: Sendable {
             close(wake)
             throw LockdownError.cannotConnect(display: options.display)
         }
-        return try await started.wait().get()
+        do {
+            return try await started.wait().get()
+        } catch is CancellationError {
+            // The thread goes on connecting: whatever it gets must not stay grabbed.
+            Task { if case .success(let lockdown)? = try? await started.wait() { lockdown.stop() } }
+            throw CancellationError()
+        }
     }
 
     /// The thread's whole life: connect, grab, then serve events and commands until stopped

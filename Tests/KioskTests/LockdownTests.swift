@@ -136,6 +136,23 @@ struct LockdownTests {
         #expect(try await pageTargets(info).count == 1, "the tab is still open")
     }
 
+    @Test func aCombinationTheServerNeverDeliversFailsTheSelfTestAndTheSession() async throws {
+        let f = try await SessionFixture("kioskd-lock")
+        defer { Task { await f.tearDown() } }
+        _ = try await f.manager.start()
+        // XKB turns Ctrl+Alt+F12 into a VT switch: no client ever receives it.
+        var settings = SessionSettings(id: "unverified", url: SessionTests.page("unverified"), width: 800, height: 600)
+        settings.grabs = try GrabList.configured(add: [KeyCombo(parsing: "Ctrl+Alt+F12")], remove: [])
+        do {
+            _ = try await f.manager.create(settings)
+            Issue.record("a session whose lockdown cannot be verified must not start")
+        } catch let error as SessionError {
+            guard case .failedToStart(_, let reason) = error else { throw error }
+            #expect(reason.contains("lockdown self-test failed") && reason.contains("injected Ctrl+Alt+F12 did not reach the grabber"), "\(reason)")
+        }
+        #expect(await f.manager.list().isEmpty, "nothing is left of it")
+    }
+
     @Test func theWatchdogClosesWindowsAndTabsThatAreNotTheKiosk() async throws {
         let f = try await SessionFixture("kioskd-lock")
         defer { Task { await f.tearDown() } }
