@@ -36,6 +36,17 @@ struct LockdownTests {
         for sym in mods.reversed() { viewer.key(sym, down: false) }
     }
 
+    /// A session manager whose sweep is done.
+    static func fixture() async throws -> SessionFixture {
+        let f = try await SessionFixture("kioskd-lock")
+        _ = try await f.manager.start()
+        return f
+    }
+
+    static func settings(_ id: String, _ url: String) -> SessionSettings {
+        SessionSettings(id: id, url: url, width: 800, height: 600)
+    }
+
     /// x11vnc types a keysym on the level it sits on: for Shift+Tab or Shift+F5 it lifts Shift
     /// (the keysym is unshifted), so the X server sees Ctrl+Tab or F5. Those are grabbed too.
     static func shiftDropped(_ combo: KeyCombo) -> String {
@@ -58,13 +69,12 @@ struct LockdownTests {
 
     @Test func everyDefaultCombinationFromAViewerIsBlockedWithNumLockOffAndOn() async throws {
         let metrics = Self.metrics
-        let f = try await SessionFixture("kioskd-lock")
+        let f = try await Self.fixture()
         defer { Task { await f.tearDown() } }
-        _ = try await f.manager.start()
         let url = SessionTests.page("locked")
         // A combination of our own marks the end of each pass: x11vnc delivers in order.
         let sentinel = try KeyCombo(parsing: "Super+F12")
-        var settings = SessionSettings(id: "keys", url: url, width: 800, height: 600)
+        var settings = Self.settings("keys", url)
         settings.grabs = try GrabList.configured(add: [sentinel], remove: [])
         let session = try await f.manager.create(settings)
         let before = await session.info()
@@ -107,10 +117,9 @@ struct LockdownTests {
     }
 
     @Test func aSecondGrabberFailsClearlyAndAKeymapChangeIsGrabbedAgain() async throws {
-        let f = try await SessionFixture("kioskd-lock")
+        let f = try await Self.fixture()
         defer { Task { await f.tearDown() } }
-        _ = try await f.manager.start()
-        let session = try await f.manager.create(SessionSettings(id: "regrab", url: SessionTests.page("regrab"), width: 800, height: 600))
+        let session = try await f.manager.create(Self.settings("regrab", SessionTests.page("regrab")))
         let info = await session.info()
         let display = Int(info.display.dropFirst())!
         let cookie = Array(try #require(readSmallFileBytes(info.directory + "/Xauthority", limit: 4096)).suffix(16))
@@ -137,11 +146,10 @@ struct LockdownTests {
     }
 
     @Test func aCombinationTheServerNeverDeliversFailsTheSelfTestAndTheSession() async throws {
-        let f = try await SessionFixture("kioskd-lock")
+        let f = try await Self.fixture()
         defer { Task { await f.tearDown() } }
-        _ = try await f.manager.start()
         // XKB turns Ctrl+Alt+F12 into a VT switch: no client ever receives it.
-        var settings = SessionSettings(id: "unverified", url: SessionTests.page("unverified"), width: 800, height: 600)
+        var settings = Self.settings("unverified", SessionTests.page("unverified"))
         settings.grabs = try GrabList.configured(add: [KeyCombo(parsing: "Ctrl+Alt+F12")], remove: [])
         do {
             _ = try await f.manager.create(settings)
@@ -154,13 +162,12 @@ struct LockdownTests {
     }
 
     @Test func theWatchdogClosesWindowsAndTabsThatAreNotTheKiosk() async throws {
-        let f = try await SessionFixture("kioskd-lock")
+        let f = try await Self.fixture()
         defer { Task { await f.tearDown() } }
-        _ = try await f.manager.start()
         // One button over the whole page: any click opens a popup window.
         let page = "data:text/html,<title>opener</title><body style='margin:0'><button style='width:100vw;height:100vh' "
             + "onclick=\"window.open('about:blank','_blank','popup,width=300,height=200')\">open</button></body>"
-        let session = try await f.manager.create(SessionSettings(id: "watchdog", url: page, width: 800, height: 600))
+        let session = try await f.manager.create(Self.settings("watchdog", page))
         let info = await session.info()
         #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, loadedTitle) } == "opener")
 
@@ -194,10 +201,9 @@ struct LockdownTests {
     }
 
     @Test func keysAndButtonsHeldByADepartingViewerAreReleased() async throws {
-        let f = try await SessionFixture("kioskd-lock")
+        let f = try await Self.fixture()
         defer { Task { await f.tearDown() } }
-        _ = try await f.manager.start()
-        let session = try await f.manager.create(SessionSettings(id: "held", url: SessionTests.page("held"), width: 800, height: 600))
+        let session = try await f.manager.create(Self.settings("held", SessionTests.page("held")))
         let info = await session.info()
         let viewer = try RFBClient(port: info.vncPort)
         viewer.pointer(buttons: 1, x: 200, y: 200)
