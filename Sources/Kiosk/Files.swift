@@ -12,7 +12,7 @@ public struct FileError: Error, CustomStringConvertible {
 }
 
 /// Writes a whole file (never following a symlink planted at `path`), then hands it to `owner`.
-func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t, owner: Credentials?) throws(FileError) {
+public func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t, owner: Credentials?) throws(FileError) {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
     guard fd >= 0 else { throw FileError(action: "create", path: path, errno: errno) }
     defer { close(fd) }

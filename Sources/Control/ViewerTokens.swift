@@ -1,0 +1,71 @@
+import FoundationEssentials
+import JWTKit
+import Kiosk
+import Supervision
+
+/// What a viewer may do in a session.
+public enum ViewerRole: String, Sendable, CaseIterable, Codable {
+    case view, control
+}
+
+/// The claims of a viewer token: which task, which role, until when.
+struct ViewerClaims: JWTPayload {
+    var sub: SubjectClaim
+    var role: ViewerRole
+    var exp: ExpirationClaim
+    var iat: IssuedAtClaim
+    var iss: IssuerClaim
+    var aud: AudienceClaim
+    var jti: IDClaim
+
+    func verify(using _: some JWTAlgorithm) throws {
+        try exp.verifyNotExpired()
+        try aud.verifyIntendedAudience(includes: ViewerTokens.audience)
+        guard iss.value == ViewerTokens.issuer else { throw JWTError.claimVerificationFailure(failedClaim: iss, reason: "not issued by kioskd") }
+    }
+}
+
+public struct ViewerToken: Sendable, Equatable {
+    public let token: String
+    public let taskID: String
+    public let role: ViewerRole
+    /// Milliseconds since the epoch.
+    public let expiresAt: Int64
+}
+
+/// Short-lived viewer tokens: HS256 JWTs (jwt-kit) bound to one task and one role, signed with
+/// a host secret kept in the state directory, so they survive a daemon restart.
+public final class ViewerTokens: Sendable {
+    static let audience = "kioskd-viewer"
+    static let issuer = "kioskd"
+    private let keys = JWTKeyCollection()
+
+    public init(secret: [UInt8]) async {
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+    }
+
+    /// The host secret at `path`: 32 random bytes, created (0600) on first use.
+    public static func secret(at path: String) throws -> [UInt8] {
+        if let bytes = readSmallFileBytes(path, limit: 4096), bytes.count >= 32 { return bytes }
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        try writeFile(path, bytes, mode: 0o600, owner: nil)
+        return bytes
+    }
+
+    public func mint(task: String, role: ViewerRole, ttl: Int, now: Date = Date()) async throws -> ViewerToken {
+        let expires = now.addingTimeInterval(Double(ttl))
+        var rng = SystemRandomNumberGenerator()
+        let nonce = (0..<12).map { _ in String(UInt8.random(in: 0...255, using: &rng), radix: 16) }.joined()
+        let claims = ViewerClaims(sub: .init(value: task), role: role, exp: .init(value: expires), iat: .init(value: now),
+                                  iss: .init(value: Self.issuer), aud: .init(value: [Self.audience]), jti: .init(value: nonce))
+        let token = try await keys.sign(claims)
+        return ViewerToken(token: token, taskID: task, role: role, expiresAt: Int64(expires.timeIntervalSince1970 * 1000))
+    }
+
+    /// The task and role a token grants; throws when it is forged, expired or not a viewer token.
+    public func verify(_ token: String) async throws -> (task: String, role: ViewerRole) {
+        let claims = try await keys.verify(token, as: ViewerClaims.self)
+        return (claims.sub.value, claims.role)
+    }
+}
