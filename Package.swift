@@ -60,6 +60,7 @@ let package = Package(
         .target(
             name: "Store",
             dependencies: [
+                "Supervision",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -109,6 +110,14 @@ let package = Package(
         .testTarget(
             name: "SupervisionTests",
             dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
+        ),
+        .testTarget(
+            name: "StoreTests",
+            dependencies: ["Store", "Supervision", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "ControlTests",
+            dependencies: ["Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "KioskTests",

@@ -1,6 +1,7 @@
 import Logging
 import NIOSSL
 import PostgresNIO
+import Supervision
 
 /// The production store: PostgreSQL through postgres-nio's pooled client. Every change that
 /// appends an event runs in one transaction that locks the task's row (`FOR UPDATE`), so
@@ -9,8 +10,14 @@ public final class PostgresTaskStore: TaskStore {
     private let client: PostgresClient
     private let runner: Task<Void, Never>
     private let logger: Logger
+    private let settings: PostgresSettings
+    /// The pool retries a refused connection forever: a bound turns "PostgreSQL is down" into
+    /// an error (503 at the API) instead of a request that never ends.
+    private let timeout: Duration
 
-    public init(_ settings: PostgresSettings, logger: Logger) throws {
+    public init(_ settings: PostgresSettings, timeout: Duration = .seconds(10), logger: Logger) throws {
+        self.settings = settings
+        self.timeout = timeout
         var configuration = PostgresClient.Configuration(
             host: settings.host, port: settings.port, username: settings.user, password: settings.password,
             database: settings.database, tls: try settings.tls())
@@ -23,24 +30,24 @@ public final class PostgresTaskStore: TaskStore {
 
     public func migrate() async throws {
         do {
-            try await client.withTransaction(logger: logger) { db in
+            try await transaction { db in
                 // Two daemons starting at once take turns (the lock ends with the transaction).
-                try await db.query("SELECT pg_advisory_xact_lock(7317004)", logger: logger)
+                try await db.query("SELECT pg_advisory_xact_lock(7317004)", logger: self.logger)
                 try await db.query("""
                     CREATE TABLE IF NOT EXISTS kioskd_migrations (
                         version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
-                    """, logger: logger)
+                    """, logger: self.logger)
                 var applied: Set<Int> = []
-                for try await version in try await db.query("SELECT version FROM kioskd_migrations", logger: logger).decode(Int.self) {
+                for try await version in try await db.query("SELECT version FROM kioskd_migrations", logger: self.logger).decode(Int.self) {
                     applied.insert(version)
                 }
                 for step in Migrations.steps where !applied.contains(step.version) {
-                    for sql in step.postgres { try await db.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
-                    try await db.query("INSERT INTO kioskd_migrations (version, name) VALUES (\(step.version), \(step.name))", logger: logger)
+                    for sql in step.postgres { try await db.query(PostgresQuery(unsafeSQL: sql), logger: self.logger) }
+                    try await db.query("INSERT INTO kioskd_migrations (version, name) VALUES (\(step.version), \(step.name))", logger: self.logger)
                 }
             }
-        } catch let error as PSQLError {
-            throw StoreError.migration(Self.describe(error))
+        } catch let error as StoreError {
+            throw StoreError.migration(error.description)
         }
     }
 
@@ -147,20 +154,19 @@ public final class PostgresTaskStore: TaskStore {
     // MARK: - Helpers
 
     /// Database errors become `StoreError` with the server's own message.
-    private func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+    private func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         do {
-            return try await body()
+            return try await withTimeout(timeout, "PostgreSQL") { try await body() }
         } catch let error as PSQLError {
             throw StoreError.unavailable(Self.describe(error))
+        } catch is TimeoutError {
+            throw StoreError.unavailable("PostgreSQL at \(settings.host):\(settings.port) did not answer within \(timeout)")
         }
     }
 
-    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> sending T) async throws -> T {
-        do {
-            return try await client.withTransaction(logger: logger, body)
-        } catch let error as PSQLError {
-            throw StoreError.unavailable(Self.describe(error))
-        }
+    private func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let client = self.client, logger = self.logger
+        return try await run { try await client.withTransaction(logger: logger) { try await body($0) } }
     }
 
     private static func describe(_ error: PSQLError) -> String {

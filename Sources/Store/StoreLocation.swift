@@ -15,6 +15,15 @@ public struct PostgresSettings: Sendable, Equatable {
     public var database: String
     public var sslMode: SSLMode
 
+    public init(host: String, port: Int = 5432, user: String, password: String? = nil, database: String, sslMode: SSLMode = .prefer) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.database = database
+        self.sslMode = sslMode
+    }
+
     /// libpq's meaning: `require` encrypts without checking the certificate; `verify-full`
     /// checks the chain and the host name.
     func tls() throws -> PostgresClient.Configuration.TLS {

@@ -1,0 +1,86 @@
+import Logging
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real PostgreSQL on loopback for the tests and the benchmark: initdb into a temporary
+/// directory and `postgres` supervised as the unprivileged `kioskd` user (PostgreSQL refuses
+/// root). It dies with the process that started it (the spawn's parent-death signal).
+public final class PostgresFixture: Sendable {
+    public let port: Int
+    public let directory: String
+    let bin: String
+    let supervisor: Supervisor
+
+    private init(port: Int, directory: String, bin: String, supervisor: Supervisor) {
+        self.port = port
+        self.directory = directory
+        self.bin = bin
+        self.supervisor = supervisor
+    }
+
+    /// One server per test process, started on first use.
+    public static let shared = Task { try await PostgresFixture.start(durable: false) }
+
+    /// `durable: false` turns fsync off (tests); the benchmark measures with PostgreSQL's defaults.
+    public static func start(durable: Bool) async throws -> PostgresFixture {
+        let versions = directoryEntries("/usr/lib/postgresql").sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
+        guard let version = versions.first(where: { access("/usr/lib/postgresql/\($0)/bin/postgres", X_OK) == 0 }) else {
+            throw TestFailure("PostgreSQL is not installed (Debian package postgresql): run scripts/setup.sh")
+        }
+        let bin = "/usr/lib/postgresql/\(version)/bin"
+        let user = try Credentials.lookup(user: "kioskd")
+        removeLeftovers()
+        let root = try makeTempDir("kioskd-pg")
+        let data = root + "/data"
+        guard mkdir(data, 0o700) == 0, chown(data, user.uid, user.gid) == 0, chown(root, user.uid, user.gid) == 0 else {
+            throw TestFailure("cannot prepare \(data): errno \(errno)")
+        }
+        let initdb = try await runToExit("/usr/bin/setpriv", ["--reuid=kioskd", "--regid=kioskd", "--init-groups", bin + "/initdb",
+                                                                "-D", data, "-U", "kioskd", "-A", "trust", "-E", "UTF8", "--no-sync"],
+                                         environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(60))
+        guard initdb == 0 else { throw TestFailure("initdb failed with status \(initdb)") }
+        let port = try freePort()
+        var args = ["-D", data, "-p", "\(port)", "-k", root, "-c", "listen_addresses=127.0.0.1"]
+        if !durable { args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] }
+        let postgres = ChildSpec(
+            id: "postgres",
+            kind: .process(ProcessSpec(executable: bin + "/postgres", arguments: args,
+                                       environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], credentials: user)),
+            shutdown: .timeout(.seconds(5)),
+            readiness: .tcp(host: "127.0.0.1", port: port, banner: nil),
+            readyTimeout: .seconds(30))
+        var logger = Logger(label: "postgres")
+        logger.logLevel = .warning
+        let supervisor = try Supervisor(name: "pg", spec: SupervisorSpec(strategy: .oneForOne, intensity: Intensity(maxRestarts: 0, period: .seconds(1)),
+                                                                         children: [postgres]),
+                                        events: EventBus(), logger: logger)
+        Task { _ = await supervisor.run() }
+        try await supervisor.waitReady()
+        return PostgresFixture(port: port, directory: root, bin: bin, supervisor: supervisor)
+    }
+
+    /// A new, empty database; returns its URL.
+    public func createDatabase(_ name: String) async throws -> String {
+        let rc = try await runToExit("/usr/bin/setpriv", ["--reuid=kioskd", "--regid=kioskd", "--init-groups", bin + "/createdb",
+                                                          "-h", "127.0.0.1", "-p", "\(port)", "-U", "kioskd", name],
+                                     environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"])
+        guard rc == 0 else { throw TestFailure("createdb \(name) failed with status \(rc)") }
+        return "postgres://kioskd@127.0.0.1:\(port)/\(name)?sslmode=disable"
+    }
+
+    /// Data directories of earlier test runs whose server is gone (a killed run cannot clean up).
+    static func removeLeftovers() {
+        for name in directoryEntries("/tmp") where name.hasPrefix("kioskd-pg-") {
+            let pidText = (try? readText("/tmp/\(name)/data/postmaster.pid"))?.split(separator: "\n").first
+            if let pid = pidText.flatMap({ Int32($0) }), isAlive(pid) { continue }
+            removeTree("/tmp/" + name)
+        }
+    }
+
+    public func stop() {
+        supervisor.shutdown()
+    }
+}
