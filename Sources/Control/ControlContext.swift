@@ -53,6 +53,8 @@ struct JSONErrors: RouterMiddleware {
             default: error.body ?? error.status.reasonPhrase
             }
             throw APIError(error.status, code, message)
+        } catch is NIOTooManyBytesError {
+            throw APIError(.contentTooLarge, "body_too_large", "the body is larger than \(context.maxUploadSize) bytes")
         } catch let error as StoreError {
             context.logger.error("store error", metadata: ["error": "\(error)"])
             throw APIError(.serviceUnavailable, "store_unavailable", error.description)

@@ -62,9 +62,10 @@ public struct ControlRoutes: Sendable {
         }
 
         router.post("/v1/tasks") { request, context in
+            let wait = try query(request, "wait", as: Bool.self) == true
             let create = try CreateTask(body: try await body(request, context))
             var (task, created) = try await service.create(create)
-            if try query(request, "wait", as: Bool.self) == true {
+            if wait {
                 task = try await service.waitRunning(task.id, timeout: service.limits.waitLimit)
             }
             return json(TaskJSON.task(task), status: created ? .created : .ok)

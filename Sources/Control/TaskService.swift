@@ -29,7 +29,7 @@ func nowMS() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 public actor TaskService {
     public nonisolated let store: any TaskStore
     nonisolated let sessions: any SessionProvider
-    nonisolated let tokens: ViewerTokens
+    public nonisolated let tokens: ViewerTokens
     public nonisolated let limits: TaskLimits
     /// The session a task gets: the host's defaults with the request's overrides.
     nonisolated let template: @Sendable (String, CreateTask) -> SessionSettings

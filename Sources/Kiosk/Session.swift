@@ -38,6 +38,19 @@ public struct SessionInfo: Sendable, Equatable, Codable {
     /// Live pids by child id (xvfb, openbox, x11vnc, websockify, chromium).
     public var pids: [String: Int32]
     public var end: SessionEnd?
+
+    public init(id: String, state: SessionState, display: String, cdpURL: String, vncPort: Int, websockifyPort: Int?,
+                directory: String, pids: [String: Int32], end: SessionEnd?) {
+        self.id = id
+        self.state = state
+        self.display = display
+        self.cdpURL = cdpURL
+        self.vncPort = vncPort
+        self.websockifyPort = websockifyPort
+        self.directory = directory
+        self.pids = pids
+        self.end = end
+    }
 }
 
 /// What happens in a session, as one stream: its tree's transitions, the browser watch's

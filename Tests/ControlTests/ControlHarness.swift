@@ -1,0 +1,119 @@
+import Control
+import FoundationEssentials
+import Kiosk
+import KioskdTestSupport
+import Logging
+import Store
+import Supervision
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sessions without X: what the task service sees of the real ones (ready, ended, events),
+/// steered by the URL: "fail" fails the boot, "hold" waits until released.
+final class FakeSessions: SessionProvider {
+    let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
+    private let state = Mutex<(created: [String], live: Set<String>, held: [String: OnceValue<Void>])>(([], [], [:]))
+
+    var created: [String] { state.withLock { $0.created } }
+
+    func create(_ settings: SessionSettings) async throws -> SessionInfo {
+        state.withLock { $0.created.append(settings.id) }
+        if settings.url.contains("fail") { throw SessionError.failedToStart(id: settings.id, reason: "chromium: exited with status 1") }
+        if settings.url.contains("hold") {
+            let gate = OnceValue<Void>()
+            state.withLock { $0.held[settings.id] = gate }
+            try await gate.wait()
+        }
+        state.withLock { _ = $0.live.insert(settings.id) }
+        sessionEvents.publish((settings.id, .ready))
+        return SessionInfo(id: settings.id, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncPort: 29000,
+                           websockifyPort: nil, directory: "/nonexistent", pids: ["chromium": 1], end: nil)
+    }
+
+    func release(_ id: String) { state.withLock { $0.held[id] }?.set(()) }
+
+    func stop(_ id: String, reason: String) async {
+        guard state.withLock({ $0.live.remove(id) }) != nil else { return }
+        sessionEvents.publish((id, .ended(SessionEnd(reason: reason, failed: false))))
+    }
+
+    /// The session dies by itself (its restart budget spent).
+    func crash(_ id: String) {
+        guard state.withLock({ $0.live.remove(id) }) != nil else { return }
+        sessionEvents.publish((id, .lockdown(.blocked(combo: "Ctrl+W", purpose: .close))))
+        sessionEvents.publish((id, .ended(SessionEnd(reason: "restart budget spent", failed: true))))
+    }
+
+    func list() async -> [SessionInfo] {
+        state.withLock { $0.live.sorted() }.map {
+            SessionInfo(id: $0, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncPort: 29000, websockifyPort: nil,
+                        directory: "/nonexistent", pids: [:], end: nil)
+        }
+    }
+}
+
+/// A task service on a SQLite store in a temporary directory, served on a temporary socket.
+struct ControlHarness {
+    let dir: String
+    let store: any TaskStore
+    let sessions: FakeSessions
+    let service: TaskService
+    let client: ControlClient
+    let server: Task<Void, any Error>
+
+    init(limits: TaskLimits = TaskLimits(), allow: PeerAllowlist? = nil, store: (any TaskStore)? = nil, dir: String? = nil) async throws {
+        let dir = try dir ?? makeTempDir("kioskd-control")
+        self.dir = dir
+        let store = try store ?? SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        try await store.migrate()
+        self.store = store
+        sessions = FakeSessions()
+        var logger = Logger(label: "test.control")
+        logger.logLevel = .warning
+        let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
+        service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits,
+                              template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        _ = try await service.start()
+        let socket = dir + "/control.sock"
+        let control = ControlServer(socketPath: socket, group: nil, allowlist: allow ?? PeerAllowlist(uids: [getuid()], gids: []))
+        let routes = ControlRoutes(service: service, storeKind: "sqlite") { TreeNode(id: "kioskd", kind: "supervisor", status: "running") }
+        let ready = OnceValue<Void>()
+        server = Task { [logger] in try await control.run(routes, logger: logger) { ready.set(()) } }
+        try await withTimeout(.seconds(10), "the control socket") { try await ready.wait() }
+        client = ControlClient(socketPath: socket)
+    }
+
+    func tearDown() async {
+        server.cancel()
+        _ = await server.result
+        await service.shutdown()
+        await store.close()
+        removeTree(dir)
+    }
+
+    /// The parsed JSON of an answer.
+    static func json(_ answer: ControlClient.Answer) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: Data(answer.body))
+    }
+
+    /// Polls nothing: waits on the service's own event feed for the task to reach `state`.
+    func waitState(_ id: String, _ state: TaskState, timeout: Duration = .seconds(10)) async throws {
+        let updates = service.appended.subscribe()
+        if try await store.task(id)?.state == state { return }
+        try await withTimeout(timeout, "task \(id) to be \(state.rawValue)") {
+            for await e in updates where e.taskID == id && e.data.contains("\"to\":\"\(state.rawValue)\"") { return }
+        }
+    }
+}
+
+extension JSONValue {
+    var int: Int? { number.map { Int($0) } }
+}
+
+extension ControlClient.Answer {
+    var json: JSONValue? { try? ControlHarness.json(self) }
+    var errorCode: String? { json?["error"]?["code"]?.string }
+}
