@@ -88,6 +88,8 @@ let package = Package(
                 "Supervision",
                 "Kiosk",
                 "Display",
+                "Store",
+                "Control",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

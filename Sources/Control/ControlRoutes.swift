@@ -40,7 +40,7 @@ public struct ControlRoutes: Sendable {
             return json(String(decoding: try encoder.encode(await tree()), as: UTF8.self))
         }
         router.get("/v1/sessions") { _, _ in
-            json(JSONWriter.array(await service.sessions.list().map(TaskJSON.session)))
+            json(JSONWriter.array(await service.sessions.listSessions().map(TaskJSON.session)))
         }
         router.get("/v1/capacity") { _, _ in
             let c = await service.capacity()

@@ -6,20 +6,23 @@ import Supervision
 /// one; unit tests use a fake.
 public protocol SessionProvider: Sendable {
     var sessionEvents: Broadcast<(session: String, event: SessionEvent)> { get }
-    func create(_ settings: SessionSettings) async throws -> SessionInfo
-    func stop(_ id: String, reason: String) async
-    func list() async -> [SessionInfo]
+    func startSession(_ settings: SessionSettings) async throws -> SessionInfo
+    func stopSession(_ id: String, reason: String) async
+    func listSessions() async -> [SessionInfo]
 }
 
 extension SessionManager: SessionProvider {
     public nonisolated var sessionEvents: Broadcast<(session: String, event: SessionEvent)> { events }
 
-    public func create(_ settings: SessionSettings) async throws -> SessionInfo {
-        let session: Session = try await create(settings)
-        return await session.info()
+    public func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
+        try await create(settings).info()
     }
 
-    public func stop(_ id: String, reason: String) async {
-        let _: SessionEnd? = await stop(id, reason: reason)
+    public func stopSession(_ id: String, reason: String) async {
+        await stop(id, reason: reason)
+    }
+
+    public func listSessions() async -> [SessionInfo] {
+        await list()
     }
 }

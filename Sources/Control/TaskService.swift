@@ -147,7 +147,7 @@ public actor TaskService {
         let request = (try? CreateTask(body: Array(task.request.utf8))) ?? CreateTask(url: "about:blank")
         await note(id, "session_booting", [:])
         do {
-            let info = try await sessions.create(template(id, request))
+            let info = try await sessions.startSession(template(id, request))
             var session = JSONWriter()
             session.field("cdp_url", info.cdpURL)
             session.field("display", info.display)
@@ -156,7 +156,7 @@ public actor TaskService {
             let outcome = try? await move(id, .ready, session: session.text, data: ["session": session.text])
             if case .moved? = outcome { return }
             // Cancelled or timed out while booting: the session is not wanted any more.
-            await sessions.stop(id, reason: "task \(id) ended while its session booted")
+            await sessions.stopSession(id, reason: "task \(id) ended while its session booted")
         } catch {
             logger.warning("task's session failed to start", metadata: ["task": "\(id)", "reason": "\(error)"])
             _ = try? await move(id, .fail, reason: "\(error)", data: [:])
@@ -221,7 +221,7 @@ public actor TaskService {
             release(id)
             return
         }
-        Task { await sessions.stop(id, reason: "task \(id) is \(state.rawValue)") }
+        Task { await sessions.stopSession(id, reason: "task \(id) is \(state.rawValue)") }
     }
 
     private func release(_ id: String) {

@@ -6,6 +6,7 @@ import Supervision
 /// environment variable and how it is checked; config/kioskd.yaml documents them.
 public struct Config: Sendable, Equatable {
     public var control = Control()
+    public var tasks = Tasks()
     public var publicListener = PublicListener()
     public var state = State()
     public var runtime = Runtime()
@@ -21,6 +22,19 @@ public struct Config: Sendable, Equatable {
 
     public struct Control: Sendable, Equatable {
         public var socket = "/run/kioskd/control.sock"
+        /// The socket's group; empty: kioskd's own.
+        public var group = ""
+        /// Peers allowed by uid / primary gid; empty: root and kioskd's uid / the socket's group.
+        public var allowUIDs = NumericIDs()
+        public var allowGIDs = NumericIDs()
+    }
+
+    /// The task service's limits.
+    public struct Tasks: Sendable, Equatable {
+        public var maxSessions = 8
+        public var startTimeout = Duration.seconds(120)
+        public var maxLifetime = Duration.seconds(3600)
+        public var retention = Duration.seconds(7 * 86400)
     }
 
     public struct PublicListener: Sendable, Equatable {
@@ -122,6 +136,11 @@ public struct Config: Sendable, Equatable {
     public var storeLocation: String {
         store.url.isEmpty ? "sqlite://\(state.dir)/kioskd.sqlite" : store.url
     }
+}
+
+/// uids or gids, as `0,1000` in the config.
+public struct NumericIDs: Sendable, Equatable {
+    public var values: [UInt32] = []
 }
 
 public struct HostPort: Sendable, Equatable, CustomStringConvertible {

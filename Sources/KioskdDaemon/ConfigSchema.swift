@@ -1,6 +1,11 @@
 import Display
+import Store
 import Kiosk
 import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Every scalar configuration key: its path, what it means, how its text is checked and stored.
 /// The environment variable is derived from the path (`control.socket` → `KIOSKD_CONTROL_SOCKET`).
@@ -28,6 +33,13 @@ enum ConfigSchema {
 
     static let keys: [ConfigKey] = [
         key("control.socket", "Unix socket of the control API (HTTP/JSON).", \.control.socket, absolutePath),
+        key("control.group", "Group of the control socket (mode 0660): the API layer's user must be in it. Empty: kioskd's group.", \.control.group, groupName),
+        key("control.allow_uids", "Peer uids allowed on the control socket, comma-separated. Empty: root and kioskd's own uid.", \.control.allowUIDs, ids),
+        key("control.allow_gids", "Peer primary gids allowed on the control socket, comma-separated. Empty: the socket's group.", \.control.allowGIDs, ids),
+        key("tasks.max_sessions", "Tasks running at once on this host; more wait in queued.", \.tasks.maxSessions, integer(1...256)),
+        key("tasks.start_timeout", "Default timeout_s: how long a task may take to be running.", \.tasks.startTimeout, duration(min: .seconds(1))),
+        key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
+        key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),
         key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
         key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
         key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
@@ -98,25 +110,31 @@ enum ConfigSchema {
 
     static func storeURL(_ text: String) throws(ValueError) -> String {
         if text.isEmpty { return text }
-        if text.hasPrefix("sqlite://") {
-            let path = text.dropFirst("sqlite://".count)
-            guard path.hasPrefix("/") else { throw ValueError(message: "sqlite:// needs an absolute path (sqlite:///var/lib/kioskd/kioskd.sqlite), got \"\(text)\"") }
-            return text
+        do {
+            _ = try StoreLocation(url: text)
+        } catch {
+            throw ValueError(message: error.description)
         }
-        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
-            let rest = text.drop { $0 != "/" }.dropFirst(2)
-            guard !rest.isEmpty, rest.contains("/") else { throw ValueError(message: "a PostgreSQL URL needs a host and a database: postgres://user@host:5432/kioskd") }
-            if let query = text.split(separator: "?", maxSplits: 1).dropFirst().first {
-                for pair in query.split(separator: "&") where pair.hasPrefix("sslmode=") {
-                    let mode = pair.dropFirst("sslmode=".count)
-                    guard ["disable", "prefer", "require", "verify-full"].contains(String(mode)) else {
-                        throw ValueError(message: "sslmode must be disable, prefer, require or verify-full, got \"\(mode)\"")
-                    }
-                }
-            }
-            return text
+        return text
+    }
+
+
+    /// Empty, or a group that exists on this host.
+    static func groupName(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty else { return text }
+        guard getgrnam(text) != nil else { throw ValueError(message: "no group named \"\(text)\" on this host") }
+        return text
+    }
+
+    /// Comma-separated numeric ids.
+    static func ids(_ text: String) throws(ValueError) -> NumericIDs {
+        var out: [UInt32] = []
+        for part in text.split(separator: ",") {
+            let trimmed = part.filter { !$0.isWhitespace }
+            guard let id = UInt32(trimmed) else { throw ValueError(message: "must be numeric ids separated by commas, got \"\(part)\"") }
+            out.append(id)
         }
-        throw ValueError(message: "must be empty, sqlite:///path or postgres://…, got a URL with another scheme")
+        return NumericIDs(values: out)
     }
 
     static func userName(_ text: String) throws(ValueError) -> String {
@@ -203,7 +221,7 @@ enum ConfigSchema {
     }
 
     static func parseDuration(_ text: String) throws(ValueError) -> Duration {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)
             // "5ms" must not be read as "5m" + "s".
@@ -212,7 +230,7 @@ enum ConfigSchema {
                 return .microseconds(Int64((value * scale * 1e6).rounded()))
             }
         }
-        throw ValueError(message: "must be a duration such as 500ms, 5s, 2m or 1h, got \"\(text)\"")
+        throw ValueError(message: "must be a duration such as 500ms, 5s, 2m, 1h or 7d, got \"\(text)\"")
     }
 }
 
@@ -231,12 +249,14 @@ extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
 extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
 extension [KeyCombo]: ConfigRenderable { var rendered: String { map(\.description).joined(separator: ", ") } }
+extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
 extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
 extension Duration: ConfigRenderable {
     var rendered: String {
         let (s, atto) = components
         let ms = s * 1000 + atto / 1_000_000_000_000_000
+        if ms % 86_400_000 == 0 && ms > 0 { return "\(ms / 86_400_000)d" }
         if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
         if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
         if ms % 1000 == 0 { return "\(ms / 1000)s" }

@@ -33,6 +33,8 @@ public struct Daemon {
         }
         // A significant program ending stops the programs group, and with it the daemon.
         let significant = programs.autoShutdown != .never
+        // GET /v1/tree reads the root, which is built after its children's specs.
+        let rootRef = OnceValue<Supervisor>()
         // The root restarts a subtree that gave up once a minute at most; beyond that the
         // daemon exits non-zero and systemd's own restart policy takes over.
         let root = try Supervisor(
@@ -44,8 +46,12 @@ public struct Daemon {
                 children: [
                     ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
                     SessionsChild.spec(config, manager: sessions, logger: logger),
+                    ControlChild.spec(config, environment: environment, sessions: sessions, logger: logger) {
+                        await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
+                    },
                 ]),
             events: events, logger: logger)
+        rootRef.set(root)
         let notifier = SystemdNotifier(environment: environment)
         logger.info("starting", metadata: [
             "programs": "\(config.programs.count)",

@@ -40,14 +40,18 @@ enum SessionsChild {
                     ports: PortAllocator(range: config.sessions.ports), logger: logger)
     }
 
+    static func demoSettings(_ config: Config) throws -> SessionSettings {
+        settings(config, id: "demo", url: config.demo.url)
+    }
+
     /// The configured session defaults. The grab list cannot fail here: the config loader
     /// already refused a removal that is not in the default list.
-    static func demoSettings(_ config: Config) throws -> SessionSettings {
-        SessionSettings(id: "demo", url: config.demo.url, width: config.sessions.width, height: config.sessions.height,
+    static func settings(_ config: Config, id: String, url: String) -> SessionSettings {
+        SessionSettings(id: id, url: url, width: config.sessions.width, height: config.sessions.height,
                         input: config.sessions.input, bridge: config.sessions.bridge,
                         budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
                         browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox,
-                        grabs: try GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove),
+                        grabs: (try? GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove)) ?? GrabList.defaults,
                         closeExtraTabs: config.sessions.closeExtraTabs)
     }
 }

@@ -19,7 +19,7 @@ final class FakeSessions: SessionProvider {
 
     var created: [String] { state.withLock { $0.created } }
 
-    func create(_ settings: SessionSettings) async throws -> SessionInfo {
+    func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
         state.withLock { $0.created.append(settings.id) }
         if settings.url.contains("fail") { throw SessionError.failedToStart(id: settings.id, reason: "chromium: exited with status 1") }
         if settings.url.contains("hold") {
@@ -35,7 +35,7 @@ final class FakeSessions: SessionProvider {
 
     func release(_ id: String) { state.withLock { $0.held[id] }?.set(()) }
 
-    func stop(_ id: String, reason: String) async {
+    func stopSession(_ id: String, reason: String) async {
         guard state.withLock({ $0.live.remove(id) }) != nil else { return }
         sessionEvents.publish((id, .ended(SessionEnd(reason: reason, failed: false))))
     }
@@ -47,7 +47,7 @@ final class FakeSessions: SessionProvider {
         sessionEvents.publish((id, .ended(SessionEnd(reason: "restart budget spent", failed: true))))
     }
 
-    func list() async -> [SessionInfo] {
+    func listSessions() async -> [SessionInfo] {
         state.withLock { $0.live.sorted() }.map {
             SessionInfo(id: $0, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncPort: 29000, websockifyPort: nil,
                         directory: "/nonexistent", pids: [:], end: nil)
