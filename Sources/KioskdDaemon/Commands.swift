@@ -11,7 +11,8 @@ public struct KioskdCommand: AsyncParsableCommand {
         commandName: "kioskd",
         abstract: "Supervises browser kiosk sessions: Xvfb, Openbox, x11vnc, websockify and Chromium.",
         version: "kioskd \(kioskdVersion)",
-        subcommands: [Serve.self, ConfigCommand.self, LockdownCommand.self])
+        subcommands: [Serve.self, ConfigCommand.self, LockdownCommand.self,
+                      StatusCommand.self, TaskCommandGroup.self, TokenCommand.self, DrainCommand.self])
 
     public init() {}
 
