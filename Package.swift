@@ -132,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "KioskdDaemonTests",
             dependencies: [
-                "KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild",
+                "KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild", "Control", "Kiosk",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   "python3:/usr/bin/python3"               # tests (http readiness probe), demo program
   "python3-venv:/usr/lib/python3.11/ensurepip/__init__.py"
+  "postgresql:/usr/lib/postgresql/15/bin/postgres"   # tests and bench: the PostgreSQL store
+  "libsqlite3-dev:/usr/include/sqlite3.h"  # the embedded SQLite store (GRDB)
   "systemd:/usr/bin/systemd-analyze"       # systemd-analyze verify of the unit in the tests
   "procps:/usr/bin/pgrep"
   "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
@@ -72,6 +74,13 @@ if [ "$(id -u)" -eq 0 ] && ! getent passwd kioskd >/dev/null; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
+  # The Python example client (docs/examples) runs in the tests: httpx from PyPI, in a venv.
+  if [ ! -x .build/venv/bin/python3 ] || ! .build/venv/bin/python3 -c "import httpx" 2>/dev/null; then
+    log "installing httpx into .build/venv (for docs/examples/kioskd_client.py)"
+    mkdir -p .build
+    /usr/bin/python3 -m venv .build/venv
+    .build/venv/bin/pip install --quiet httpx
+  fi
   log "building kioskd and its tests (debug)"
   swift build --build-tests
 else

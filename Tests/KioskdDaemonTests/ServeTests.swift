@@ -1,3 +1,6 @@
+import Control
+import FoundationEssentials
+import Kiosk
 import KioskdTestSupport
 import Supervision
 import Testing
@@ -182,4 +185,67 @@ struct ServeTests {
         #expect(processesWithEnvironment(containing: sessionMarker).isEmpty, "the session stopped with the daemon")
         #expect(access(dir + "/run/sessions/demo", F_OK) != 0)
     }
+
+    /// The repository's root, for docs/examples and the venv scripts/setup.sh --tests makes.
+    static let repository = String(#filePath.split(separator: "/").dropLast(3).joined(separator: "/")).withLeadingSlash
+
+    @Test func thePythonExampleDrivesARealTaskOverTheControlSocket() async throws {
+        defer { removeTree(dir) }
+        let python = Self.repository + "/.build/venv/bin/python3"
+        guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs httpx from PyPI there)") }
+        let path = try config("  []", extra: """
+            sessions:
+              displays: 850-899
+              ports: 42000-42999
+            """)
+        let daemon = try start(path)
+        try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
+        let output = dir + "/example.out"
+        let status = try await runToExit(python, [Self.repository + "/docs/examples/kioskd_client.py", "--socket", dir + "/run/control.sock",
+                                                  "--url", "data:text/html,<title>py</title>python"],
+                                         environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(90), output: output)
+        #expect(status == 0, "\((try? readText(output)) ?? "")")
+        #expect((try? readText(output))?.contains("ok   the task is cancelled") == true)
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
+    }
+
+    @Test func onPostgreSQLARunningTaskIsInterruptedByARestartAndItsSessionSwept() async throws {
+        defer { removeTree(dir) }
+        let url = try await PostgresFixture.shared.value.createDatabase("serve_\(UInt32.random(in: 0...UInt32.max))")
+        let path = try config("  []", extra: """
+            store:
+              url: "\(url)"
+            sessions:
+              displays: 800-849
+              ports: 43000-43999
+            """)
+        let socket = dir + "/run/control.sock"
+        let first = try start(path)
+        try await first.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") && $0.contains("store postgres") }
+        let client = ControlClient(socketPath: socket)
+        let created = try await client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"pg1","url":"data:text/html,<title>pg</title>pg"}"#)
+        let task = try JSONDecoder().decode(JSONValue.self, from: Data(created.body))
+        #expect(created.status == 201 && task["state"]?.string == "running", "\(created.text)")
+        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/pg1"
+        let old = processesWithEnvironment(containing: sessionMarker)
+        #expect(old.count >= 4, "the task's session runs")
+
+        first.signal(SIGKILL)
+        _ = try await first.waitExit()
+        let second = try start(path)
+        try await second.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") && $0.contains("1 interrupted") }
+        let after = try JSONDecoder().decode(JSONValue.self, from: Data(try await client.request(.GET, "/v1/tasks/pg1").body))
+        #expect(after["state"]?.string == "interrupted")
+        let events = try JSONDecoder().decode(JSONValue.self, from: Data(try await client.request(.GET, "/v1/tasks/pg1/events").body)).array ?? []
+        #expect(events.last?["data"]?["to"]?.string == "interrupted")
+        #expect(events.map { $0["seq"]?.number ?? 0 } == (1...events.count).map(Double.init), "no gaps across the restart")
+        for pid in old { #expect(!isAlive(pid), "a process of the interrupted task's session survived: \(pid)") }
+        second.signal(SIGTERM)
+        #expect(try await second.waitExit() == 0, "\(second.stderr)")
+    }
+}
+
+extension String {
+    var withLeadingSlash: String { hasPrefix("/") ? self : "/" + self }
 }

@@ -167,15 +167,17 @@ public func spawnWithDefaultSignals(
 }
 
 /// Runs a program to completion and returns its exit code (128 + signal if killed).
-public func runToExit(_ path: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(30)) async throws -> Int32 {
+/// `output`: a file that gets stdout and stderr (for a failure message); nil discards them.
+public func runToExit(_ path: String, _ arguments: [String], environment: [String: String], timeout: Duration = .seconds(30),
+                      output: String? = nil) async throws -> Int32 {
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { (argv + envp).forEach { free($0) } }
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, output ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
     var pid: pid_t = 0
     let rc = spawnWithDefaultSignals(&pid, path, &actions, argv, envp)
     guard rc == 0 else { throw TestFailure("cannot run \(path): errno \(rc)") }
