@@ -1,6 +1,7 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
-//   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--only-sessions]
+//   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
+//                [--only-sessions | --only-control]
 //
 // Detection: kill -9 of a trivial child → the supervisor's exit event.
 // Restart:   kill -9 → the child is running (ready) again.
@@ -8,6 +9,7 @@
 // supervisord reports through its event-listener protocol (PROCESS_STATE_*), timestamped with
 // CLOCK_MONOTONIC by the listener; kioskd through its event bus, on the same clock.
 // Sessions:  N cold starts of a kiosk session, one after the other (SessionBench.swift).
+// Control:   the control API on SQLite and PostgreSQL (ControlBench.swift).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -24,6 +26,8 @@ struct Options {
     var python = "/usr/bin/python3"
     var sessions = 20
     var onlySessions = false
+    var onlyControl = false
+    var requests = 5000
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -34,8 +38,10 @@ struct Options {
             case "--supervisord": supervisord = it.next() ?? supervisord
             case "--sessions": sessions = Int(it.next() ?? "") ?? sessions
             case "--only-sessions": onlySessions = true
+            case "--only-control": onlyControl = true
+            case "--requests": requests = Int(it.next() ?? "") ?? requests
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--only-sessions]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control]")
             }
         }
     }
@@ -324,7 +330,7 @@ extension String {
 
 let options = Options(CommandLine.arguments)
 let child = sibling("kioskd-testchild")
-if !options.onlySessions {
+if !options.onlySessions && !options.onlyControl {
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
 print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
 let k = try await benchKioskd(child: child, kills: options.kills)
@@ -342,7 +348,7 @@ print(row("daemon RSS, \(options.children) idle children (MB)", String(kRSS / 10
 print("\ntargets: detection p99 ≤ 10 ms; daemon RSS with 20 idle children ≤ 25 MB")
 }
 
-if options.sessions > 0 {
+if options.sessions > 0 && !options.onlyControl {
     print("\nkiosk session cold start, \(options.sessions) starts one after the other (1280x800, a data: page):")
     let r = try await benchSessions(count: options.sessions)
     func stat(_ name: String, _ values: [Double]) {
@@ -360,4 +366,8 @@ if options.sessions > 0 {
     stat("first frame over VNC", r.starts.map(\.firstFrame))
     print("\none idle session: \(r.processes) processes, PSS \(r.pssKiB / 1024) MB (proportional: Chromium's processes share pages)")
     print("target: session ready p50 ≤ 1.0 s, p90 ≤ 1.5 s")
+}
+
+if !options.onlySessions {
+    try await printControl(options.requests)
 }

@@ -1,6 +1,7 @@
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Supervision
 
 #if canImport(Glibc)
@@ -51,7 +52,17 @@ public struct ControlServer: Sendable {
             },
             logger: logger)
         defer { unlink(path) }
-        try await app.run()
+        // Cancellation (the supervisor stopping this child) becomes a graceful shutdown: no new
+        // connections, requests in flight finish (long polls and streams within 3 s).
+        var configuration = ServiceGroupConfiguration(services: [.init(service: app)], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger)
+        configuration.maximumGracefulShutdownDuration = .seconds(3)
+        let services = ServiceGroup(configuration: configuration)
+        let serving = Task { try await services.run() }
+        try await withTaskCancellationHandler {
+            try await serving.value
+        } onCancel: {
+            Task { await services.triggerGracefulShutdown() }
+        }
     }
 
     private func removeStaleSocket() throws {
