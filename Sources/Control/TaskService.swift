@@ -236,11 +236,13 @@ public actor TaskService {
         let id = task.id
         timers[id] = Task { [weak self] in
             do {
-                try await Task.sleep(for: start)
-                if let task = try? await self?.store.task(id), task.state == .queued || task.state == .starting {
-                    _ = try? await self?.move(id, .timeOut, reason: "not running after \(start)", data: [:])
+                if start < lifetime {
+                    try await Task.sleep(for: start)
+                    if let task = try? await self?.store.task(id), task.state == .queued || task.state == .starting {
+                        _ = try? await self?.move(id, .timeOut, reason: "not running after \(start)", data: [:])
+                    }
                 }
-                try await Task.sleep(for: lifetime - start)
+                try await Task.sleep(for: lifetime - min(start, lifetime))
                 _ = try? await self?.move(id, .timeOut, reason: "reached its maximum lifetime of \(lifetime)", data: [:])
             } catch {}
         }

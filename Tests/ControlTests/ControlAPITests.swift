@@ -221,6 +221,23 @@ struct ControlAPITests {
         h.sessions.release("slow")
     }
 
+    @Test func aRunningTaskIsTimedOutAtItsMaximumLifetimeAndItsSessionStopped() async throws {
+        var limits = TaskLimits()
+        limits.maxLifetime = .seconds(1)
+        let h = try await ControlHarness(limits: limits)
+        defer { Task { await h.tearDown() } }
+        _ = try await h.client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"old","url":"https://example.com/"}"#)
+        try await h.waitState("old", .timedOut)
+        #expect(try await h.store.task("old")?.reason == "reached its maximum lifetime of 1.0 seconds")
+        let events = try ControlHarness.json(try await h.client.request(.GET, "/v1/tasks/old/events")).array ?? []
+        try await eventually("the session's end to be recorded") {
+            let types = (try ControlHarness.json(try await h.client.request(.GET, "/v1/tasks/old/events")).array ?? []).compactMap { $0["type"]?.string }
+            return types.contains("session_ended")
+        }
+        #expect(events.contains { $0["data"]?["to"]?.string == "timed_out" })
+        #expect(await h.sessions.listSessions().isEmpty, "its session was stopped")
+    }
+
     @Test func drainingRefusesNewTasksAndHealthSaysSo() async throws {
         let h = try await ControlHarness()
         defer { Task { await h.tearDown() } }

@@ -206,6 +206,15 @@ struct ServeTests {
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(90), output: output)
         #expect(status == 0, "\((try? readText(output)) ?? "")")
         #expect((try? readText(output))?.contains("ok   the task is cancelled") == true)
+
+        // The CLI reads the same socket.
+        let cli = ["PATH": "/usr/bin:/bin", "KIOSKD_SOCKET": dir + "/run/control.sock"]
+        #expect(try await runToExit(kioskd, ["task", "list", "--state", "cancelled"], environment: cli, output: output) == 0)
+        #expect((try? readText(output))?.contains("cancelled") == true && (try? readText(output))?.contains("py-") == true, "\((try? readText(output)) ?? "")")
+        #expect(try await runToExit(kioskd, ["task", "get", "nope"], environment: cli, output: output) == 1)
+        #expect((try? readText(output))?.contains("no task with id 'nope' (task_not_found, HTTP 404)") == true, "\((try? readText(output)) ?? "")")
+        #expect(try await runToExit(kioskd, ["status", "--json"], environment: cli, output: output) == 0)
+        #expect((try? readText(output))?.contains(#""store":"sqlite""#) == true)
         daemon.signal(SIGTERM)
         #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
     }
