@@ -39,6 +39,12 @@ public struct Config: Sendable, Equatable {
 
     public struct PublicListener: Sendable, Equatable {
         public var listen = HostPort(host: "0.0.0.0", port: 8080)
+        public var origins = NameList()
+        public var pingInterval = Duration.seconds(20)
+        public var idleTimeout = Duration.seconds(3600)
+        public var maxLifetime = Duration.seconds(12 * 3600)
+        public var maxViewers = 10
+        public var clipboard = false
     }
 
     public struct State: Sendable, Equatable {
@@ -136,6 +142,11 @@ public struct Config: Sendable, Equatable {
     public var storeLocation: String {
         store.url.isEmpty ? "sqlite://\(state.dir)/kioskd.sqlite" : store.url
     }
+}
+
+/// Comma-separated words, e.g. origins.
+public struct NameList: Sendable, Equatable {
+    public var values: [String] = []
 }
 
 /// uids or gids, as `0,1000` in the config.

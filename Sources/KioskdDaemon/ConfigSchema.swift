@@ -41,6 +41,12 @@ enum ConfigSchema {
         key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
         key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),
         key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
+        key("public.origins", "Origins allowed to open the viewer WebSocket, comma-separated (https://app.example.com). Empty: same origin only.", \.publicListener.origins, origins),
+        key("public.ping_interval", "A WebSocket ping this often; a viewer that has not answered by the next one is closed.", \.publicListener.pingInterval, duration(min: .seconds(1))),
+        key("public.idle_timeout", "A viewer connection with no bytes either way for this long is closed.", \.publicListener.idleTimeout, duration(min: .seconds(1))),
+        key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.maxLifetime, duration(min: .seconds(1))),
+        key("public.max_viewers", "Viewers at once per task.", \.publicListener.maxViewers, integer(1...1000)),
+        key("public.clipboard", "Let a control viewer's clipboard reach the session (never a view viewer's).", \.publicListener.clipboard, boolean),
         key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
         key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
         key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
@@ -124,6 +130,20 @@ enum ConfigSchema {
         guard !text.isEmpty else { return text }
         guard getgrnam(text) != nil else { throw ValueError(message: "no group named \"\(text)\" on this host") }
         return text
+    }
+
+    /// Comma-separated origins: scheme://host[:port], no path.
+    static func origins(_ text: String) throws(ValueError) -> NameList {
+        var out: [String] = []
+        for part in text.split(separator: ",") {
+            let origin = part.filter { !$0.isWhitespace }
+            let rest = origin.hasPrefix("https://") ? origin.dropFirst(8) : origin.hasPrefix("http://") ? origin.dropFirst(7) : nil
+            guard let rest, !rest.isEmpty, !rest.contains("/") else {
+                throw ValueError(message: "each origin must be scheme://host[:port] with no path, got \"\(origin)\"")
+            }
+            out.append(origin)
+        }
+        return NameList(values: out)
     }
 
     /// Comma-separated numeric ids.
@@ -249,6 +269,7 @@ extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
 extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
 extension [KeyCombo]: ConfigRenderable { var rendered: String { map(\.description).joined(separator: ", ") } }
+extension NameList: ConfigRenderable { var rendered: String { values.joined(separator: ",") } }
 extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
 extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }

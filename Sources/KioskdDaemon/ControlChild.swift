@@ -12,8 +12,8 @@ import Glibc
 /// store is opened and migrated, what a previous run left unfinished is marked interrupted,
 /// and the socket serves. Ready once the socket accepts connections.
 enum ControlChild {
-    static func spec(_ config: Config, environment: [String: String], sessions: SessionManager, logger: Logger,
-                     tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
+    static func spec(_ config: Config, environment: [String: String], sessions: SessionManager, published: OnceValue<TaskService>,
+                     logger: Logger, tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
         ChildSpec(
             id: "control",
             kind: .task { context in
@@ -25,6 +25,7 @@ enum ControlChild {
                     let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits(config),
                                               template: { id, request in settings(config, id: id, request) }, logger: logger)
                     let interrupted = try await service.start()
+                    published.set(service)
                     let server = try server(config)
                     let kind = if case .sqlite = location { "sqlite" } else { "postgres" }
                     let routes = ControlRoutes(service: service, storeKind: kind, tree: tree)

@@ -1,3 +1,4 @@
+import Control
 import Kiosk
 import Logging
 import ServiceLifecycle
@@ -35,6 +36,8 @@ public struct Daemon {
         let significant = programs.autoShutdown != .never
         // GET /v1/tree reads the root, which is built after its children's specs.
         let rootRef = OnceValue<Supervisor>()
+        // The public listener uses the control child's task service (and its tokens).
+        let service = OnceValue<TaskService>()
         // The root restarts a subtree that gave up once a minute at most; beyond that the
         // daemon exits non-zero and systemd's own restart policy takes over.
         let root = try Supervisor(
@@ -46,9 +49,10 @@ public struct Daemon {
                 children: [
                     ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
                     SessionsChild.spec(config, manager: sessions, logger: logger),
-                    ControlChild.spec(config, environment: environment, sessions: sessions, logger: logger) {
+                    ControlChild.spec(config, environment: environment, sessions: sessions, published: service, logger: logger) {
                         await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
                     },
+                    PublicChild.spec(config, service: service, sessions: sessions, logger: logger),
                 ]),
             events: events, logger: logger)
         rootRef.set(root)

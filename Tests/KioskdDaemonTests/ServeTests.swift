@@ -35,6 +35,8 @@ struct ServeTests {
               dir: \(dir)/run
             control:
               socket: \(dir)/run/control.sock
+            public:
+              listen: 127.0.0.1:\(try freePort())
             shutdown:
               timeout: 10s
             \(extra)

@@ -1,0 +1,139 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Control
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+@_spi(WSInternal) import WSCore
+
+/// The public listener's connections: HTTP/1.1 with a WebSocket upgrade, as Hummingbird's
+/// upgrade channel does, with one difference that matters to browsers: a refused upgrade is
+/// answered by the HTTP router (the same checks: 401/403/404/503 with a JSON body), where
+/// Hummingbird's channel answers a bare 400 that a browser only sees as close code 1006.
+/// Connections get TCP_NODELAY.
+///
+/// NIO consumes the request of a refused upgrade, so the refusal's answer is written here, from
+/// the error `decide` gave.
+struct BridgeChannel: HTTPChannelHandler {
+    enum Decision: Sendable {
+        case upgrade(HTTPFields, Session)
+        case refuse(APIError)
+    }
+
+    typealias Decide = @Sendable (HTTPRequest, Logger) async -> Decision
+    typealias Session = @Sendable (WebSocketInboundStream, WebSocketOutboundWriter, Logger) async throws -> Void
+
+    enum Negotiated: Sendable {
+        case websocket(NIOAsyncChannel<WebSocketFrame, WebSocketFrame>, Session, Logger)
+        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, APIError)
+    }
+
+    struct Value: ServerChildChannelValue {
+        let negotiated: EventLoopFuture<Negotiated>
+        let channel: any Channel
+    }
+
+    let responder: HTTPChannelHandler.Responder
+    let decide: Decide
+    let maxFrameSize: Int
+    let pingInterval: Duration
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+            let chosen = NIOLockedValueBox<Session?>(nil)
+            let refusal = NIOLockedValueBox<APIError?>(nil)
+            let decide = self.decide
+            let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
+                maxFrameSize: maxFrameSize,
+                shouldUpgrade: { channel, head in
+                    let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
+                    promise.completeWithTask {
+                        guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
+                            refusal.withLockedValue { $0 = APIError(.badRequest, "invalid_request", "malformed upgrade request") }
+                            return nil
+                        }
+                        switch await decide(request, logger) {
+                        case .upgrade(let fields, let session):
+                            chosen.withLockedValue { $0 = session }
+                            return HTTPHeaders(fields)
+                        case .refuse(let error):
+                            refusal.withLockedValue { $0 = error }
+                            return nil
+                        }
+                    }
+                    return promise.futureResult
+                },
+                upgradePipelineHandler: { channel, _ in
+                    channel.eventLoop.makeCompletedFuture {
+                        guard let session = chosen.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
+                        let ws = try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(wrappingChannelSynchronously: channel,
+                                                                                       configuration: .init(isOutboundHalfClosureEnabled: true))
+                        return Negotiated.websocket(ws, session, logger)
+                    }
+                })
+            var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(
+                upgradeConfiguration: NIOTypedHTTPServerUpgradeConfiguration(
+                    upgraders: [upgrader],
+                    notUpgradingCompletionHandler: { channel in
+                        // Plain requests, and refused upgrades (NIO hands the request on): both
+                        // go to the HTTP router.
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                            try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                            let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                                wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                            if let error = refusal.withLockedValue({ $0 }) { return Negotiated.refused(http, error) }
+                            return Negotiated.http(http)
+                        }
+                    }))
+            configuration.enablePipelining = false
+            configuration.enableErrorHandling = false
+            configuration.enableResponseHeaderValidation = false
+            let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            return Value(negotiated: negotiated, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.negotiated.get() {
+            case .http(let http1):
+                await handleHTTP(asyncChannel: http1, logger: logger)
+            case .refused(let http1, let error):
+                let body = ByteBuffer(string: error.body + "\n")
+                try await http1.executeThenClose { _, outbound in
+                    try await outbound.write(contentsOf: [
+                        .head(HTTPResponse(status: error.status, headerFields: [.contentType: "application/json", .contentLength: "\(body.readableBytes)",
+                                                                             .connection: "close"])),
+                        .body(body), .end(nil),
+                    ])
+                }
+            case .websocket(let ws, let session, let logger):
+                _ = try await WebSocketHandler.handle(
+                    type: .server,
+                    configuration: .init(extensions: [], autoPing: .enabled(timePeriod: pingInterval), validateUTF8: false, maxFrameSize: maxFrameSize),
+                    asyncChannel: ws, context: BridgeWebSocketContext(logger: logger),
+                    handler: { inbound, outbound, context in try await session(inbound, outbound, context.logger) })
+            }
+        } catch {
+            logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+struct BridgeWebSocketContext: WebSocketContext {
+    let logger: Logger
+}
+
+extension HTTPServerBuilder {
+    static func bridge(decide: @escaping BridgeChannel.Decide, maxFrameSize: Int, pingInterval: Duration) -> HTTPServerBuilder {
+        .init { responder in BridgeChannel(responder: responder, decide: decide, maxFrameSize: maxFrameSize, pingInterval: pingInterval) }
+    }
+}

@@ -1,0 +1,38 @@
+import Control
+import HTTPTypes
+import Hummingbird
+
+/// The viewer page: Debian's noVNC, same origin, no external assets. `/viewer?task_id&token`
+/// (checked like the WebSocket) sends the browser to noVNC's own page with the WebSocket path
+/// in the URL fragment, so the token does not travel in any further request line or log.
+enum ViewerPage {
+    static func response(taskID: String, token: String, role: ViewerRole) -> Response {
+        let path = "api/v1/vnc/ws?task_id=\(taskID)&token=\(token)"
+        let fragment = "path=\(percentEncoded(path))&autoconnect=true&resize=scale&reconnect=true&show_dot=true"
+            + (role == .view ? "&view_only=true" : "")
+        return Response(status: .seeOther, headers: [.location: "/novnc/vnc.html#\(fragment)", .cacheControl: "no-store",
+                                                     HTTPField.Name("Referrer-Policy")!: "no-referrer"])
+    }
+
+    /// noVNC's files under /novnc/ (Hummingbird's file middleware refuses paths leaving the root).
+    static func files(_ directory: String) -> FileMiddleware<PublicContext, LocalFileSystem> {
+        FileMiddleware(directory, urlBasePath: "/novnc", searchForIndexHtml: false)
+    }
+
+    static func percentEncoded(_ s: String) -> String {
+        var out = ""
+        for byte in s.utf8 {
+            let c = Character(Unicode.Scalar(byte))
+            if c.isLetter && byte < 0x80 || c.isNumber && byte < 0x80 || "-_.~".contains(c) {
+                out.append(c)
+            } else {
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(2)
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}

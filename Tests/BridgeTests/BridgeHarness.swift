@@ -1,0 +1,147 @@
+import Bridge
+import Control
+import FoundationEssentials
+import Kiosk
+import KioskdTestSupport
+import Logging
+import NIOCore
+import Store
+import Supervision
+import WSClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real sessions (as the kioskd user), a task service on SQLite, and the public listener on a
+/// loopback port: what a viewer reaches behind the ALB.
+struct BridgeHarness {
+    let dir: String
+    let manager: SessionManager
+    let service: TaskService
+    let port: Int
+    let server: Task<Void, any Error>
+
+    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin) async throws {
+        for (path, package) in [(Xvfb.executable, "xvfb"), (X11VNC.executable, "x11vnc"), (Chromium.executable, "chromium"),
+                                (Websockify.executable, "websockify")] {
+            _ = try systemProgram(path, package: package)
+        }
+        guard access("/usr/share/novnc/vnc.html", R_OK) == 0 else { throw TestFailure("noVNC is missing: install the Debian package 'novnc' (scripts/setup.sh does)") }
+        dir = try makeTempDir("kioskd-bridge-\(name)")
+        var logger = Logger(label: "test.bridge")
+        logger.logLevel = .warning
+        let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
+                               displays: DisplayAllocator(range: 700...749, logger: logger), ports: PortAllocator(range: 44000...44999), logger: logger)
+        manager = SessionManager(host: host)
+        _ = try await manager.start()
+        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        try await store.migrate()
+        let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
+        service = TaskService(store: store, sessions: manager, tokens: tokens, limits: TaskLimits(),
+                              template: { id, request in SessionSettings(id: id, url: request.url, width: 800, height: 600, bridge: bridge) },
+                              logger: logger)
+        _ = try await service.start()
+        let manager = self.manager
+        let access = ViewerAccess(service: service, settings: settings) { id in
+            guard let session = await manager.session(id) else { return nil }
+            let info = await session.info()
+            return BridgeTarget(vncPort: info.vncPort, websockifyPort: info.websockifyPort) { _ = try? await session.releaseHeldInput() }
+        }
+        let server = PublicServer(access: access, settings: settings) { false }
+        let bound = OnceValue<Int>()
+        self.server = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }
+        port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+    }
+
+    func tearDown() async {
+        server.cancel()
+        _ = await server.result
+        await manager.stopAll(reason: "test over")
+        await service.shutdown()
+        removeTree(dir)
+    }
+
+    /// A running task (a real session) and a token for it.
+    func task(_ id: String, url: String, role: ViewerRole = .view) async throws -> (info: SessionInfo, token: String) {
+        _ = try await service.create(CreateTask(taskID: id, url: url))
+        let task = try await service.waitRunning(id, timeout: .seconds(25))
+        guard task.state == .running, let session = await manager.session(id) else { throw TestFailure("task \(id) is \(task.state): \(task.reason ?? "")") }
+        return (await session.info(), try await service.tokens.mint(task: id, role: role, ttl: 300).token)
+    }
+
+    var url: String { "ws://127.0.0.1:\(port)/api/v1/vnc/ws" }
+
+    /// A WebSocket upgrade written by hand: the raw answer (status line, headers, body), so a
+    /// refusal's status and JSON can be read; the socket is left open when it upgraded.
+    func upgrade(_ query: String, origin: String? = nil, protocols: String? = nil) throws -> (status: Int, text: String, fd: Int32) {
+        let fd = try connectLoopback(port: port, timeout: 5)
+        var request = "GET /api/v1/vnc/ws?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        if let origin { request += "Origin: \(origin)\r\n" }
+        if let protocols { request += "Sec-WebSocket-Protocol: \(protocols)\r\n" }
+        request += "\r\n"
+        _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        var answer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            guard n > 0 else { break }
+            answer += chunk[..<n]
+            let text = String(decoding: answer, as: UTF8.self)
+            if text.hasPrefix("HTTP/1.1 101"), text.contains("\r\n\r\n") { break }
+            if let end = text.range(of: "\r\n\r\n"), let length = text.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") })
+                .flatMap({ Int($0.split(separator: ":")[1].filter { !$0.isWhitespace }) }),
+               text[end.upperBound...].utf8.count >= length { break }
+        }
+        let text = String(decoding: answer, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        return (status, text, fd)
+    }
+}
+
+/// RFB 3.8 over the bridge's WebSocket, as noVNC speaks it.
+struct WSViewer {
+    var pending: [UInt8] = []
+    var iterator: WebSocketInboundMessageStream.AsyncIterator
+    let outbound: WebSocketOutboundWriter
+
+    init(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) {
+        iterator = inbound.messages(maxSize: 64 << 20).makeAsyncIterator()
+        self.outbound = outbound
+    }
+
+    mutating func read(_ n: Int) async throws -> [UInt8] {
+        while pending.count < n {
+            guard let message = try await iterator.next() else { throw TestFailure("the bridge closed after \(pending.count) of \(n) bytes") }
+            guard case .binary(let buffer) = message else { throw TestFailure("a text frame from the bridge") }
+            pending += buffer.readableBytesView
+        }
+        defer { pending.removeFirst(n) }
+        return Array(pending.prefix(n))
+    }
+
+    func send(_ bytes: [UInt8]) async throws { try await outbound.write(.binary(ByteBuffer(bytes: bytes))) }
+
+    /// Version, security None, ClientInit; returns the screen size.
+    mutating func handshake() async throws -> (width: Int, height: Int) {
+        let banner = try await read(12)
+        guard banner == Array("RFB 003.008\n".utf8) else { throw TestFailure("banner \(banner)") }
+        try await send(Array("RFB 003.008\n".utf8))
+        let count = Int(try await read(1)[0])
+        guard try await read(count).contains(1) else { throw TestFailure("no None security") }
+        try await send([1])
+        guard try await read(4) == [0, 0, 0, 0] else { throw TestFailure("security failed") }
+        try await send([0])   // exclusive: the bridge must force shared
+        let serverInit = try await read(24)
+        _ = try await read(Int(serverInit[20]) << 24 | Int(serverInit[21]) << 16 | Int(serverInit[22]) << 8 | Int(serverInit[23]))
+        return (Int(serverInit[0]) << 8 | Int(serverInit[1]), Int(serverInit[2]) << 8 | Int(serverInit[3]))
+    }
+
+    /// A full update request answered: everything sent before it has been processed by x11vnc.
+    mutating func roundTrip(_ size: (width: Int, height: Int)) async throws {
+        try await send([3, 0, 0, 0, 0, 0, UInt8(size.width >> 8), UInt8(size.width & 0xFF), UInt8(size.height >> 8), UInt8(size.height & 0xFF)])
+        while try await read(1) != [0] {}
+        pending = []
+    }
+}

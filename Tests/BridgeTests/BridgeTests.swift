@@ -1,0 +1,231 @@
+import Bridge
+import Control
+import FoundationEssentials
+import Kiosk
+import KioskdTestSupport
+import Logging
+import NIOCore
+import Store
+import Supervision
+import Testing
+import WSClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The public listener against real sessions: auth before the upgrade, roles through the real
+/// x11vnc, liveness, limits, noVNC in a real browser, websockify mode.
+@Suite("VNC bridge", .serialized)
+struct BridgeTests {
+    static let red = "data:text/html,<title>kiosk</title><body style='margin:0;background:rgb(200,30,30)'></body>"
+    let quiet: Logger = { var l = Logger(label: "test.ws"); l.logLevel = .critical; return l }()
+    /// A framebuffer update arrives as one large frame.
+    let viewerConfiguration = WebSocketClientConfiguration(maxFrameSize: 1 << 24)
+
+    @Test func everyRefusalIsAStatusWithAJSONBodyBeforeTheUpgrade() async throws {
+        let h = try await BridgeHarness("auth")
+        defer { Task { await h.tearDown() } }
+        let (_, token) = try await h.task("a1", url: Self.red)
+        let other = try await h.service.tokens.mint(task: "elsewhere", role: .view, ttl: 60).token
+        let expired = try await h.service.tokens.mint(task: "a1", role: .view, ttl: 10, now: Date().addingTimeInterval(-3600)).token
+        _ = try await h.service.store.create(TaskRecord(id: "waiting", state: .queued, request: "{}", createdAt: 1, updatedAt: 1),
+                                             event: NewEvent(type: "state_changed", time: 1))
+        let waiting = try await h.service.tokens.mint(task: "waiting", role: .view, ttl: 60).token
+        let nobody = try await h.service.tokens.mint(task: "nobody", role: .view, ttl: 60).token
+        let cases: [(String, String?, Int, String)] = [
+            ("task_id=a1", nil, 401, "token_missing"),
+            ("task_id=a1&token=forged.token.here", nil, 401, "token_invalid"),
+            ("task_id=a1&token=\(expired)", nil, 401, "token_invalid"),
+            ("task_id=a1&token=\(other)", nil, 403, "token_other_task"),
+            ("task_id=a1&token=\(token)&role=control", nil, 403, "token_other_role"),
+            ("task_id=a1&token=\(token)", "https://evil.example", 403, "origin_not_allowed"),
+            ("task_id=nobody&token=\(nobody)", nil, 404, "task_not_found"),
+            ("task_id=waiting&token=\(waiting)", nil, 503, "session_not_ready"),
+            ("token=\(token)", nil, 400, "invalid_request"),
+        ]
+        for (query, origin, status, code) in cases {
+            let answer = try h.upgrade(query, origin: origin)
+            close(answer.fd)
+            #expect(answer.status == status, "\(query.prefix(40)): \(answer.text.prefix(200))")
+            #expect(answer.text.contains(#""code":"\#(code)""#) && answer.text.contains("application/json"), "\(answer.text)")
+            let tokenText = query.split(separator: "token=").dropFirst().first.map(String.init) ?? ""
+            #expect(tokenText.count < 20 || !answer.text.contains(tokenText), "the token is never echoed")
+        }
+        // Accepted: same origin, and the session_id spelling; `binary` is echoed only when offered.
+        let ok = try h.upgrade("session_id=a1&token=\(token)", origin: "http://127.0.0.1:\(h.port)", protocols: "binary")
+        close(ok.fd)
+        #expect(ok.status == 101 && ok.text.lowercased().contains("sec-websocket-protocol: binary"), "\(ok.text)")
+        let plain = try h.upgrade("task_id=a1&token=\(token)")
+        close(plain.fd)
+        #expect(plain.status == 101 && !plain.text.lowercased().contains("sec-websocket-protocol"))
+        // Ended tasks are gone.
+        _ = try await h.service.command("a1", .cancel, reason: "done")
+        let ended = try h.upgrade("task_id=a1&token=\(token)")
+        close(ended.fd)
+        #expect(ended.status == 404 && ended.text.contains("task_ended"))
+    }
+
+    @Test func theViewRoleCannotTypeOrClickWhileTheControlRoleCan() async throws {
+        let h = try await BridgeHarness("roles")
+        defer { Task { await h.tearDown() } }
+        // Modifier-only keys are ignored: the lockdown's self-test presses them at boot.
+        let page = "data:text/html,<title>untouched</title><body style='margin:0;height:100vh' "
+            + "onkeydown=\"if(event.key.length==1)document.title='typed:'+event.key\" onmousedown=\"document.title='clicked'\"></body>"
+        let (info, viewToken) = try await h.task("r1", url: page)
+        let title = try await withPage(info) { cdp, s in try await evaluate(cdp, s, loadedTitle) }
+        #expect(title == "untouched", "\(title)")
+        let controlToken = try await h.service.tokens.mint(task: "r1", role: .control, ttl: 60).token
+
+        try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(viewToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+            var viewer = WSViewer(inbound, outbound)
+            let size = try await viewer.handshake()
+            try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x61, 4, 0, 0, 0, 0, 0, 0, 0x61])   // 'a' down, up
+            try await viewer.send([5, 1, 1, 0x90, 1, 0x2C, 5, 0, 1, 0x90, 1, 0x2C])           // click at 400,300
+            try await viewer.send([6, 0, 0, 0, 0, 0, 0, 6] + Array("secret".utf8))           // clipboard
+            try await viewer.roundTrip(size)
+            try await outbound.close(.normalClosure, reason: nil)
+        }
+        #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "untouched", "the view role changed the page")
+
+        try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(controlToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+            var viewer = WSViewer(inbound, outbound)
+            let size = try await viewer.handshake()
+            try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x62, 4, 0, 0, 0, 0, 0, 0, 0x62])   // 'b'
+            try await viewer.roundTrip(size)
+            try await outbound.close(.normalClosure, reason: nil)
+        }
+        try await eventually("the control role's key to reach the page") {
+            try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "typed:b"
+        }
+        let events = try await h.service.store.events("r1", after: 0, limit: 500)
+        #expect(events.filter { $0.type == "viewer_connected" }.count == 2 && events.filter { $0.type == "viewer_disconnected" }.count == 2)
+        #expect(events.contains { $0.type == "viewer_disconnected" && $0.data.contains(#""role":"control""#) })
+    }
+
+    @Test func deadPeersAreClosedAndTextOrOversizedMessagesRefused() async throws {
+        var settings = BridgeSettings()
+        settings.pingInterval = .seconds(1)
+        settings.maxFrameSize = 64 * 1024
+        settings.maxViewers = 2
+        let h = try await BridgeHarness("liveness", settings: settings)
+        defer { Task { await h.tearDown() } }
+        let (_, token) = try await h.task("l1", url: Self.red)
+
+        // Upgraded, then silent: it never answers a ping, so the bridge closes it.
+        let silent = try h.upgrade("task_id=l1&token=\(token)")
+        #expect(silent.status == 101)
+        let started = ContinuousClock.now
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(silent.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var sawPing = false
+        while true {
+            let n = recv(silent.fd, &buffer, buffer.count, 0)
+            guard n > 0 else { break }
+            // A server frame starts 0x89 for a ping (FIN + opcode 9).
+            if buffer[..<n].contains(0x89) { sawPing = true }
+        }
+        close(silent.fd)
+        #expect(sawPing, "the bridge pinged")
+        #expect(ContinuousClock.now - started < .seconds(8), "a dead peer is dropped within a few ping intervals")
+
+        // The viewer limit (2): two open, the third refused before the upgrade.
+        let first = try h.upgrade("task_id=l1&token=\(token)"), second = try h.upgrade("task_id=l1&token=\(token)")
+        try await eventually("two viewers counted") {
+            try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_connected" }.count >= 3
+        }
+        let third = try h.upgrade("task_id=l1&token=\(token)")
+        #expect(third.status == 503 && third.text.contains("viewer_limit"), "\(third.text)")
+        for fd in [first.fd, second.fd, third.fd] { close(fd) }
+        try await eventually("the two viewers to leave") {
+            try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_disconnected" }.count >= 3
+        }
+
+        let text = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", logger: quiet) { inbound, outbound, _ in
+            try await outbound.write(.text("hello"))
+            for try await _ in inbound {}
+        }
+        #expect(text?.closeCode == .unacceptableData, "a text frame is refused with 1003: \(String(describing: text))")
+        let big = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", configuration: .init(maxFrameSize: 1 << 20),
+                                                    logger: quiet) { inbound, outbound, _ in
+            try await outbound.write(.binary(ByteBuffer(repeating: 3, count: 200 * 1024)))
+            for try await _ in inbound {}
+        }
+        #expect(big?.closeCode == .messageTooLarge, "an oversized message is refused with 1009: \(String(describing: big))")
+    }
+
+    @Test func noVNCInARealBrowserShowsTheKioskThroughTheBridge() async throws {
+        let h = try await BridgeHarness("novnc")
+        defer { Task { await h.tearDown() } }
+        let (_, token) = try await h.task("shown", url: Self.red)
+        // The viewer's browser is another kiosk session, pointed at the viewer page.
+        let viewer = try await h.manager.create(SessionSettings(id: "viewer", url: "http://127.0.0.1:\(h.port)/viewer?task_id=shown&token=\(token)",
+                                                                width: 800, height: 600))
+        let info = await viewer.info()
+        let shot = h.dir + "/viewer.ppm"
+        try await eventually("noVNC's canvas to show the kiosk's colour", timeout: .seconds(30)) {
+            let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],
+                                         environment: ["PATH": "/usr/bin:/bin", "XAUTHORITY": info.directory + "/Xauthority"])
+            guard rc == 0, let pixels = readSmallFileBytes(shot, limit: 8 << 20) else { return false }
+            return Self.share(of: (200, 30, 30), in: pixels) > 0.25
+        }
+        let events = try await h.service.store.events("shown", after: 0, limit: 500)
+        #expect(events.contains { $0.type == "viewer_connected" && $0.data.contains(#""role":"view""#) })
+    }
+
+    @Test func websockifyModeRelaysThroughTheSessionsWebsockify() async throws {
+        let h = try await BridgeHarness("websockify", bridge: .websockify)
+        defer { Task { await h.tearDown() } }
+        let (info, token) = try await h.task("w1", url: Self.red)
+        #expect(info.websockifyPort != nil)
+        try await WebSocketClient.connect(url: h.url + "?task_id=w1&token=\(token)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+            var viewer = WSViewer(inbound, outbound)
+            let size = try await viewer.handshake()
+            #expect(size.width == 800 && size.height == 600)
+            try await viewer.roundTrip(size)
+            try await outbound.close(.normalClosure, reason: nil)
+        }
+        let bad = try h.upgrade("task_id=w1&token=nope")
+        close(bad.fd)
+        #expect(bad.status == 401, "the same auth in websockify mode")
+    }
+
+    /// The share of pixels of a binary PPM (P6, 8-bit) within ±12 of `rgb`.
+    static func share(of rgb: (Int, Int, Int), in ppm: [UInt8]) -> Double {
+        var fields: [Int] = [], i = 2
+        while fields.count < 3, i < ppm.count {
+            while i < ppm.count, ppm[i] == 0x20 || ppm[i] == 0x0A { i += 1 }
+            var n = 0
+            while i < ppm.count, (0x30...0x39).contains(ppm[i]) { n = n * 10 + Int(ppm[i] - 0x30); i += 1 }
+            fields.append(n)
+        }
+        i += 1
+        let total = fields.count == 3 ? fields[0] * fields[1] : 0
+        guard total > 0, ppm.count >= i + total * 3 else { return 0 }
+        var hits = 0
+        for p in 0..<total where abs(Int(ppm[i + 3 * p]) - rgb.0) <= 12 && abs(Int(ppm[i + 3 * p + 1]) - rgb.1) <= 12 && abs(Int(ppm[i + 3 * p + 2]) - rgb.2) <= 12 {
+            hits += 1
+        }
+        return Double(hits) / Double(total)
+    }
+}
+
+/// A CDP connection to the session's first page (as in the session tests).
+func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
+    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    return try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
+        let targets = try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []
+        guard let page = targets.first(where: BrowserWatch.isTab)?["targetId"]?.string else { throw TestFailure("no page target") }
+        let session = try await cdp.send("Target.attachToTarget", ["targetId": .string(page), "flatten": true])["sessionId"]?.string ?? ""
+        return try await body(cdp, session)
+    }
+}
+
+func evaluate(_ cdp: CDPConnection, _ session: String, _ expression: String) async throws -> String {
+    let result = try await cdp.send("Runtime.evaluate", ["expression": .string(expression), "awaitPromise": true, "returnByValue": true], session: session)
+    return result["result"]?["value"]?.string ?? ""
+}
+
+let loadedTitle = "new Promise(r => document.readyState === 'complete' ? r(document.title) : addEventListener('load', () => r(document.title)))"
