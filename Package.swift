@@ -117,6 +117,8 @@ let package = Package(
                 "Control",
                 "Bridge",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -133,7 +135,7 @@ let package = Package(
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(
             name: "KioskdTestSupport",
-            dependencies: ["Supervision"],
+            dependencies: ["Supervision", "Kiosk", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Support"
         ),
         .testTarget(

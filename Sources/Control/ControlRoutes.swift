@@ -12,10 +12,14 @@ public struct ControlRoutes: Sendable {
     /// The supervision tree, for GET /v1/tree.
     let tree: @Sendable () async -> TreeNode
     let storeKind: String
+    /// The Prometheus exposition of every metric, for GET /metrics.
+    let metrics: @Sendable () -> [UInt8]
 
-    public init(service: TaskService, storeKind: String, tree: @escaping @Sendable () async -> TreeNode) {
+    public init(service: TaskService, storeKind: String, metrics: @escaping @Sendable () -> [UInt8] = { [] },
+                tree: @escaping @Sendable () async -> TreeNode) {
         self.service = service
         self.storeKind = storeKind
+        self.metrics = metrics
         self.tree = tree
     }
 
@@ -34,6 +38,10 @@ public struct ControlRoutes: Sendable {
             return json(w.text)
         }
         router.get("/v1/openapi.json") { _, _ in json(OpenAPI.document) }
+        let metrics = self.metrics
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: metrics())))
+        }
         router.get("/v1/tree") { _, _ in
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]

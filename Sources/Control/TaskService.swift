@@ -2,6 +2,7 @@ import Display
 import FoundationEssentials
 import Kiosk
 import Logging
+import Metrics
 import Store
 import Supervision
 
@@ -108,6 +109,7 @@ public actor TaskService {
         guard created else { return try same(task, request) }
         if let first = try await store.events(id, after: 0, limit: 1).first { appended.publish(first) }
         logger.info("task created", metadata: ["task": "\(id)"])
+        Counter(label: "kioskd_tasks_created_total").increment()
         arm(task, request)
         queue.append(id)
         await admit()
@@ -202,6 +204,7 @@ public actor TaskService {
             }
             appended.publish(stored)
             logger.info("task \(to.rawValue)", metadata: ["task": "\(id)", "from": "\(task.state.rawValue)"])
+            if to.isFinal { Counter(label: "kioskd_tasks_finished_total", dimensions: [("state", to.rawValue)]).increment() }
             if to.isFinal { finished(moved) }
             return result
         }

@@ -13,7 +13,7 @@ import Glibc
 /// and the socket serves. Ready once the socket accepts connections.
 enum ControlChild {
     static func spec(_ config: Config, environment: [String: String], sessions: SessionManager, published: OnceValue<TaskService>,
-                     logger: Logger, tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
+                     metrics: @escaping @Sendable () -> [UInt8], logger: Logger, tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
         ChildSpec(
             id: "control",
             kind: .task { context in
@@ -28,7 +28,7 @@ enum ControlChild {
                     published.set(service)
                     let server = try server(config)
                     let kind = if case .sqlite = location { "sqlite" } else { "postgres" }
-                    let routes = ControlRoutes(service: service, storeKind: kind, tree: tree)
+                    let routes = ControlRoutes(service: service, storeKind: kind, metrics: metrics, tree: tree)
                     defer { Task { await service.shutdown() } }
                     try await server.run(routes, logger: logger) {
                         context.markReady("\(config.control.socket); store \(kind); \(interrupted.count) interrupted")

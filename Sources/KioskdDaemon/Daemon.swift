@@ -1,6 +1,8 @@
 import Control
 import Kiosk
+import CoreMetrics
 import Logging
+import Prometheus
 import ServiceLifecycle
 import Supervision
 
@@ -38,6 +40,7 @@ public struct Daemon {
         let rootRef = OnceValue<Supervisor>()
         // The public listener uses the control child's task service (and its tokens).
         let service = OnceValue<TaskService>()
+        let registry = MetricsRegistry.registry
         // The root restarts a subtree that gave up once a minute at most; beyond that the
         // daemon exits non-zero and systemd's own restart policy takes over.
         let root = try Supervisor(
@@ -49,7 +52,8 @@ public struct Daemon {
                 children: [
                     ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
                     SessionsChild.spec(config, manager: sessions, logger: logger),
-                    ControlChild.spec(config, environment: environment, sessions: sessions, published: service, logger: logger) {
+                    ControlChild.spec(config, environment: environment, sessions: sessions, published: service,
+                                      metrics: { var out: [UInt8] = []; registry.emit(into: &out); return out }, logger: logger) {
                         await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
                     },
                     PublicChild.spec(config, service: service, sessions: sessions, logger: logger),
@@ -110,4 +114,14 @@ func makeDirectories(_ path: String, mode: mode_t) -> String? {
     var st = stat()
     guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return "exists and is not a directory" }
     return nil
+}
+
+/// The process's metrics go to one Prometheus registry, served at GET /metrics (bootstrapped once:
+/// swift-metrics allows one backend per process).
+enum MetricsRegistry {
+    static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
 }

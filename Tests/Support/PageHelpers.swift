@@ -1,0 +1,27 @@
+import Kiosk
+import Logging
+
+/// A CDP connection to the session's first page, for driving it the way an agent does.
+public func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
+    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    return try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
+        let targets = try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []
+        guard let page = targets.first(where: BrowserWatch.isTab)?["targetId"]?.string else {
+            throw TestFailure("no page target among \(targets)")
+        }
+        let session = try await cdp.send("Target.attachToTarget", ["targetId": .string(page), "flatten": true])["sessionId"]?.string ?? ""
+        return try await body(cdp, session)
+    }
+}
+
+/// Evaluates an expression in the page, awaiting a promise; returns the value as a string.
+public func evaluate(_ cdp: CDPConnection, _ session: String, _ expression: String) async throws -> String {
+    let result = try await cdp.send("Runtime.evaluate", ["expression": .string(expression), "awaitPromise": true, "returnByValue": true], session: session)
+    if let exception = result["exceptionDetails"] { throw TestFailure("page threw: \(exception)") }
+    guard let value = result["result"]?["value"] else { return "" }
+    return value.string ?? "\(value)"
+}
+
+/// A page load that finished: the title once the document is complete.
+public let loadedTitle = "new Promise(r => document.readyState === 'complete' ? r(document.title) : addEventListener('load', () => r(document.title)))"
