@@ -130,7 +130,8 @@ let package = Package(
         .executableTarget(name: "TestChild"),
         .executableTarget(
             name: "Benchmarks",
-            dependencies: ["Supervision", "Kiosk", "Control", "Store", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Supervision", "Kiosk", "Control", "Store", "Bridge", "KioskdTestSupport",
+                           .product(name: "WSClient", package: "swift-websocket"), .product(name: "Logging", package: "swift-log")]
         ),
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(

@@ -1,7 +1,7 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
-//                [--only-sessions | --only-control]
+//                [--only-sessions | --only-control | --only-bridge]
 //
 // Detection: kill -9 of a trivial child → the supervisor's exit event.
 // Restart:   kill -9 → the child is running (ready) again.
@@ -10,6 +10,7 @@
 // CLOCK_MONOTONIC by the listener; kioskd through its event bus, on the same clock.
 // Sessions:  N cold starts of a kiosk session, one after the other (SessionBench.swift).
 // Control:   the control API on SQLite and PostgreSQL (ControlBench.swift).
+// Bridge:    the VNC bridge beside websockify and raw TCP (BridgeBench.swift).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -27,6 +28,7 @@ struct Options {
     var sessions = 20
     var onlySessions = false
     var onlyControl = false
+    var onlyBridge = false
     var requests = 5000
 
     init(_ args: [String]) {
@@ -39,9 +41,10 @@ struct Options {
             case "--sessions": sessions = Int(it.next() ?? "") ?? sessions
             case "--only-sessions": onlySessions = true
             case "--only-control": onlyControl = true
+            case "--only-bridge": onlyBridge = true
             case "--requests": requests = Int(it.next() ?? "") ?? requests
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control | --only-bridge]")
             }
         }
     }
@@ -328,9 +331,12 @@ extension String {
     func padding(toLength n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }
 
+if CommandLine.arguments.dropFirst().first == "--serve-bridge" {
+    try await serveBridge(Array(CommandLine.arguments.dropFirst(2)))
+}
 let options = Options(CommandLine.arguments)
 let child = sibling("kioskd-testchild")
-if !options.onlySessions && !options.onlyControl {
+if !options.onlySessions && !options.onlyControl && !options.onlyBridge {
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
 print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
 let k = try await benchKioskd(child: child, kills: options.kills)
@@ -348,7 +354,7 @@ print(row("daemon RSS, \(options.children) idle children (MB)", String(kRSS / 10
 print("\ntargets: detection p99 ≤ 10 ms; daemon RSS with 20 idle children ≤ 25 MB")
 }
 
-if options.sessions > 0 && !options.onlyControl {
+if options.sessions > 0 && !options.onlyControl && !options.onlyBridge {
     print("\nkiosk session cold start, \(options.sessions) starts one after the other (1280x800, a data: page):")
     let r = try await benchSessions(count: options.sessions)
     func stat(_ name: String, _ values: [Double]) {
@@ -368,6 +374,10 @@ if options.sessions > 0 && !options.onlyControl {
     print("target: session ready p50 ≤ 1.0 s, p90 ≤ 1.5 s")
 }
 
-if !options.onlySessions {
+if !options.onlySessions && !options.onlyBridge {
     try await printControl(options.requests)
+}
+
+if !options.onlySessions && !options.onlyControl {
+    try await printBridge()
 }

@@ -52,12 +52,6 @@ static void child_main(const ksup_spawn_attr *a, int errfd, pid_t parent) {
 
     if (setsid() < 0) child_fail(errfd, KSUP_STAGE_SETSID);
 
-    if (a->pdeathsig > 0) {
-        if (prctl(PR_SET_PDEATHSIG, a->pdeathsig) < 0) child_fail(errfd, KSUP_STAGE_PDEATHSIG);
-        /* The parent may have died before prctl: then nobody would ever signal us. */
-        if (getppid() != parent) _exit(126);
-    }
-
     for (size_t i = 0; i < a->nrlimits; i++) {
         struct rlimit rl = {(rlim_t)a->rlimits[i].soft, (rlim_t)a->rlimits[i].hard};
         if (setrlimit(a->rlimits[i].resource, &rl) < 0) child_fail(errfd, KSUP_STAGE_RLIMIT);
@@ -85,6 +79,13 @@ static void child_main(const ksup_spawn_attr *a, int errfd, pid_t parent) {
         if (syscall(SYS_setgroups, a->ngroups, a->groups) < 0) child_fail(errfd, KSUP_STAGE_IDS);
         if (syscall(SYS_setresgid, a->gid, a->gid, a->gid) < 0) child_fail(errfd, KSUP_STAGE_IDS);
         if (syscall(SYS_setresuid, a->uid, a->uid, a->uid) < 0) child_fail(errfd, KSUP_STAGE_IDS);
+    }
+
+    /* After the id change: changing credentials clears the parent-death signal. */
+    if (a->pdeathsig > 0) {
+        if (prctl(PR_SET_PDEATHSIG, a->pdeathsig) < 0) child_fail(errfd, KSUP_STAGE_PDEATHSIG);
+        /* The parent may have died before prctl: then nobody would ever signal us. */
+        if (getppid() != parent) _exit(126);
     }
 
     if (a->cwd && chdir(a->cwd) < 0) child_fail(errfd, KSUP_STAGE_CHDIR);

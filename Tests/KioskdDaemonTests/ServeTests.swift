@@ -174,9 +174,16 @@ struct ServeTests {
         let old = processesWithEnvironment(containing: sessionMarker)
         #expect(old.count >= 4, "xvfb, openbox, x11vnc, chromium and its helpers")
 
-        // A daemon killed outright cannot stop its session: the next start sweeps it.
+        // A daemon killed outright cannot stop its session. Its direct children (running as the
+        // session user) still get their parent-death signal; the next start sweeps the rest.
+        let direct = old.filter { pid in
+            let cmd = (try? readText("/proc/\(pid)/cmdline")) ?? ""
+            return ["/usr/bin/Xvfb", "/usr/bin/openbox", "/usr/bin/x11vnc"].contains { cmd.hasPrefix($0) } || cmd.contains("chromium\u{0}--kiosk")
+        }
+        #expect(direct.count >= 4, "xvfb, openbox, x11vnc, chromium")
         first.signal(SIGKILL)
         _ = try await first.waitExit()
+        try await eventually("the session's programs to die with the daemon") { direct.allSatisfy { !isAlive($0) } }
         let second = try start(path)
         try await second.log.wait(for: "the sweep", timeout: .seconds(60)) { $0.contains("removed leftovers of an earlier run") }
         try await second.log.wait(for: "the new demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }

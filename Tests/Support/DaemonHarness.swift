@@ -122,8 +122,8 @@ extension Recorder where Element == String {
 }
 
 /// A plain OS thread for blocking calls (recv, waitpid) that must not hold a cooperative thread.
-enum Thread {
-    static func detach(_ body: @escaping @Sendable () -> Void) {
+public enum Thread {
+    public static func detach(_ body: @escaping @Sendable () -> Void) {
         final class Box: @unchecked Sendable {  // handed over once to the new thread, never shared
             let body: @Sendable () -> Void
             init(_ body: @escaping @Sendable () -> Void) { self.body = body }
