@@ -130,6 +130,7 @@ func wsPath(echoURL: String, streamURL: String, streamBytes: Int, rounds: Int, c
     var result = PathResult()
     let quiet = { var l = Logger(label: "bench.ws"); l.logLevel = .critical; return l }()
     let configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 24)
+    progress("connects")
     for _ in 0..<connects {
         let start = monotonic()
         let took = OnceValue<Double>()
@@ -142,6 +143,7 @@ func wsPath(echoURL: String, streamURL: String, streamBytes: Int, rounds: Int, c
         }
         if let t = took.current { result.firstByte.append(t) }
     }
+    progress("echo")
     let rtts = OnceValue<[Double]>()
     try await WebSocketClient.connect(url: echoURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
         var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
@@ -166,19 +168,25 @@ func wsPath(echoURL: String, streamURL: String, streamBytes: Int, rounds: Int, c
         try await outbound.close(.normalClosure, reason: nil)
     }
     result.rtt = rtts.current ?? []
+    progress("stream")
     let rate = OnceValue<Double>()
-    try await WebSocketClient.connect(url: streamURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
+    // websockify resets the connection once the target is done: count what arrived until then.
+    _ = try? await WebSocketClient.connect(url: streamURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
         var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
         _ = try await messages.next()
         try await outbound.write(.binary(ByteBuffer(bytes: rfbHello)))
         let start = monotonic()
         var total = 0
-        while total < streamBytes, case .binary(let b)? = try await messages.next() { total += b.readableBytes }
+        do {
+            while total < streamBytes, case .binary(let b)? = try await messages.next() { total += b.readableBytes }
+        } catch {}
         rate.set(Double(total) / 1_048_576 / (monotonic() - start))
-        try await outbound.close(.normalClosure, reason: nil)
+        if total < streamBytes { progress("stream ended after \(total >> 20) MiB") }
+        try? await outbound.close(.normalClosure, reason: nil)
     }
     result.mibPerSecond = rate.current ?? 0
 
+    progress("idle viewers")
     // Idle viewers: each holds its connection after the handshake; the server's memory grows.
     let before = memory()
     let opened = Broadcast<Int>()
@@ -201,10 +209,12 @@ func wsPath(echoURL: String, streamURL: String, streamBytes: Int, rounds: Int, c
             try await group.waitForAll()
         }
     }
-    var ready = 0
-    for await _ in counter {
-        ready += 1
-        if ready == idle { break }
+    try await withTimeout(.seconds(60), "\(idle) idle viewers to connect") {
+        var ready = 0
+        for await _ in counter {
+            ready += 1
+            if ready == idle { return }
+        }
     }
     // Let the servers settle (buffers allocated at connect are part of the cost).
     try await Task.sleep(for: .milliseconds(500))
@@ -232,10 +242,12 @@ func serveBridge(_ args: [String]) async throws -> Never {
         _ = try await service.create(CreateTask(taskID: id, url: "about:blank"))
         _ = try await service.waitRunning(id, timeout: .seconds(5))
     }
-    let access = ViewerAccess(service: service, settings: BridgeSettings()) { id in
+    var settings = BridgeSettings()
+    settings.maxViewers = 10_000
+    let access = ViewerAccess(service: service, settings: settings) { id in
         BridgeTarget(vncPort: id == "echo" ? echo : stream, websockifyPort: nil) {}
     }
-    try await PublicServer(access: access, settings: BridgeSettings()) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
+    try await PublicServer(access: access, settings: settings) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
     exit(0)
 }
 
@@ -250,14 +262,13 @@ func waitListening(_ port: Int) {
     fail("nothing listens on \(port)")
 }
 
-/// PSS of a process and all its descendants (websockify forks one per connection).
-func treePSS(_ root: Int32) -> Int {
+/// PSS of every process whose command line carries `marker` (websockify forks one process per
+/// connection, with the parent's command line).
+func markedPSS(_ marker: String) -> Int {
     var total = 0
     for name in directoryEntries("/proc") {
-        guard let pid = Int32(name), let stat = readSmallFile("/proc/\(name)/stat") else { continue }
-        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
-        let ppid = fields.count > 2 ? Int32(fields[2]) ?? 0 : 0
-        if pid == root || ppid == root { total += pssKiB(pid) }
+        guard let pid = Int32(name), let cmdline = readSmallFileBytes("/proc/\(name)/cmdline", limit: 4096) else { continue }
+        if String(decoding: cmdline.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(marker) { total += pssKiB(pid) }
     }
     return total
 }
@@ -288,7 +299,7 @@ func printBridge() async throws {
     waitListening(wsEcho)
     waitListening(wsStream)
     let websockify = try await wsPath(echoURL: "ws://127.0.0.1:\(wsEcho)/", streamURL: "ws://127.0.0.1:\(wsStream)/",
-                                      streamBytes: streamBytes, rounds: rounds, connects: connects, memory: { treePSS(a) }, idle: idle)
+                                      streamBytes: streamBytes, rounds: rounds, connects: connects, memory: { markedPSS("websockify 127.0.0.1:\(wsEcho) ") }, idle: idle)
     kill(a, SIGTERM)
     kill(b, SIGTERM)
 
@@ -303,4 +314,9 @@ func printBridge() async throws {
     print(row4("connect → first RFB byte p50 (ms)", ms(percentile(bridge.firstByte, 0.5)), ms(percentile(websockify.firstByte, 0.5)), ms(percentile(raw.firstByte, 0.5))))
     print(row4("memory per idle viewer (KiB)", String(Int(bridge.kibPerViewer ?? 0)), String(Int(websockify.kibPerViewer ?? 0)), "–"))
     print("\ntargets: ≥ 3× websockify's throughput and ≥ 50 % of raw TCP; RTT p50 ≤ 2× raw; ≤ 64 KiB per idle viewer; first byte ≤ 2 ms")
+}
+
+func progress(_ what: String) {
+    var line = Array("kioskd-bench: \(what)…\n".utf8)
+    _ = write(2, &line, line.count)
 }

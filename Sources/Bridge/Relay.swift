@@ -5,6 +5,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import Supervision
+import Synchronization
 import WSClient
 
 /// Moves one viewer's bytes to and from its session: server → viewer as binary frames, viewer →
@@ -28,6 +29,8 @@ struct Relay {
         }
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // Big reads become big frames: a screen update crosses in a few messages, not hundreds.
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 1 << 20))
             .connectTimeout(.seconds(5))
             .connect(host: "127.0.0.1", port: grant.target.vncPort) { channel in
                 channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
@@ -65,7 +68,7 @@ struct Relay {
             group.addTask {
                 var totals = Totals()
                 try await fromServer { buffer in
-                    await activity.touch(toViewer: buffer.readableBytes)
+                    activity.touch(toViewer: buffer.readableBytes)
                     try await outbound.write(.binary(buffer))
                 }
                 totals.reason = "the VNC server closed the connection"
@@ -83,7 +86,7 @@ struct Relay {
                             try await outbound.close(.unacceptableData, reason: "binary frames only")
                             return totals
                         }
-                        await activity.touch(fromViewer: buffer.readableBytes)
+                        activity.touch(fromViewer: buffer.readableBytes)
                         let out = filter.feed(buffer.readableBytesView)
                         if !out.forward.isEmpty { try await toServer(out.forward) }
                         for (kind, n) in out.dropped { Counter(label: "kioskd_bridge_dropped_total", dimensions: [("message", kind)]).increment(by: n) }
@@ -100,7 +103,7 @@ struct Relay {
                 var totals = Totals()
                 let started = ContinuousClock.now
                 while true {
-                    let idle = await activity.idleSince
+                    let idle = activity.idleSince
                     let now = ContinuousClock.now
                     if now - started >= settings.maxLifetime {
                         totals.reason = "reached the maximum viewer lifetime"
@@ -117,7 +120,7 @@ struct Relay {
             }
             var result = try await group.next() ?? Totals()
             group.cancelAll()
-            let counted = await activity.totals
+            let counted = activity.totals
             result.fromViewer = counted.0
             result.toViewer = counted.1
             Counter(label: "kioskd_bridge_bytes_total", dimensions: [("direction", "from_viewer")]).increment(by: counted.0)
@@ -127,16 +130,20 @@ struct Relay {
     }
 }
 
-/// Bytes each way and when the last one moved.
-actor Activity {
-    private(set) var idleSince = ContinuousClock.now
-    private var fromViewer = 0, toViewer = 0
+/// Bytes each way and when the last one moved: atomics, so the relay's hot path takes no lock
+/// and no actor hop.
+final class Activity: Sendable {
+    private let fromViewer = Atomic<Int>(0), toViewer = Atomic<Int>(0)
+    private let origin = ContinuousClock.now
+    private let lastNanos = Atomic<Int64>(0)
 
-    var totals: (Int, Int) { (fromViewer, toViewer) }
+    var totals: (Int, Int) { (fromViewer.load(ordering: .relaxed), toViewer.load(ordering: .relaxed)) }
+    var idleSince: ContinuousClock.Instant { origin + .nanoseconds(lastNanos.load(ordering: .relaxed)) }
 
     func touch(fromViewer n: Int = 0, toViewer m: Int = 0) {
-        fromViewer += n
-        toViewer += m
-        idleSince = .now
+        if n > 0 { fromViewer.add(n, ordering: .relaxed) }
+        if m > 0 { toViewer.add(m, ordering: .relaxed) }
+        let (s, atto) = (ContinuousClock.now - origin).components
+        lastNanos.store(s * 1_000_000_000 + atto / 1_000_000_000, ordering: .relaxed)
     }
 }
