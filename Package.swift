@@ -154,7 +154,8 @@ let package = Package(
         .testTarget(
             name: "BridgeTests",
             dependencies: ["Bridge", "Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport",
-                           .product(name: "WSClient", package: "swift-websocket"), .product(name: "Logging", package: "swift-log")]
+                           .product(name: "WSClient", package: "swift-websocket"), .product(name: "JWTKit", package: "jwt-kit"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "KioskTests",

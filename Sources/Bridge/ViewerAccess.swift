@@ -9,6 +9,7 @@ import Store
 public struct ViewerAccess: Sendable {
     let service: TaskService
     let settings: BridgeSettings
+    let external: ExternalTokens?
     let target: @Sendable (String) async -> BridgeTarget?
 
     public struct Grant: Sendable {
@@ -17,9 +18,12 @@ public struct ViewerAccess: Sendable {
         public let target: BridgeTarget
     }
 
-    public init(service: TaskService, settings: BridgeSettings, target: @escaping @Sendable (String) async -> BridgeTarget?) {
+    /// `external`: also accept the identity provider's JWTs (kioskd's own tokens always work).
+    public init(service: TaskService, settings: BridgeSettings, external: ExternalTokens? = nil,
+                target: @escaping @Sendable (String) async -> BridgeTarget?) {
         self.service = service
         self.settings = settings
+        self.external = external
         self.target = target
     }
 
@@ -32,13 +36,15 @@ public struct ViewerAccess: Sendable {
         guard let token = query.get("token"), !token.isEmpty else {
             throw APIError(.unauthorized, "token_missing", "a viewer token is required (token=…)")
         }
-        let granted: (task: String, role: ViewerRole)
-        do {
-            granted = try await service.tokens.verify(token)
-        } catch {
+        var granted: (task: String?, role: ViewerRole)
+        if let own = try? await service.tokens.verify(token) {
+            granted = (own.task, own.role)
+        } else if let external, let theirs = try? await external.verify(token) {
+            granted = theirs
+        } else {
             throw APIError(.unauthorized, "token_invalid", "the token is invalid or expired")
         }
-        guard granted.task == taskID else { throw APIError(.forbidden, "token_other_task", "the token is for another task") }
+        guard granted.task == nil || granted.task == taskID else { throw APIError(.forbidden, "token_other_task", "the token is for another task") }
         if let asked = query.get("role"), asked != granted.role.rawValue {
             throw APIError(.forbidden, "token_other_role", "the token grants the \(granted.role.rawValue) role, not \(asked)")
         }

@@ -45,6 +45,18 @@ public struct Config: Sendable, Equatable {
         public var maxLifetime = Duration.seconds(12 * 3600)
         public var maxViewers = 10
         public var clipboard = false
+        public var jwt = ExternalJWT()
+    }
+
+    /// The identity provider's tokens, accepted besides kioskd's own viewer tokens.
+    public struct ExternalJWT: Sendable, Equatable {
+        public var hs256SecretFile = ""
+        public var jwksFile = ""
+        public var issuer = ""
+        public var audience = ""
+        public var taskClaim = "kioskd_task"
+        public var roleClaim = "kioskd_role"
+        public var anyTask = false
     }
 
     public struct State: Sendable, Equatable {

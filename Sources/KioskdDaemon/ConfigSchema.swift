@@ -47,6 +47,13 @@ enum ConfigSchema {
         key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.maxLifetime, duration(min: .seconds(1))),
         key("public.max_viewers", "Viewers at once per task.", \.publicListener.maxViewers, integer(1...1000)),
         key("public.clipboard", "Let a control viewer's clipboard reach the session (never a view viewer's).", \.publicListener.clipboard, boolean),
+        key("public.jwt.hs256_secret_file", "A file holding the identity provider's HS256 secret; empty: none.", \.publicListener.jwt.hs256SecretFile, optionalPath),
+        key("public.jwt.jwks_file", "A JWKS document (RS256/ES256 keys, e.g. Cognito's jwks.json saved locally); empty: none.", \.publicListener.jwt.jwksFile, optionalPath),
+        key("public.jwt.issuer", "The iss an identity-provider token must carry.", \.publicListener.jwt.issuer, text),
+        key("public.jwt.audience", "Must be in the token's aud, or be its client_id (Cognito access tokens).", \.publicListener.jwt.audience, text),
+        key("public.jwt.task_claim", "The claim naming the task a token is for.", \.publicListener.jwt.taskClaim, nonEmpty),
+        key("public.jwt.role_claim", "The claim naming the role (view or control; missing: view).", \.publicListener.jwt.roleClaim, nonEmpty),
+        key("public.jwt.any_task", "Accept a token without the task claim for any task (only if the API layer checks ownership).", \.publicListener.jwt.anyTask, boolean),
         key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
         key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
         key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
@@ -131,6 +138,13 @@ enum ConfigSchema {
         guard getgrnam(text) != nil else { throw ValueError(message: "no group named \"\(text)\" on this host") }
         return text
     }
+
+    /// Empty, or an absolute path.
+    static func optionalPath(_ text: String) throws(ValueError) -> String {
+        text.isEmpty ? text : try absolutePath(text)
+    }
+
+    static func text(_ text: String) throws(ValueError) -> String { text }
 
     /// Comma-separated origins: scheme://host[:port], no path.
     static func origins(_ text: String) throws(ValueError) -> NameList {

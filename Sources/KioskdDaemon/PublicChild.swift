@@ -19,7 +19,9 @@ enum PublicChild {
                 settings.maxLifetime = config.publicListener.maxLifetime
                 settings.maxViewers = config.publicListener.maxViewers
                 settings.clipboard = config.publicListener.clipboard
-                let access = ViewerAccess(service: service, settings: settings) { id in await target(sessions, id) }
+                let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt)) { id in
+                    await target(sessions, id)
+                }
                 let server = PublicServer(access: access, settings: settings) { await service.capacity().draining }
                 try await server.run(host: config.publicListener.listen.host, port: config.publicListener.listen.port, logger: logger) { port in
                     context.markReady("listening on \(config.publicListener.listen.host):\(port)")
@@ -29,6 +31,35 @@ enum PublicChild {
             shutdown: .timeout(.seconds(5)),
             readiness: .signaled,
             readyTimeout: .seconds(30))
+    }
+
+    /// The identity provider's tokens, when configured: the key files are read at start, and
+    /// a half-done setup (keys without issuer or audience) is a configuration error.
+    static func external(_ jwt: Config.ExternalJWT) async throws -> ExternalTokens? {
+        guard !jwt.hs256SecretFile.isEmpty || !jwt.jwksFile.isEmpty else { return nil }
+        guard !jwt.issuer.isEmpty else { throw DaemonError.setup(key: "public.jwt.issuer", message: "required when identity-provider keys are configured") }
+        guard !jwt.audience.isEmpty else { throw DaemonError.setup(key: "public.jwt.audience", message: "required when identity-provider keys are configured") }
+        var settings = ExternalTokenSettings(issuer: jwt.issuer, audience: jwt.audience)
+        if !jwt.hs256SecretFile.isEmpty {
+            guard let secret = readSmallFileBytes(jwt.hs256SecretFile, limit: 4096), secret.count >= 32 else {
+                throw DaemonError.setup(key: "public.jwt.hs256_secret_file", message: "cannot read \(jwt.hs256SecretFile), or it holds fewer than 32 bytes")
+            }
+            settings.hs256Secret = secret
+        }
+        if !jwt.jwksFile.isEmpty {
+            guard let text = readSmallFile(jwt.jwksFile) else {
+                throw DaemonError.setup(key: "public.jwt.jwks_file", message: "cannot read \(jwt.jwksFile)")
+            }
+            settings.jwks = text
+        }
+        settings.taskClaim = jwt.taskClaim
+        settings.roleClaim = jwt.roleClaim
+        settings.requireTaskClaim = !jwt.anyTask
+        do {
+            return try await ExternalTokens(settings)
+        } catch {
+            throw DaemonError.setup(key: "public.jwt.jwks_file", message: "not a usable JWKS document: \(error)")
+        }
     }
 
     /// Where a running task's viewers go: its session's x11vnc, or its websockify.

@@ -22,7 +22,7 @@ struct BridgeHarness {
     let port: Int
     let server: Task<Void, any Error>
 
-    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin) async throws {
+    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil) async throws {
         for (path, package) in [(Xvfb.executable, "xvfb"), (X11VNC.executable, "x11vnc"), (Chromium.executable, "chromium"),
                                 (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
@@ -43,7 +43,7 @@ struct BridgeHarness {
                               logger: logger)
         _ = try await service.start()
         let manager = self.manager
-        let access = ViewerAccess(service: service, settings: settings) { id in
+        let access = ViewerAccess(service: service, settings: settings, external: external) { id in
             guard let session = await manager.session(id) else { return nil }
             let info = await session.info()
             return BridgeTarget(vncPort: info.vncPort, websockifyPort: info.websockifyPort) { _ = try? await session.releaseHeldInput() }

@@ -1,4 +1,4 @@
-import Bridge
+@testable import Bridge
 import Control
 import FoundationEssentials
 import Kiosk
@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import Store
 import Supervision
+import JWTKit
 import Testing
 import WSClient
 
@@ -172,6 +173,65 @@ struct BridgeTests {
         }
         let events = try await h.service.store.events("shown", after: 0, limit: 500)
         #expect(events.contains { $0.type == "viewer_connected" && $0.data.contains(#""role":"view""#) })
+    }
+
+    @Test func theIdentityProvidersJWTsAreAcceptedWithTheirClaimsChecked() async throws {
+        let secret = Array("an-idp-shared-secret-of-32-bytes".utf8)
+        let external = try await ExternalTokens(ExternalTokenSettings(hs256Secret: secret, issuer: "https://idp.example", audience: "kioskd-app"))
+        let h = try await BridgeHarness("jwt", external: external)
+        defer { Task { await h.tearDown() } }
+        _ = try await h.task("j1", url: Self.red)
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        let later = JSONValue.number(Date().timeIntervalSince1970 + 600)
+        let good: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": later, "kioskd_task": "j1", "kioskd_role": "control"]
+        func token(_ claims: [String: JSONValue]) async throws -> String { try await keys.sign(ExternalClaims(claims)) }
+        var cognito = good
+        cognito["aud"] = nil
+        cognito["client_id"] = "kioskd-app"
+        cognito["token_use"] = "access"
+        let cases: [([String: JSONValue], Int)] = [
+            (good, 101), (cognito, 101),
+            (good.merging(["iss": "https://other.example"]) { $1 }, 401),
+            (good.merging(["exp": .number(Date().timeIntervalSince1970 - 60)]) { $1 }, 401),
+            (good.merging(["aud": "someone-else"]) { $1 }, 401),
+            (good.merging(["kioskd_task": "j2"]) { $1 }, 403),
+            (good.filter { $0.key != "kioskd_task" }, 401),
+            (cognito.merging(["token_use": "refresh"]) { $1 }, 401),
+        ]
+        for (claims, status) in cases {
+            let answer = try h.upgrade("task_id=j1&token=\(try await token(claims))")
+            close(answer.fd)
+            #expect(answer.status == status, "\(claims): \(answer.text.prefix(160))")
+        }
+        // Signed with another key: refused.
+        let stranger = JWTKeyCollection()
+        await stranger.add(hmac: HMACKey(from: Array("not-the-shared-secret-0123456789".utf8)), digestAlgorithm: .sha256)
+        let forged = try h.upgrade("task_id=j1&token=\(try await stranger.sign(ExternalClaims(good)))")
+        close(forged.fd)
+        #expect(forged.status == 401)
+    }
+
+    @Test func anES256KeyFromAJWKSDocumentIsAccepted() async throws {
+        let signing = ES256PrivateKey()
+        guard let point = signing.publicKey.parameters else { throw TestFailure("no public key parameters") }
+        let jwks = #"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"idp-1","x":"\#(point.x)","y":"\#(point.y)"}]}"#
+        let external = try await ExternalTokens(ExternalTokenSettings(jwks: jwks, issuer: "https://idp.example", audience: "kioskd-app"))
+        let h = try await BridgeHarness("jwks", external: external)
+        defer { Task { await h.tearDown() } }
+        _ = try await h.task("e1", url: Self.red)
+        let keys = JWTKeyCollection()
+        await keys.add(ecdsa: signing, kid: "idp-1")
+        let claims: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(Date().timeIntervalSince1970 + 600),
+                                           "kioskd_task": "e1"]
+        let accepted = try h.upgrade("task_id=e1&token=\(try await keys.sign(ExternalClaims(claims), kid: "idp-1"))")
+        close(accepted.fd)
+        #expect(accepted.status == 101, "\(accepted.text.prefix(200))")
+        let otherKey = JWTKeyCollection()
+        await otherKey.add(ecdsa: ES256PrivateKey(), kid: "idp-1")
+        let refused = try h.upgrade("task_id=e1&token=\(try await otherKey.sign(ExternalClaims(claims), kid: "idp-1"))")
+        close(refused.fd)
+        #expect(refused.status == 401)
     }
 
     @Test func websockifyModeRelaysThroughTheSessionsWebsockify() async throws {
