@@ -43,15 +43,7 @@ public struct PublicServer: Sendable {
             configuration: .init(address: .hostname(host, port: port), serverName: "kioskd"),
             onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
             logger: logger)
-        var configuration = ServiceGroupConfiguration(services: [.init(service: app)], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger)
-        configuration.maximumGracefulShutdownDuration = .seconds(3)
-        let services = ServiceGroup(configuration: configuration)
-        let serving = Task { try await services.run() }
-        try await withTaskCancellationHandler {
-            try await serving.value
-        } onCancel: {
-            Task { await services.triggerGracefulShutdown() }
-        }
+        try await serveUntilCancelled(app, logger: logger)
     }
 
     func httpRouter() -> Router<PublicContext> {

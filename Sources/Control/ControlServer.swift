@@ -52,17 +52,7 @@ public struct ControlServer: Sendable {
             },
             logger: logger)
         defer { unlink(path) }
-        // Cancellation (the supervisor stopping this child) becomes a graceful shutdown: no new
-        // connections, requests in flight finish (long polls and streams within 3 s).
-        var configuration = ServiceGroupConfiguration(services: [.init(service: app)], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger)
-        configuration.maximumGracefulShutdownDuration = .seconds(3)
-        let services = ServiceGroup(configuration: configuration)
-        let serving = Task { try await services.run() }
-        try await withTaskCancellationHandler {
-            try await serving.value
-        } onCancel: {
-            Task { await services.triggerGracefulShutdown() }
-        }
+        try await serveUntilCancelled(app, logger: logger)
     }
 
     private func removeStaleSocket() throws {
@@ -74,5 +64,20 @@ public struct ControlServer: Sendable {
         let live = withUnixSocketAddress(socketPath) { connect(fd, $0, $1) } == 0
         guard !live else { throw ControlServerError.socketInUse(socketPath) }
         unlink(socketPath)
+    }
+}
+
+/// Runs a server until the task is cancelled, and makes the cancellation (a supervisor stopping
+/// the child) a graceful shutdown: no new connections, requests in flight finish (long polls and
+/// streams within 3 s).
+public func serveUntilCancelled(_ server: some Service, logger: Logger) async throws {
+    var configuration = ServiceGroupConfiguration(services: [.init(service: server)], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger)
+    configuration.maximumGracefulShutdownDuration = .seconds(3)
+    let services = ServiceGroup(configuration: configuration)
+    let serving = Task { try await services.run() }
+    try await withTaskCancellationHandler {
+        try await serving.value
+    } onCancel: {
+        Task { await services.triggerGracefulShutdown() }
     }
 }

@@ -193,10 +193,10 @@ struct LockdownTests {
         // xmessage only ends when its window goes: returning (not timing out) is the closing.
         _ = try await runToExit(xmessage, ["-name", "intruder", "intruder"],
                                 environment: ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority"], timeout: .seconds(15))
-        let closed = f.recorder.items.dropFirst(windowMark).contains { e in
+        // The report travels through the session's event stream: wait for it, do not race it.
+        try await f.recorder.wait(for: "the watchdog's report of closing the intruder's window", after: windowMark) { e in
             if e.session == "watchdog", case .lockdown(.windowClosed(_, let name)) = e.event { return name == "intruder" } else { return false }
         }
-        #expect(closed, "the watchdog reported closing the intruder's window")
         try await eventually("the kiosk window alone again") { try await session.windows().count == 1 }
     }
 
