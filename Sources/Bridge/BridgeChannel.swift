@@ -26,7 +26,9 @@ struct BridgeChannel: HTTPChannelHandler {
     }
 
     typealias Decide = @Sendable (HTTPRequest, Logger) async -> Decision
-    typealias Session = @Sendable (WebSocketInboundStream, WebSocketOutboundWriter, Logger) async throws -> Void
+    /// The viewer's streams, its connection's event loop (the relay's other side joins it, so
+    /// bytes do not cross threads), and its logger.
+    typealias Session = @Sendable (WebSocketInboundStream, WebSocketOutboundWriter, any EventLoop, Logger) async throws -> Void
 
     enum Negotiated: Sendable {
         case websocket(NIOAsyncChannel<WebSocketFrame, WebSocketFrame>, Session, Logger)
@@ -120,7 +122,7 @@ struct BridgeChannel: HTTPChannelHandler {
                     type: .server,
                     configuration: .init(extensions: [], autoPing: .enabled(timePeriod: pingInterval), validateUTF8: false, maxFrameSize: maxFrameSize),
                     asyncChannel: ws, context: BridgeWebSocketContext(logger: logger),
-                    handler: { inbound, outbound, context in try await session(inbound, outbound, context.logger) })
+                    handler: { inbound, outbound, context in try await session(inbound, outbound, ws.channel.eventLoop, context.logger) })
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])

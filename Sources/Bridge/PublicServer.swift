@@ -94,13 +94,13 @@ public struct PublicServer: Sendable {
             guard await viewers.count(grant.taskID) < viewers.limit else { return .refuse(Self.full(grant.taskID, viewers.limit)) }
             let offered = head.headerFields[.secWebSocketProtocol]?.split(separator: ",").map { $0.filter { !$0.isWhitespace } } ?? []
             let fields: HTTPFields = offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:]
-            return .upgrade(fields, { inbound, outbound, log in
-                try await Self.serve(grant, inbound, outbound, access: access, viewers: viewers, settings: settings, logger: log)
+            return .upgrade(fields, { inbound, outbound, loop, log in
+                try await Self.serve(grant, inbound, outbound, loop: loop, access: access, viewers: viewers, settings: settings, logger: log)
             })
         }
     }
 
-    static func serve(_ grant: ViewerAccess.Grant, _ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter,
+    static func serve(_ grant: ViewerAccess.Grant, _ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, loop: any EventLoop,
                       access: ViewerAccess, viewers: ViewerRegistry, settings: BridgeSettings, logger: Logger) async throws {
         guard await viewers.join(grant.taskID) else {
             try await outbound.close(.unknown(1013), reason: "viewer limit reached")
@@ -116,7 +116,7 @@ public struct PublicServer: Sendable {
         var totals = Relay.Totals()
         var failure: (any Error)?
         do {
-            totals = try await Relay(grant: grant, settings: settings, logger: log).run(inbound, outbound)
+            totals = try await Relay(grant: grant, settings: settings, loop: loop, logger: log).run(inbound, outbound)
         } catch {
             totals.reason = "\(error)"
             failure = error

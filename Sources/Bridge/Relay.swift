@@ -14,6 +14,8 @@ import WSClient
 struct Relay {
     let grant: ViewerAccess.Grant
     let settings: BridgeSettings
+    /// The viewer connection's loop: the VNC side runs on it too.
+    let loop: any EventLoop
     let logger: Logger
 
     struct Totals: Sendable {
@@ -27,7 +29,7 @@ struct Relay {
         if let port = grant.target.websockifyPort {
             return try await viaWebsockify(port, inbound, outbound)
         }
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let channel = try await ClientBootstrap(group: loop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             // Big reads become big frames: a screen update crosses in a few messages, not hundreds.
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 1 << 20))
@@ -46,7 +48,7 @@ struct Relay {
     private func viaWebsockify(_ port: Int, _ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) async throws -> Totals {
         let result = OnceValue<Totals>()
         let configuration = WebSocketClientConfiguration(maxFrameSize: settings.maxFrameSize, additionalHeaders: [.secWebSocketProtocol: "binary"])
-        _ = try await WebSocketClient.connect(url: "ws://127.0.0.1:\(port)/", configuration: configuration, logger: logger) { serverIn, serverOut, _ in
+        _ = try await WebSocketClient.connect(url: "ws://127.0.0.1:\(port)/", configuration: configuration, eventLoopGroup: loop, logger: logger) { serverIn, serverOut, _ in
             result.set(try await pump(inbound, outbound,
                                     toServer: { bytes in try await serverOut.write(.binary(ByteBuffer(bytes: bytes))) },
                                     fromServer: { deliver in
