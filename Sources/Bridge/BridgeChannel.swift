@@ -8,6 +8,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import NIOSSL
 import NIOWebSocket
 @_spi(WSInternal) import WSCore
 
@@ -42,6 +43,8 @@ struct BridgeChannel: HTTPChannelHandler {
     }
 
     let responder: HTTPChannelHandler.Responder
+    /// TLS for direct exposure (behind an ALB the listener speaks plain HTTP).
+    let tls: NIOSSLContext?
     let decide: Decide
     let maxFrameSize: Int
     let pingInterval: Duration
@@ -49,6 +52,7 @@ struct BridgeChannel: HTTPChannelHandler {
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+            if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
             let chosen = NIOLockedValueBox<Session?>(nil)
             let refusal = NIOLockedValueBox<APIError?>(nil)
             let decide = self.decide
@@ -135,7 +139,7 @@ struct BridgeWebSocketContext: WebSocketContext {
 }
 
 extension HTTPServerBuilder {
-    static func bridge(decide: @escaping BridgeChannel.Decide, maxFrameSize: Int, pingInterval: Duration) -> HTTPServerBuilder {
-        .init { responder in BridgeChannel(responder: responder, decide: decide, maxFrameSize: maxFrameSize, pingInterval: pingInterval) }
+    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, maxFrameSize: Int, pingInterval: Duration) -> HTTPServerBuilder {
+        .init { responder in BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: maxFrameSize, pingInterval: pingInterval) }
     }
 }

@@ -6,6 +6,7 @@ import WSCore
 import Logging
 import Metrics
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 import Supervision
 import Synchronization
@@ -26,10 +27,13 @@ public struct PublicServer: Sendable {
     let viewers: ViewerRegistry
     /// Set by a drain: health answers 503 so the load balancer moves on.
     let draining: @Sendable () async -> Bool
+    let tls: NIOSSLContext?
 
-    public init(access: ViewerAccess, settings: BridgeSettings, draining: @escaping @Sendable () async -> Bool) {
+    /// `tls`: serve HTTPS/WSS (for direct exposure; behind a load balancer that ends TLS, nil).
+    public init(access: ViewerAccess, settings: BridgeSettings, tls: NIOSSLContext? = nil, draining: @escaping @Sendable () async -> Bool) {
         self.access = access
         self.settings = settings
+        self.tls = tls
         self.draining = draining
         viewers = ViewerRegistry(limit: settings.maxViewers)
     }
@@ -39,7 +43,7 @@ public struct PublicServer: Sendable {
         let http = httpRouter()
         let app = Application(
             router: http,
-            server: .bridge(decide: decide(logger: logger), maxFrameSize: settings.maxFrameSize, pingInterval: settings.pingInterval),
+            server: .bridge(tls: tls, decide: decide(logger: logger), maxFrameSize: settings.maxFrameSize, pingInterval: settings.pingInterval),
             configuration: .init(address: .hostname(host, port: port), serverName: "kioskd"),
             onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
             logger: logger)

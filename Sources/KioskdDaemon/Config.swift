@@ -46,6 +46,9 @@ public struct Config: Sendable, Equatable {
         public var maxViewers = 10
         public var clipboard = false
         public var jwt = ExternalJWT()
+        /// PEM files for HTTPS/WSS when exposed directly; both empty: plain HTTP (behind an ALB).
+        public var tlsCertFile = ""
+        public var tlsKeyFile = ""
     }
 
     /// The identity provider's tokens, accepted besides kioskd's own viewer tokens.

@@ -47,6 +47,8 @@ enum ConfigSchema {
         key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.maxLifetime, duration(min: .seconds(1))),
         key("public.max_viewers", "Viewers at once per task.", \.publicListener.maxViewers, integer(1...1000)),
         key("public.clipboard", "Let a control viewer's clipboard reach the session (never a view viewer's).", \.publicListener.clipboard, boolean),
+        key("public.tls.cert_file", "PEM certificate chain: serve HTTPS/WSS (direct exposure). Empty: plain HTTP behind a load balancer.", \.publicListener.tlsCertFile, optionalPath),
+        key("public.tls.key_file", "PEM private key for public.tls.cert_file.", \.publicListener.tlsKeyFile, optionalPath),
         key("public.jwt.hs256_secret_file", "A file holding the identity provider's HS256 secret; empty: none.", \.publicListener.jwt.hs256SecretFile, optionalPath),
         key("public.jwt.jwks_file", "A JWKS document (RS256/ES256 keys, e.g. Cognito's jwks.json saved locally); empty: none.", \.publicListener.jwt.jwksFile, optionalPath),
         key("public.jwt.issuer", "The iss an identity-provider token must carry.", \.publicListener.jwt.issuer, text),

@@ -2,6 +2,7 @@ import Bridge
 import Control
 import Kiosk
 import Logging
+import NIOSSL
 import Supervision
 
 /// The public listener as a child of the root, after the control API (whose task service and
@@ -22,7 +23,7 @@ enum PublicChild {
                 let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt)) { id in
                     await target(sessions, id)
                 }
-                let server = PublicServer(access: access, settings: settings) { await service.capacity().draining }
+                let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener)) { await service.capacity().draining }
                 try await server.run(host: config.publicListener.listen.host, port: config.publicListener.listen.port, logger: logger) { port in
                     context.markReady("listening on \(config.publicListener.listen.host):\(port)")
                 }
@@ -31,6 +32,23 @@ enum PublicChild {
             shutdown: .timeout(.seconds(5)),
             readiness: .signaled,
             readyTimeout: .seconds(30))
+    }
+
+    /// HTTPS/WSS when both PEM files are given; one without the other is a configuration error.
+    static func tls(_ listener: Config.PublicListener) throws -> NIOSSLContext? {
+        switch (listener.tlsCertFile.isEmpty, listener.tlsKeyFile.isEmpty) {
+        case (true, true): return nil
+        case (false, true): throw DaemonError.setup(key: "public.tls.key_file", message: "required with public.tls.cert_file")
+        case (true, false): throw DaemonError.setup(key: "public.tls.cert_file", message: "required with public.tls.key_file")
+        case (false, false):
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(listener.tlsCertFile).map { NIOSSLCertificateSource.certificate($0) }
+                let key = try NIOSSLPrivateKey(file: listener.tlsKeyFile, format: .pem)
+                return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+            } catch {
+                throw DaemonError.setup(key: "public.tls.cert_file", message: "cannot load the certificate or key: \(error)")
+            }
+        }
     }
 
     /// The identity provider's tokens, when configured: the key files are read at start, and

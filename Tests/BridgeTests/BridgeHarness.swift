@@ -5,6 +5,7 @@ import Kiosk
 import KioskdTestSupport
 import Logging
 import NIOCore
+import NIOSSL
 import Store
 import Supervision
 import WSClient
@@ -22,7 +23,8 @@ struct BridgeHarness {
     let port: Int
     let server: Task<Void, any Error>
 
-    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil) async throws {
+    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil,
+         tls: NIOSSLContext? = nil) async throws {
         for (path, package) in [(Xvfb.executable, "xvfb"), (X11VNC.executable, "x11vnc"), (Chromium.executable, "chromium"),
                                 (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
@@ -48,7 +50,7 @@ struct BridgeHarness {
             let info = await session.info()
             return BridgeTarget(vncPort: info.vncPort, websockifyPort: info.websockifyPort) { _ = try? await session.releaseHeldInput() }
         }
-        let server = PublicServer(access: access, settings: settings) { false }
+        let server = PublicServer(access: access, settings: settings, tls: tls) { false }
         let bound = OnceValue<Int>()
         self.server = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }
         port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }

@@ -5,6 +5,7 @@ import Kiosk
 import KioskdTestSupport
 import Logging
 import NIOCore
+import NIOSSL
 import Store
 import Supervision
 import JWTKit
@@ -232,6 +233,37 @@ struct BridgeTests {
         let refused = try h.upgrade("task_id=e1&token=\(try await otherKey.sign(ExternalClaims(claims), kid: "idp-1"))")
         close(refused.fd)
         #expect(refused.status == 401)
+    }
+
+    @Test func withACertificateTheListenerServesHTTPSAndWSS() async throws {
+        let dir = try makeTempDir("kioskd-tls")
+        defer { removeTree(dir) }
+        let openssl = try systemProgram("/usr/bin/openssl", package: "openssl")
+        #expect(try await runToExit(openssl, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                                              "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem"],
+                                    environment: ["PATH": "/usr/bin:/bin"]) == 0)
+        let chain = try NIOSSLCertificate.fromPEMFile(dir + "/cert.pem").map { NIOSSLCertificateSource.certificate($0) }
+        let context = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain,
+                                                                                 privateKey: .privateKey(try NIOSSLPrivateKey(file: dir + "/key.pem", format: .pem))))
+        let h = try await BridgeHarness("tls", tls: context)
+        defer { Task { await h.tearDown() } }
+        let (_, token) = try await h.task("t1", url: Self.red)
+        let curl = try systemProgram("/usr/bin/curl", package: "curl")
+        #expect(try await runToExit(curl, ["-sf", "--cacert", dir + "/cert.pem", "-o", dir + "/health", "https://127.0.0.1:\(h.port)/health"],
+                                    environment: ["PATH": "/usr/bin:/bin"]) == 0)
+        #expect(try readText(dir + "/health") == #"{"status":"healthy"}"#)
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .file(dir + "/cert.pem")
+        // By name: TLS's SNI carries no IP address.
+        try await WebSocketClient.connect(url: "wss://localhost:\(h.port)/api/v1/vnc/ws?task_id=t1&token=\(token)", configuration: viewerConfiguration,
+                                          tlsConfiguration: tls, logger: quiet) { inbound, outbound, _ in
+            var viewer = WSViewer(inbound, outbound)
+            #expect(try await viewer.handshake().width == 800)
+            try await outbound.close(.normalClosure, reason: nil)
+        }
+        let plain = try h.upgrade("task_id=t1&token=\(token)")
+        close(plain.fd)
+        #expect(plain.status != 101, "plain HTTP is not served on a TLS listener")
     }
 
     @Test func websockifyModeRelaysThroughTheSessionsWebsockify() async throws {

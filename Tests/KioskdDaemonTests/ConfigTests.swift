@@ -71,6 +71,8 @@ struct ConfigTests {
         "public.max_lifetime": "2h",
         "public.max_viewers": "3",
         "public.clipboard": "true",
+        "public.tls.cert_file": "/etc/kioskd/tls.pem",
+        "public.tls.key_file": "/etc/kioskd/tls.key",
         "public.jwt.hs256_secret_file": "/etc/kioskd/idp.secret",
         "public.jwt.jwks_file": "/etc/kioskd/jwks.json",
         "public.jwt.issuer": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
