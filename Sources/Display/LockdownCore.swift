@@ -83,9 +83,10 @@ final class LockdownCore {
     var grabCount: Int { plan.items.reduce(0) { $0 + $1.grabs.count } }
     var unmapped: [String] { plan.items.compactMap { item in item.unmapped.map { "\(item.entry.combo): \($0)" } } }
 
+    /// Adds the grabs the new keymap needs. Nothing is ungrabbed first: an ungrab-all then
+    /// grab would leave a moment with no grab at all (CI caught Ctrl+W passing in it), and
+    /// re-grabbing a combination this client already holds just renews it.
     private func regrab() {
-        XUngrabKey(dpy, Int32(AnyKey), UInt32(AnyModifier), root)
-        XUngrabButton(dpy, UInt32(AnyButton), UInt32(AnyModifier), root)
         plan = Self.makePlan(dpy, entries, &keycodeHistory)
         do {
             try grabAll()

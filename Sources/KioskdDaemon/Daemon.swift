@@ -71,7 +71,10 @@ public struct Daemon {
         var serviceConfig = ServiceGroupConfiguration(
             services: [
                 .init(service: SupervisorService(root: root), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
-                .init(service: NotifierService(notifier: notifier, root: root, events: events, logger: logger)),
+                // It ends by itself when the tree stops before it was ever ready (a significant
+                // program ending during the start): that is a shutdown, not a failure.
+                .init(service: NotifierService(notifier: notifier, root: root, events: events, logger: logger),
+                      successTerminationBehavior: .gracefullyShutdownGroup),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
