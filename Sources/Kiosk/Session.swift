@@ -310,6 +310,9 @@ public actor Session {
             logger.error("could not remove the session directory", metadata: ["path": "\(layout.directory)", "left": "\(left.prefix(5))"])
         }
         host.removeRecord(id)
+        // Programs killed outright (a crash, a restart, a SIGKILLed daemon) leave their MIT-SHM
+        // segments: without this the host runs out of them.
+        SharedMemory.removeOrphans(uid: host.user?.uid ?? geteuid())
         await resources.release()
     }
 }

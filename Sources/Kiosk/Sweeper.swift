@@ -11,6 +11,8 @@ public struct SweepReport: Sendable, Equatable {
     public var processes = 0
     public var directories: [String] = []
     public var displays: [Int] = []
+    /// Orphaned MIT-SHM segments of the session user removed.
+    public var sharedMemory = 0
 }
 
 /// Removes what an earlier run of the daemon left when it died without stopping its sessions
@@ -38,9 +40,11 @@ struct Sweeper {
             removeTree(path)
             report.directories.append(path)
         }
+        report.sharedMemory = SharedMemory.removeOrphans(uid: host.user?.uid ?? geteuid())
         if report != SweepReport() {
             host.logger.warning("removed leftovers of an earlier run", metadata: [
                 "processes": "\(report.processes)", "directories": "\(report.directories)", "displays": "\(report.displays)",
+                "shared_memory_segments": "\(report.sharedMemory)",
             ])
         }
         return report

@@ -196,7 +196,15 @@ struct SessionTests {
         defer { (argv + envp).forEach { free($0) } }
         #expect(spawnWithDefaultSignals(&pid, "/bin/sleep", nil, argv, envp) == 0)
 
+        // A shared-memory segment of the session user (here: ours) whose creator is gone, as a
+        // killed x11vnc leaves.
+        let made = dir + "/ipcmk.out"
+        #expect(try await runToExit("/usr/bin/ipcmk", ["-M", "4096"], environment: ["PATH": "/usr/bin:/bin"], output: made) == 0)
+        let segment = try #require(try readText(made).split(separator: ":").last.map { String($0.filter(\.isNumber)) })
         let report = try await SessionManager(host: host).start()
+        #expect(report.sharedMemory >= 1)
+        #expect(try !readText("/proc/sysvipc/shm").split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first.map(String.init) == segment },
+                "the orphaned segment \(segment) is gone")
         #expect(report.processes == 1)
         #expect(report.directories == [host.sessionsDir + "/old"])
         #expect(report.displays == [70])
