@@ -138,7 +138,7 @@ let package = Package(
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(
             name: "KioskdTestSupport",
-            dependencies: ["Supervision", "Kiosk", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Supervision", "Kiosk", "CSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Support"
         ),
         .testTarget(

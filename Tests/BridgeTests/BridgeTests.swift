@@ -92,6 +92,11 @@ struct BridgeTests {
         }
         #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "untouched", "the view role changed the page")
 
+        // The page itself reports the next typed character: a promise set up before the key is
+        // sent, awaited after (not polled).
+        #expect(try await withPage(info) { cdp, s in
+            try await evaluate(cdp, s, "window.typed = new Promise(r => addEventListener('keydown', e => { if (e.key.length == 1) r(e.key) })); 'armed'")
+        } == "armed")
         try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(controlToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
             var viewer = WSViewer(inbound, outbound)
             let size = try await viewer.handshake()
@@ -99,9 +104,10 @@ struct BridgeTests {
             try await viewer.roundTrip(size)
             try await outbound.close(.normalClosure, reason: nil)
         }
-        try await eventually("the control role's key to reach the page") {
-            try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "typed:b"
-        }
+        #expect(try await withTimeout(.seconds(10), "the control role's key to reach the page") {
+            try await withPage(info) { cdp, s in try await evaluate(cdp, s, "window.typed") }
+        } == "b")
+        #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "typed:b")
         let events = try await h.service.store.events("r1", after: 0, limit: 500)
         #expect(events.filter { $0.type == "viewer_connected" }.count == 2 && events.filter { $0.type == "viewer_disconnected" }.count == 2)
         #expect(events.contains { $0.type == "viewer_disconnected" && $0.data.contains(#""role":"control""#) })
@@ -136,13 +142,13 @@ struct BridgeTests {
 
         // The viewer limit (2): two open, the third refused before the upgrade.
         let first = try h.upgrade("task_id=l1&token=\(token)"), second = try h.upgrade("task_id=l1&token=\(token)")
-        try await eventually("two viewers counted") {
+        try await waitUntil("two viewers counted", on: h.service.appended) {
             try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_connected" }.count >= 3
         }
         let third = try h.upgrade("task_id=l1&token=\(token)")
         #expect(third.status == 503 && third.text.contains("viewer_limit"), "\(third.text)")
         for fd in [first.fd, second.fd, third.fd] { close(fd) }
-        try await eventually("the two viewers to leave") {
+        try await waitUntil("the two viewers to leave", on: h.service.appended) {
             try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_disconnected" }.count >= 3
         }
 

@@ -230,9 +230,8 @@ struct ControlAPITests {
         try await h.waitState("old", .timedOut)
         #expect(try await h.store.task("old")?.reason == "reached its maximum lifetime of 1.0 seconds")
         let events = try ControlHarness.json(try await h.client.request(.GET, "/v1/tasks/old/events")).array ?? []
-        try await eventually("the session's end to be recorded") {
-            let types = (try ControlHarness.json(try await h.client.request(.GET, "/v1/tasks/old/events")).array ?? []).compactMap { $0["type"]?.string }
-            return types.contains("session_ended")
+        try await waitUntil("the session's end to be recorded", on: h.service.appended) {
+            try await h.store.events("old", after: 0, limit: 100).contains { $0.type == "session_ended" }
         }
         #expect(events.contains { $0["data"]?["to"]?.string == "timed_out" })
         #expect(await h.sessions.listSessions().isEmpty, "its session was stopped")

@@ -183,7 +183,7 @@ struct ServeTests {
         #expect(direct.count >= 4, "xvfb, openbox, x11vnc, chromium")
         first.signal(SIGKILL)
         _ = try await first.waitExit()
-        try await eventually("the session's programs to die with the daemon") { direct.allSatisfy { !isAlive($0) } }
+        try await waitExited(direct)
         let second = try start(path)
         try await second.log.wait(for: "the sweep", timeout: .seconds(60)) { $0.contains("removed leftovers of an earlier run") }
         try await second.log.wait(for: "the new demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }

@@ -1,3 +1,4 @@
+import CSupport
 import Supervision
 import Synchronization
 
@@ -205,4 +206,37 @@ public func eventually(_ what: String, timeout: Duration = .seconds(10), _ condi
         guard ContinuousClock.now < deadline else { throw TestFailure("timed out after \(timeout) waiting for \(what)") }
         try await Task.sleep(for: .milliseconds(20))
     }
+}
+
+/// Re-checks `condition` each time `updates` publishes (and once at once): waiting on the real
+/// signal, bounded by a deadline.
+public func waitUntil<T: Sendable>(_ what: String, on updates: Broadcast<T>, timeout: Duration = .seconds(20),
+                                   _ condition: @escaping @Sendable () async throws -> Bool) async throws {
+    let stream = updates.subscribe()
+    if try await condition() { return }
+    try await withTimeout(timeout, what) {
+        for await _ in stream where try await condition() { return }
+        throw TestFailure("\(what): the event stream ended first")
+    }
+}
+
+/// Waits for processes to exit, on their pidfds (the kernel's own signal), with a deadline.
+public func waitExited(_ pids: [Int32], timeout: Duration = .seconds(10)) async throws {
+    let fds = pids.compactMap { pid -> Int32? in
+        let fd = ksup_pidfd_open(pid)
+        return fd >= 0 ? fd : nil   // already gone
+    }
+    defer { fds.forEach { close($0) } }
+    let millis = Int32(timeout.components.seconds * 1000)
+    let pending = try await blocking { () -> [Int32] in
+        let deadline = ContinuousClock.now + timeout
+        var open = fds
+        while !open.isEmpty, ContinuousClock.now < deadline {
+            var polls = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            _ = poll(&polls, nfds_t(polls.count), millis)
+            open = zip(open, polls).filter { $0.1.revents == 0 }.map(\.0)
+        }
+        return open
+    }
+    guard pending.isEmpty else { throw TestFailure("\(pending.count) of \(pids.count) processes still running after \(timeout)") }
 }
