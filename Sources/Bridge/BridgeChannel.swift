@@ -10,7 +10,6 @@ import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOSSL
 import NIOWebSocket
-@_spi(WSInternal) import WSCore
 
 /// The public listener's connections: HTTP/1.1 with a WebSocket upgrade, as Hummingbird's
 /// upgrade channel does, with one difference that matters to browsers: a refused upgrade is
@@ -27,12 +26,12 @@ struct BridgeChannel: HTTPChannelHandler {
     }
 
     typealias Decide = @Sendable (HTTPRequest, Logger) async -> Decision
-    /// The viewer's streams, its connection's event loop (the relay's other side joins it, so
-    /// bytes do not cross threads), and its logger.
-    typealias Session = @Sendable (WebSocketInboundStream, WebSocketOutboundWriter, any EventLoop, Logger) async throws -> Void
+    /// Serves an upgraded viewer: its connection (the relay's handler is already in its
+    /// pipeline) and its logger.
+    typealias Session = @Sendable (ViewerConnection, Logger) async -> Void
 
     enum Negotiated: Sendable {
-        case websocket(NIOAsyncChannel<WebSocketFrame, WebSocketFrame>, Session, Logger)
+        case websocket(ViewerConnection, Session, Logger)
         case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
         case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, APIError)
     }
@@ -47,7 +46,6 @@ struct BridgeChannel: HTTPChannelHandler {
     let tls: NIOSSLContext?
     let decide: Decide
     let maxFrameSize: Int
-    let pingInterval: Duration
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
@@ -79,9 +77,10 @@ struct BridgeChannel: HTTPChannelHandler {
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
                         guard let session = chosen.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
-                        let ws = try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(wrappingChannelSynchronously: channel,
-                                                                                       configuration: .init(isOutboundHalfClosureEnabled: true))
-                        return Negotiated.websocket(ws, session, logger)
+                        let handler = ViewerHandler(loop: channel.eventLoop)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                        let viewer = ViewerConnection(loop: channel.eventLoop, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                        return Negotiated.websocket(viewer, session, logger)
                     }
                 })
             var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(
@@ -121,12 +120,8 @@ struct BridgeChannel: HTTPChannelHandler {
                         .body(body), .end(nil),
                     ])
                 }
-            case .websocket(let ws, let session, let logger):
-                _ = try await WebSocketHandler.handle(
-                    type: .server,
-                    configuration: .init(extensions: [], autoPing: .enabled(timePeriod: pingInterval), validateUTF8: false, maxFrameSize: maxFrameSize),
-                    asyncChannel: ws, context: BridgeWebSocketContext(logger: logger),
-                    handler: { inbound, outbound, context in try await session(inbound, outbound, ws.channel.eventLoop, context.logger) })
+            case .websocket(let viewer, let session, let logger):
+                await session(viewer, logger)
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
@@ -134,12 +129,8 @@ struct BridgeChannel: HTTPChannelHandler {
     }
 }
 
-struct BridgeWebSocketContext: WebSocketContext {
-    let logger: Logger
-}
-
 extension HTTPServerBuilder {
-    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, maxFrameSize: Int, pingInterval: Duration) -> HTTPServerBuilder {
-        .init { responder in BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: maxFrameSize, pingInterval: pingInterval) }
+    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, maxFrameSize: Int) -> HTTPServerBuilder {
+        .init { responder in BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: maxFrameSize) }
     }
 }

@@ -1,8 +1,6 @@
 import Control
 import HTTPTypes
 import Hummingbird
-import HummingbirdWebSocket
-import WSCore
 import Logging
 import Metrics
 import NIOCore
@@ -43,7 +41,7 @@ public struct PublicServer: Sendable {
         let http = httpRouter()
         let app = Application(
             router: http,
-            server: .bridge(tls: tls, decide: decide(logger: logger), maxFrameSize: settings.maxFrameSize, pingInterval: settings.pingInterval),
+            server: .bridge(tls: tls, decide: decide(logger: logger), maxFrameSize: settings.maxFrameSize),
             configuration: .init(address: .hostname(host, port: port), serverName: "kioskd"),
             onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
             logger: logger)
@@ -98,17 +96,16 @@ public struct PublicServer: Sendable {
             guard await viewers.count(grant.taskID) < viewers.limit else { return .refuse(Self.full(grant.taskID, viewers.limit)) }
             let offered = head.headerFields[.secWebSocketProtocol]?.split(separator: ",").map { $0.filter { !$0.isWhitespace } } ?? []
             let fields: HTTPFields = offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:]
-            return .upgrade(fields, { inbound, outbound, loop, log in
-                try await Self.serve(grant, inbound, outbound, loop: loop, access: access, viewers: viewers, settings: settings, logger: log)
+            return .upgrade(fields, { viewer, log in
+                await Self.serve(grant, viewer, access: access, viewers: viewers, settings: settings, logger: log)
             })
         }
     }
 
-    static func serve(_ grant: ViewerAccess.Grant, _ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter, loop: any EventLoop,
-                      access: ViewerAccess, viewers: ViewerRegistry, settings: BridgeSettings, logger: Logger) async throws {
+    static func serve(_ grant: ViewerAccess.Grant, _ viewer: ViewerConnection,
+                      access: ViewerAccess, viewers: ViewerRegistry, settings: BridgeSettings, logger: Logger) async {
         guard await viewers.join(grant.taskID) else {
-            try await outbound.close(.unknown(1013), reason: "viewer limit reached")
-            return
+            return viewer.refuse("viewer limit reached", code: 1013, "viewer limit reached")
         }
         var log = logger
         log[metadataKey: "task"] = "\(grant.taskID)"
@@ -117,22 +114,13 @@ public struct PublicServer: Sendable {
         let started = ContinuousClock.now
         await access.note(grant.taskID, "viewer_connected", ["role": grant.role.rawValue, "viewers": "\(await viewers.count(grant.taskID))"])
         log.info("viewer connected")
-        var totals = Relay.Totals()
-        var failure: (any Error)?
-        do {
-            totals = try await Relay(grant: grant, settings: settings, loop: loop, logger: log).run(inbound, outbound)
-        } catch {
-            totals.reason = "\(error)"
-            failure = error
-        }
+        let totals = await Relay(grant: grant, settings: settings).run(viewer)
         await viewers.leave(grant.taskID)
         if grant.role == .control { await grant.target.releaseInput() }
         let seconds = (ContinuousClock.now - started).components.seconds
         await access.note(grant.taskID, "viewer_disconnected", ["role": grant.role.rawValue, "reason": totals.reason, "seconds": "\(seconds)",
                                                                  "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
         log.info("viewer disconnected", metadata: ["reason": "\(totals.reason)", "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
-        // The WebSocket layer turns it into the right close code (1009 for an oversized message).
-        if let failure { throw failure }
     }
 }
 

@@ -147,3 +147,35 @@ struct WSViewer {
         pending = []
     }
 }
+
+/// What the bridge sends on an upgraded socket until it closes it (or `timeout` seconds pass
+/// without a byte): each frame's opcode and payload.
+func serverFrames(_ fd: Int32, timeout: Int = 10) -> [(opcode: UInt8, payload: [UInt8])] {
+    var tv = timeval(tv_sec: timeout, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &chunk, chunk.count, 0)
+        guard n > 0 else { break }
+        bytes += chunk[..<n]
+    }
+    var frames: [(opcode: UInt8, payload: [UInt8])] = []
+    var i = 0
+    while i + 2 <= bytes.count {
+        let short = Int(bytes[i + 1] & 0x7F), extra = short == 126 ? 2 : short == 127 ? 8 : 0
+        guard i + 2 + extra <= bytes.count else { break }
+        let length = extra == 0 ? short : bytes[(i + 2)..<(i + 2 + extra)].reduce(0) { $0 << 8 | Int($1) }
+        let start = i + 2 + extra
+        guard start + length <= bytes.count else { break }
+        frames.append((bytes[i] & 0x0F, Array(bytes[start..<(start + length)])))
+        i = start + length
+    }
+    return frames
+}
+
+/// A close frame's code and reason.
+func closeOf(_ frames: [(opcode: UInt8, payload: [UInt8])]) -> (code: Int, reason: String)? {
+    guard let close = frames.last(where: { $0.opcode == 8 }), close.payload.count >= 2 else { return nil }
+    return (Int(close.payload[0]) << 8 | Int(close.payload[1]), String(decoding: close.payload.dropFirst(2), as: UTF8.self))
+}

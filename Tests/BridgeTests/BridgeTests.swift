@@ -122,22 +122,14 @@ struct BridgeTests {
         defer { Task { await h.tearDown() } }
         let (_, token) = try await h.task("l1", url: Self.red)
 
-        // Upgraded, then silent: it never answers a ping, so the bridge closes it.
+        // Upgraded, then silent: it never answers a ping, so the bridge closes it after two.
         let silent = try h.upgrade("task_id=l1&token=\(token)")
         #expect(silent.status == 101)
         let started = ContinuousClock.now
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(silent.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var sawPing = false
-        while true {
-            let n = recv(silent.fd, &buffer, buffer.count, 0)
-            guard n > 0 else { break }
-            // A server frame starts 0x89 for a ping (FIN + opcode 9).
-            if buffer[..<n].contains(0x89) { sawPing = true }
-        }
+        let frames = serverFrames(silent.fd)
         close(silent.fd)
-        #expect(sawPing, "the bridge pinged")
+        #expect(frames.filter { $0.opcode == 9 }.count == 2, "two pings, then the close: \(frames.map(\.opcode))")
+        #expect(closeOf(frames).map { $0 == (1001, "ping timeout") } == true, "\(String(describing: closeOf(frames)))")
         #expect(ContinuousClock.now - started < .seconds(8), "a dead peer is dropped within a few ping intervals")
 
         // The viewer limit (2): two open, the third refused before the upgrade.
@@ -163,6 +155,26 @@ struct BridgeTests {
             for try await _ in inbound {}
         }
         #expect(big?.closeCode == .messageTooLarge, "an oversized message is refused with 1009: \(String(describing: big))")
+    }
+
+    @Test(arguments: [("idle", Duration.seconds(1), Duration.seconds(3600), "idle"),
+                      ("lifetime", Duration.seconds(3600), Duration.seconds(1), "maximum lifetime reached")])
+    func theIdleAndLifetimeLimitsCloseTheViewerSaying(name: String, idle: Duration, lifetime: Duration, reason: String) async throws {
+        var settings = BridgeSettings()
+        settings.idleTimeout = idle
+        settings.maxLifetime = lifetime
+        let h = try await BridgeHarness(name, settings: settings)
+        defer { Task { await h.tearDown() } }
+        let (_, token) = try await h.task("t-\(name)", url: Self.red)
+        let viewer = try h.upgrade("task_id=t-\(name)&token=\(token)")
+        #expect(viewer.status == 101)
+        let frames = serverFrames(viewer.fd)
+        close(viewer.fd)
+        #expect(frames.first.map { $0.opcode == 2 && $0.payload == Array("RFB 003.008\n".utf8) } == true, "the greeting came first")
+        #expect(closeOf(frames).map { $0 == (1001, reason) } == true, "\(String(describing: closeOf(frames)))")
+        try await waitUntil("the disconnect event", on: h.service.appended) {
+            try await h.service.store.events("t-\(name)", after: 0, limit: 100).contains { $0.type == "viewer_disconnected" }
+        }
     }
 
     @Test func noVNCInARealBrowserShowsTheKioskThroughTheBridge() async throws {

@@ -1,0 +1,251 @@
+import Metrics
+import NIOCore
+import NIOWebSocket
+
+/// The viewer's end of a relay, last in the viewer's WebSocket pipeline (after NIO's frame
+/// codec). Frames from the viewer go through the RFB filter to the VNC side; the VNC side's
+/// reads leave here as binary frames built around its read buffers (the encoder writes the
+/// header separately: no copy). Both ends share one event loop, so relaying is plain calls: no
+/// locks, no task hops per buffer. Backpressure: each side reads only while the other can take
+/// writes.
+///
+/// It also owns the connection's clocks: a ping every interval (closed once two go unanswered),
+/// the idle limit and the maximum lifetime.
+final class ViewerHandler: ChannelDuplexHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let loop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private var vnc: VNCHandler?
+    private var filter = RFBFilter(policy: .init(role: .view))
+    private var settings = BridgeSettings()
+    private var done: EventLoopPromise<Relay.Totals>?
+    /// Frames that arrived before the VNC side joined (at most one read's worth: reads are held).
+    private var early: [WebSocketFrame] = []
+    private var readPending = false
+    private var ended = false
+    private var inactive = false
+    /// Set when NIO's protocol handler has answered a broken frame with a close of its own.
+    private var protocolFailure: String?
+    private var totals = Relay.Totals()
+    private var inMessage = false
+    private var messageBytes = 0
+    private var pingsUnanswered = 0
+    private var lastActivity = NIODeadline.now()
+    private var clocks: [Scheduled<Void>] = []
+
+    init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Joins the VNC side and starts relaying; the future completes when the relay has ended.
+    func attach(_ vnc: VNCHandler, policy: RFBFilter.Policy, settings: BridgeSettings) -> EventLoopFuture<Relay.Totals> {
+        if ended {
+            vnc.unlink()
+            return loop.makeSucceededFuture(totals)
+        }
+        let done = loop.makePromise(of: Relay.Totals.self)
+        self.done = done
+        self.vnc = vnc
+        self.filter = RFBFilter(policy: policy)
+        self.settings = settings
+        startClocks()
+        vnc.join(self)
+        let held = early
+        early = []
+        for frame in held where !ended { receive(frame) }
+        vnc.flush()
+        resumeReading()
+        return done.futureResult
+    }
+
+    // MARK: From the viewer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard !ended else { return }
+        if vnc == nil { early.append(frame) } else { receive(frame) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        vnc?.flush()
+    }
+
+    private func receive(_ frame: WebSocketFrame) {
+        switch frame.opcode {
+        case .binary, .continuation:
+            guard (frame.opcode == .binary) != inMessage else {
+                return finish("broke the WebSocket protocol (a message inside a message)", close: (1002, "unexpected continuation"))
+            }
+            messageBytes = (inMessage ? messageBytes : 0) + frame.data.readableBytes
+            inMessage = !frame.fin
+            guard messageBytes <= settings.maxFrameSize else {
+                return finish("sent a message over \(settings.maxFrameSize) bytes", close: (1009, "message too large"))
+            }
+            totals.fromViewer += frame.data.readableBytes
+            lastActivity = .now()
+            let out = filter.feed(frame.unmaskedData.readableBytesView)
+            if !out.forward.isEmpty, let vnc { vnc.write(ByteBuffer(bytes: out.forward)) }
+            for (kind, n) in out.dropped { Counter(label: "kioskd_bridge_dropped_total", dimensions: [("message", kind)]).increment(by: n) }
+            if let violation = out.violation { finish(violation.reason, close: (violation.code, violation.reason)) }
+        case .text:
+            finish("sent a text frame", close: (1003, "binary frames only"))
+        case .ping:
+            send(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData))
+            context?.flush()
+        case .pong:
+            pingsUnanswered = 0
+        case .connectionClose:
+            // Echo the viewer's code, as RFC 6455 asks, then close.
+            var data = frame.unmaskedData
+            let code = data.readWebSocketErrorCode().map { UInt16(webSocketErrorCode: $0) } ?? 1000
+            finish("viewer closed", close: (code, ""))
+        default:
+            finish("sent an unknown frame type", close: (1002, "unknown opcode"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
+        finish(protocolFailure ?? "viewer closed")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            // NIO's protocol handler has written the close (1009 for an oversized frame) and
+            // closes once it is out: the relay ends when the channel does.
+            protocolFailure = error == .invalidFrameLength ? "sent a frame over \(settings.maxFrameSize) bytes" : "broke the WebSocket protocol (\(error))"
+        } else {
+            finish("connection failed: \(error)")
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            finish("the daemon is shutting down", close: (1001, "server shutting down"))
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: To the viewer
+
+    /// A read from the VNC side, as one binary frame.
+    func deliver(_ buffer: ByteBuffer) {
+        guard !ended else { return }
+        totals.toViewer += buffer.readableBytes
+        lastActivity = .now()
+        send(WebSocketFrame(fin: true, opcode: .binary, data: buffer))
+    }
+
+    func deliveryComplete() {
+        context?.flush()
+    }
+
+    private func send(_ frame: WebSocketFrame) {
+        context?.write(wrapOutboundOut(frame), promise: nil)
+    }
+
+    // MARK: Backpressure
+
+    var canTakeWrites: Bool { context?.channel.isWritable ?? false }
+
+    func read(context: ChannelHandlerContext) {
+        if let vnc, vnc.canTakeWrites { context.read() } else { readPending = true }
+    }
+
+    func resumeReading() {
+        guard readPending, vnc?.canTakeWrites ?? false else { return }
+        readPending = false
+        context?.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { vnc?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Clocks
+
+    private func startClocks() {
+        let isolated = loop.assumeIsolated()
+        clocks.append(isolated.scheduleTask(in: TimeAmount(settings.maxLifetime)) {
+            self.finish("reached the maximum viewer lifetime", close: (1001, "maximum lifetime reached"))
+        })
+        scheduleIdleCheck(at: lastActivity + TimeAmount(settings.idleTimeout))
+        scheduleNextPing()
+    }
+
+    private func scheduleIdleCheck(at deadline: NIODeadline) {
+        clocks.append(loop.assumeIsolated().scheduleTask(deadline: deadline) {
+            let due = self.lastActivity + TimeAmount(self.settings.idleTimeout)
+            if due <= .now() {
+                self.finish("idle for \(self.settings.idleTimeout)", close: (1001, "idle"))
+            } else {
+                self.scheduleIdleCheck(at: due)
+            }
+        })
+    }
+
+    private func scheduleNextPing() {
+        clocks.append(loop.assumeIsolated().scheduleTask(in: TimeAmount(settings.pingInterval)) {
+            guard self.pingsUnanswered < 2 else {
+                return self.finish("did not answer 2 pings", close: (1001, "ping timeout"))
+            }
+            self.pingsUnanswered += 1
+            self.send(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
+            self.context?.flush()
+            self.scheduleNextPing()
+        })
+    }
+
+    // MARK: The end
+
+    /// Ends the relay once: the viewer gets `close` (code, reason) when it is still there, the
+    /// VNC side is closed, and the totals go to whoever awaits them.
+    func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil) {
+        guard !ended else { return }
+        ended = true
+        totals.reason = reason
+        for clock in clocks { clock.cancel() }
+        clocks = []
+        early = []
+        if let context, !inactive {
+            if let close {
+                var data = context.channel.allocator.buffer(capacity: 2 + 123)
+                data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
+                data.writeBytes(close.reason.utf8.prefix(123))
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            } else {
+                context.close(promise: nil)
+            }
+        }
+        vnc?.unlink()
+        vnc = nil
+        done?.succeed(totals)
+        done = nil
+    }
+}
+
+@available(*, unavailable)
+extension ViewerHandler: Sendable {}
+
+/// An upgraded viewer: its event loop and the relay's handler, already in its pipeline so no
+/// frame is missed while the VNC side connects.
+struct ViewerConnection: Sendable {
+    let loop: any EventLoop
+    let handler: NIOLoopBound<ViewerHandler>
+
+    /// Closes the viewer with `code` before any relay started (a full session, an unreachable
+    /// VNC server).
+    func refuse(_ reason: String, code: UInt16, _ text: String) {
+        let handler = self.handler
+        loop.execute { handler.value.finish(reason, close: (code, text)) }
+    }
+}
