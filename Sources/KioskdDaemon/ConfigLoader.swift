@@ -38,8 +38,25 @@ public enum ConfigLoader {
         }
         applyEnvironment(environment, to: &config, issues: &issues)
         issues += ProgramsParser.crossCheck(config.programs)
+        issues += crossCheck(config.publicListener)
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
         return config
+    }
+
+    /// Keys that only make sense together: TLS needs both PEM files, identity-provider keys
+    /// need the issuer and audience to check.
+    static func crossCheck(_ listener: Config.PublicListener) -> [ConfigIssue] {
+        var issues: [ConfigIssue] = []
+        func missing(_ key: String, _ why: String) { issues.append(ConfigIssue(key: key, message: "required \(why)", source: "public")) }
+        if listener.tlsCertFile.isEmpty != listener.tlsKeyFile.isEmpty {
+            listener.tlsCertFile.isEmpty ? missing("public.tls.cert_file", "with public.tls.key_file") : missing("public.tls.key_file", "with public.tls.cert_file")
+        }
+        let jwt = listener.jwt
+        if !jwt.hs256SecretFile.isEmpty || !jwt.jwksFile.isEmpty {
+            if jwt.issuer.isEmpty { missing("public.jwt.issuer", "when identity-provider keys are configured") }
+            if jwt.audience.isEmpty { missing("public.jwt.audience", "when identity-provider keys are configured") }
+        }
+        return issues
     }
 
     static func apply(yaml: String, source: String, to config: inout Config, issues: inout [ConfigIssue]) {

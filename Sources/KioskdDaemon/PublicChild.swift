@@ -34,29 +34,22 @@ enum PublicChild {
             readyTimeout: .seconds(30))
     }
 
-    /// HTTPS/WSS when both PEM files are given; one without the other is a configuration error.
+    /// HTTPS/WSS when the PEM files are given (the config loader has checked they come as a pair).
     static func tls(_ listener: Config.PublicListener) throws -> NIOSSLContext? {
-        switch (listener.tlsCertFile.isEmpty, listener.tlsKeyFile.isEmpty) {
-        case (true, true): return nil
-        case (false, true): throw DaemonError.setup(key: "public.tls.key_file", message: "required with public.tls.cert_file")
-        case (true, false): throw DaemonError.setup(key: "public.tls.cert_file", message: "required with public.tls.key_file")
-        case (false, false):
-            do {
-                let chain = try NIOSSLCertificate.fromPEMFile(listener.tlsCertFile).map { NIOSSLCertificateSource.certificate($0) }
-                let key = try NIOSSLPrivateKey(file: listener.tlsKeyFile, format: .pem)
-                return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
-            } catch {
-                throw DaemonError.setup(key: "public.tls.cert_file", message: "cannot load the certificate or key: \(error)")
-            }
+        guard !listener.tlsCertFile.isEmpty, !listener.tlsKeyFile.isEmpty else { return nil }
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(listener.tlsCertFile).map { NIOSSLCertificateSource.certificate($0) }
+            let key = try NIOSSLPrivateKey(file: listener.tlsKeyFile, format: .pem)
+            return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        } catch {
+            throw DaemonError.setup(key: "public.tls.cert_file", message: "cannot load the certificate or key: \(error)")
         }
     }
 
-    /// The identity provider's tokens, when configured: the key files are read at start, and
-    /// a half-done setup (keys without issuer or audience) is a configuration error.
+    /// The identity provider's tokens, when configured (the loader has checked issuer and
+    /// audience): the key files are read at start.
     static func external(_ jwt: Config.ExternalJWT) async throws -> ExternalTokens? {
         guard !jwt.hs256SecretFile.isEmpty || !jwt.jwksFile.isEmpty else { return nil }
-        guard !jwt.issuer.isEmpty else { throw DaemonError.setup(key: "public.jwt.issuer", message: "required when identity-provider keys are configured") }
-        guard !jwt.audience.isEmpty else { throw DaemonError.setup(key: "public.jwt.audience", message: "required when identity-provider keys are configured") }
         var settings = ExternalTokenSettings(issuer: jwt.issuer, audience: jwt.audience)
         if !jwt.hs256SecretFile.isEmpty {
             guard let secret = readSmallFileBytes(jwt.hs256SecretFile, limit: 4096), secret.count >= 32 else {

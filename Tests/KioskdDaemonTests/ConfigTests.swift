@@ -169,6 +169,18 @@ struct ConfigTests {
         #expect(found.first?.source.contains("kioskd.yaml:") == true, "the file and line are named")
     }
 
+    @Test(arguments: [
+        ("public:\n  tls:\n    cert_file: /etc/kioskd/tls.pem\n", ["public.tls.key_file"]),
+        ("public:\n  tls:\n    key_file: /etc/kioskd/tls.key\n", ["public.tls.cert_file"]),
+        ("public:\n  jwt:\n    jwks_file: /etc/kioskd/jwks.json\n", ["public.jwt.audience", "public.jwt.issuer"]),
+        ("public:\n  jwt:\n    hs256_secret_file: /etc/kioskd/idp.secret\n    issuer: https://idp.example\n", ["public.jwt.audience"]),
+    ])
+    func keysThatOnlyWorkTogetherAreCheckedBeforeStart(yaml: String, keys: [String]) throws {
+        let found = try issues(yaml)
+        #expect(found.map(\.key).sorted() == keys, "\(found)")
+        #expect(found.allSatisfy { $0.message.hasPrefix("required ") }, "\(found)")
+    }
+
     @Test func everyMistakeIsReportedNotJustTheFirst() throws {
         let found = try issues("control:\n  socket: x\nlog:\n  level: loud\n", env: ["KIOSKD_SHUTDOWN_TIMEOUT": "soon", "KIOSKD_CONTROL_SOKET": "/x"])
         #expect(found.map(\.key).sorted() == ["KIOSKD_CONTROL_SOKET", "control.socket", "log.level", "shutdown.timeout"])
