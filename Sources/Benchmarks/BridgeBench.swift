@@ -8,10 +8,8 @@ import Dispatch
 import Kiosk
 import KioskdTestSupport
 import Logging
-import NIOCore
 import Store
 import Supervision
-import WSClient
 
 #if canImport(Glibc)
 import Glibc
@@ -77,151 +75,116 @@ let rfbHello: [UInt8] = Array("RFB 003.008\n".utf8) + [1, 1]
 /// A FramebufferUpdateRequest: 10 bytes the filter lets through (the view role's kind).
 let updateRequest: [UInt8] = [3, 1, 0, 0, 0, 0, 0, 16, 0, 16]
 
+// MARK: - The three paths, driven the same way
+
+/// One viewer connection, whatever carries it: a plain socket (raw TCP) or a WebSocket.
+protocol BenchLink: AnyObject {
+    /// Blocks until `count` payload bytes have arrived; returns how many did (fewer: it ended).
+    func receive(atLeast count: Int) -> Int
+    func send(_ payload: [UInt8])
+    func close()
+}
+
+extension BlockingWebSocket: BenchLink {}
+
+/// Raw TCP straight to the target: the floor every relay is measured against.
+final class RawLink: BenchLink {
+    let fd: Int32
+    private let scratch = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: 1 << 20)
+
+    init(port: Int) {
+        guard let fd = try? connectLoopback(port: port) else { fail("raw connect to \(port)") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        self.fd = fd
+    }
+
+    func receive(atLeast count: Int) -> Int {
+        var got = 0
+        while got < count {
+            let n = recv(fd, scratch.baseAddress, scratch.count, 0)
+            guard n > 0 else { break }
+            got += n
+        }
+        return got
+    }
+
+    func send(_ payload: [UInt8]) {
+        guard payload.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == payload.count else { fail("send: errno \(errno)") }
+    }
+
+    func close() { Glibc.close(fd) }
+
+    deinit { scratch.deallocate() }
+}
+
+/// How to reach the echo and stream targets through one path, and its server's memory.
+struct BenchPath {
+    let echo: () -> any BenchLink
+    let stream: () -> any BenchLink
+    let memory: (() -> Int)?
+}
+
 struct PathResult {
-    var mibPerSecond = 0.0
+    var mibPerSecond: [Double] = []
+    var browserMiBPerSecond: [Double] = []
     var rtt: [Double] = []
     var firstByte: [Double] = []
     var kibPerViewer: Double?
 }
 
-// MARK: - Raw TCP
-
-func rawPath(echo: Int, stream: Int, streamBytes: Int, rounds: Int, connects: Int) -> PathResult {
-    var result = PathResult()
-    for _ in 0..<connects {
-        let start = monotonic()
-        guard let fd = try? connectLoopback(port: echo) else { fail("raw connect") }
-        var banner = [UInt8](repeating: 0, count: 12)
-        _ = recv(fd, &banner, 12, Int32(MSG_WAITALL))
-        result.firstByte.append(monotonic() - start)
-        close(fd)
-    }
-    guard let fd = try? connectLoopback(port: echo) else { fail("raw connect") }
-    var one: Int32 = 1
-    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    var scratch = [UInt8](repeating: 0, count: 65536)
-    _ = recv(fd, &scratch, 12, Int32(MSG_WAITALL))
-    _ = send(fd, rfbHello, rfbHello.count, 0)
-    for _ in 0..<rounds {
-        let start = monotonic()
-        _ = send(fd, updateRequest, updateRequest.count, 0)
-        _ = recv(fd, &scratch, updateRequest.count, Int32(MSG_WAITALL))
-        result.rtt.append(monotonic() - start)
-    }
-    close(fd)
-    guard let s = try? connectLoopback(port: stream) else { fail("raw connect") }
-    _ = recv(s, &scratch, 12, Int32(MSG_WAITALL))
-    _ = send(s, rfbHello, rfbHello.count, 0)
+/// Connect → the greeting's first byte.
+func firstByte(_ path: BenchPath) -> Double {
     let start = monotonic()
-    var total = 0
-    while total < streamBytes {
-        let n = recv(s, &scratch, scratch.count, 0)
-        guard n > 0 else { break }
-        total += n
-    }
-    result.mibPerSecond = Double(total) / 1_048_576 / (monotonic() - start)
-    close(s)
-    return result
+    let link = path.echo()
+    guard link.receive(atLeast: 1) > 0 else { fail("no greeting") }
+    let took = monotonic() - start
+    link.close()
+    return took
 }
 
-// MARK: - WebSocket paths (the bridge, websockify)
-
-func wsPath(echoURL: String, streamURL: String, streamBytes: Int, rounds: Int, connects: Int, memory: @Sendable () -> Int, idle: Int) async throws -> PathResult {
-    var result = PathResult()
-    let quiet = { var l = Logger(label: "bench.ws"); l.logLevel = .critical; return l }()
-    let configuration = WebSocketClientConfiguration(maxFrameSize: 1 << 24)
-    progress("connects")
-    for _ in 0..<connects {
+/// A FramebufferUpdateRequest's round trip through the echo target, `rounds` times.
+func echoes(_ path: BenchPath, rounds: Int) -> [Double] {
+    let link = path.echo()
+    defer { link.close() }
+    guard link.receive(atLeast: 12) == 12 else { fail("no greeting") }
+    link.send(rfbHello)
+    return (0..<rounds).map { _ in
         let start = monotonic()
-        let took = OnceValue<Double>()
-        try await WebSocketClient.connect(url: echoURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
-            for try await _ in inbound.messages(maxSize: 1 << 24) {
-                took.set(monotonic() - start)
-                break
-            }
-            try await outbound.close(.normalClosure, reason: nil)
-        }
-        if let t = took.current { result.firstByte.append(t) }
+        link.send(updateRequest)
+        guard link.receive(atLeast: updateRequest.count) == updateRequest.count else { fail("the echo ended") }
+        return monotonic() - start
     }
-    progress("echo")
-    let rtts = OnceValue<[Double]>()
-    try await WebSocketClient.connect(url: echoURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
-        var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
-        var pending = 0
-        func drain(_ n: Int) async throws {
-            while pending < n {
-                guard case .binary(let b)? = try await messages.next() else { throw TestFailure("echo ended") }
-                pending += b.readableBytes
-            }
-            pending -= n
-        }
-        try await drain(12)
-        try await outbound.write(.binary(ByteBuffer(bytes: rfbHello)))
-        var out: [Double] = []
-        for _ in 0..<rounds {
-            let start = monotonic()
-            try await outbound.write(.binary(ByteBuffer(bytes: updateRequest)))
-            try await drain(updateRequest.count)
-            out.append(monotonic() - start)
-        }
-        rtts.set(out)
-        try await outbound.close(.normalClosure, reason: nil)
-    }
-    result.rtt = rtts.current ?? []
-    progress("stream")
-    let rate = OnceValue<Double>()
+}
+
+/// MiB/s from the stream target after the handshake.
+func streamRate(_ path: BenchPath, bytes: Int) -> Double {
+    let link = path.stream()
+    defer { link.close() }
+    guard link.receive(atLeast: 12) == 12 else { fail("no greeting") }
+    link.send(rfbHello)
+    let start = monotonic()
     // websockify resets the connection once the target is done: count what arrived until then.
-    _ = try? await WebSocketClient.connect(url: streamURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
-        var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
-        _ = try await messages.next()
-        try await outbound.write(.binary(ByteBuffer(bytes: rfbHello)))
-        let start = monotonic()
-        var total = 0
-        do {
-            while total < streamBytes, case .binary(let b)? = try await messages.next() { total += b.readableBytes }
-        } catch {}
-        rate.set(Double(total) / 1_048_576 / (monotonic() - start))
-        if total < streamBytes { progress("stream ended after \(total >> 20) MiB") }
-        try? await outbound.close(.normalClosure, reason: nil)
-    }
-    result.mibPerSecond = rate.current ?? 0
+    let total = link.receive(atLeast: bytes)
+    if total < bytes { progress("a stream ended after \(total >> 20) MiB") }
+    return Double(total) / 1_048_576 / (monotonic() - start)
+}
 
-    progress("idle viewers")
-    // Idle viewers: each holds its connection after the handshake; the server's memory grows.
+/// Server memory per viewer holding an idle connection after the handshake.
+func idleCost(_ path: BenchPath, viewers: Int) -> Double? {
+    guard let memory = path.memory else { return nil }
     let before = memory()
-    let opened = Broadcast<Int>()
-    let hold = OnceValue<Void>()
-    let counter = opened.subscribe()
-    let viewers = Task {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for i in 0..<idle {
-                group.addTask {
-                    try await WebSocketClient.connect(url: echoURL, configuration: configuration, logger: quiet) { inbound, outbound, _ in
-                        var messages = inbound.messages(maxSize: 1 << 24).makeAsyncIterator()
-                        _ = try await messages.next()
-                        try await outbound.write(.binary(ByteBuffer(bytes: rfbHello)))
-                        opened.publish(i)
-                        try await hold.wait()
-                        try await outbound.close(.normalClosure, reason: nil)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
-    }
-    try await withTimeout(.seconds(60), "\(idle) idle viewers to connect") {
-        var ready = 0
-        for await _ in counter {
-            ready += 1
-            if ready == idle { return }
-        }
+    let links = (0..<viewers).map { _ in
+        let link = path.echo()
+        guard link.receive(atLeast: 12) == 12 else { fail("no greeting") }
+        link.send(rfbHello)
+        return link
     }
     // Let the servers settle (buffers allocated at connect are part of the cost).
-    try await Task.sleep(for: .milliseconds(500))
-    result.kibPerViewer = Double(memory() - before) / Double(idle)
-    hold.set(())
-    try await viewers.value
-    return result
+    usleep(500_000)
+    let cost = Double(memory() - before) / Double(viewers)
+    for link in links { link.close() }
+    return cost
 }
 
 // MARK: - The bridge's own process
@@ -274,45 +237,72 @@ func markedPSS(_ marker: String) -> Int {
 }
 
 func printBridge() async throws {
-    let streamBytes = 512 << 20, rounds = 2000, connects = 200, idle = 100
-    print("\nVNC WebSocket bridge vs Debian's websockify vs raw TCP (same targets; \(streamBytes >> 20) MiB stream, \(rounds) echoes, \(connects) connects, \(idle) idle viewers)")
+    let streamBytes = 512 << 20, browserBytes = 256 << 20, rounds = 7, echoesPerRound = 300, connects = 200, idle = 100
+    print("\nVNC WebSocket bridge vs Debian's websockify vs raw TCP (same targets and client; \(rounds) interleaved rounds of a \(streamBytes >> 20) MiB stream "
+        + "and \(echoesPerRound) echoes; \(browserBytes >> 20) MiB to a Chromium page; \(connects) connects; \(idle) idle viewers)")
     let echo = TargetServer(stream: nil), stream = TargetServer(stream: streamBytes)
-    let raw = rawPath(echo: echo.port, stream: stream.port, streamBytes: streamBytes, rounds: rounds, connects: connects)
 
     let secretFile = try makeTempDir("kioskd-bench-secret") + "/secret"
     let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
     try writeFile(secretFile, secret, mode: 0o600, owner: nil)
     let bridgePort = try freePort()
     let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", "\(echo.port)", "\(stream.port)", secretFile])
-    waitListening(bridgePort)
-    let tokens = await ViewerTokens(secret: secret)
-    let echoToken = try await tokens.mint(task: "echo", role: .view, ttl: 3600).token
-    let streamToken = try await tokens.mint(task: "stream", role: .view, ttl: 3600).token
-    let bridge = try await wsPath(echoURL: "ws://127.0.0.1:\(bridgePort)/api/v1/vnc/ws?task_id=echo&token=\(echoToken)",
-                                  streamURL: "ws://127.0.0.1:\(bridgePort)/api/v1/vnc/ws?task_id=stream&token=\(streamToken)",
-                                  streamBytes: streamBytes, rounds: rounds, connects: connects, memory: { rssKiB(bridgePID) }, idle: idle)
-    kill(bridgePID, SIGTERM)
-
     let wsEcho = try freePort(), wsStream = try freePort()
-    let a = spawn("/usr/bin/websockify", ["127.0.0.1:\(wsEcho)", "127.0.0.1:\(echo.port)"])
-    let b = spawn("/usr/bin/websockify", ["127.0.0.1:\(wsStream)", "127.0.0.1:\(stream.port)"])
-    waitListening(wsEcho)
-    waitListening(wsStream)
-    let websockify = try await wsPath(echoURL: "ws://127.0.0.1:\(wsEcho)/", streamURL: "ws://127.0.0.1:\(wsStream)/",
-                                      streamBytes: streamBytes, rounds: rounds, connects: connects, memory: { markedPSS("websockify 127.0.0.1:\(wsEcho) ") }, idle: idle)
-    kill(a, SIGTERM)
-    kill(b, SIGTERM)
+    let websockifyPIDs = [spawn("/usr/bin/websockify", ["127.0.0.1:\(wsEcho)", "127.0.0.1:\(echo.port)"]),
+                          spawn("/usr/bin/websockify", ["127.0.0.1:\(wsStream)", "127.0.0.1:\(stream.port)"])]
+    for port in [bridgePort, wsEcho, wsStream] { waitListening(port) }
+    defer {
+        kill(bridgePID, SIGTERM)
+        for pid in websockifyPIDs { kill(pid, SIGTERM) }
+    }
+    let tokens = await ViewerTokens(secret: secret)
+    let echoPath = "/api/v1/vnc/ws?task_id=echo&token=\(try await tokens.mint(task: "echo", role: .view, ttl: 3600).token)"
+    let streamPath = "/api/v1/vnc/ws?task_id=stream&token=\(try await tokens.mint(task: "stream", role: .view, ttl: 3600).token)"
+
+    let paths: [BenchPath] = [
+        BenchPath(echo: { BlockingWebSocket(port: bridgePort, path: echoPath) }, stream: { BlockingWebSocket(port: bridgePort, path: streamPath) },
+                  memory: { rssKiB(bridgePID) }),
+        BenchPath(echo: { BlockingWebSocket(port: wsEcho, path: "/") }, stream: { BlockingWebSocket(port: wsStream, path: "/") },
+                  memory: { markedPSS("websockify 127.0.0.1:\(wsEcho) ") }),
+        BenchPath(echo: { RawLink(port: echo.port) }, stream: { RawLink(port: stream.port) }, memory: nil),
+    ]
+    var results = [PathResult](repeating: PathResult(), count: paths.count)
+    // Memory first, on fresh heaps (later phases leave freed buffers that new viewers reuse).
+    progress("idle viewers")
+    for (i, path) in paths.enumerated() { results[i].kibPerViewer = idleCost(path, viewers: idle) }
+    progress("connects")
+    for (i, path) in paths.enumerated() { results[i].firstByte = (0..<connects).map { _ in firstByte(path) } }
+    // Interleaved, so a noisy moment on this shared machine hits every path alike.
+    progress("streams and echoes")
+    for _ in 0..<rounds {
+        for (i, path) in paths.enumerated() {
+            results[i].mibPerSecond.append(streamRate(path, bytes: streamBytes))
+            results[i].rtt += echoes(path, rounds: echoesPerRound)
+        }
+    }
+    progress("a browser as the viewer")
+    let browser = try await BrowserViewer.start(page: "http://127.0.0.1:\(bridgePort)/health")
+    for _ in 0..<3 {
+        results[0].browserMiBPerSecond.append(try await browser.rate(url: "ws://127.0.0.1:\(bridgePort)\(streamPath)", bytes: browserBytes))
+        results[1].browserMiBPerSecond.append(try await browser.rate(url: "ws://127.0.0.1:\(wsStream)/", bytes: browserBytes))
+    }
+    await browser.stop()
 
     func row4(_ n: String, _ x: String, _ y: String, _ z: String) -> String {
-        "| " + n.padding(toLength: 36) + " | " + x.padding(toLength: 12) + " | " + y.padding(toLength: 12) + " | " + z.padding(toLength: 12) + " |"
+        "| " + n.padding(toLength: 40) + " | " + x.padding(toLength: 12) + " | " + y.padding(toLength: 12) + " | " + z.padding(toLength: 12) + " |"
     }
+    func row(_ name: String, _ cell: (PathResult) -> String) -> String {
+        row4(name, cell(results[0]), cell(results[1]), cell(results[2]))
+    }
+    let rate = { (values: [Double]) in values.isEmpty ? "–" : String(Int(percentile(values, 0.5))) }
     print(row4("measure", "kioskd", "websockify", "raw TCP"))
-    print(row4(String(repeating: "-", count: 36), String(repeating: "-", count: 12), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
-    print(row4("server → viewer (MiB/s)", String(Int(bridge.mibPerSecond)), String(Int(websockify.mibPerSecond)), String(Int(raw.mibPerSecond))))
-    print(row4("echo RTT p50 (ms)", ms(percentile(bridge.rtt, 0.5)), ms(percentile(websockify.rtt, 0.5)), ms(percentile(raw.rtt, 0.5))))
-    print(row4("echo RTT p99 (ms)", ms(percentile(bridge.rtt, 0.99)), ms(percentile(websockify.rtt, 0.99)), ms(percentile(raw.rtt, 0.99))))
-    print(row4("connect → first RFB byte p50 (ms)", ms(percentile(bridge.firstByte, 0.5)), ms(percentile(websockify.firstByte, 0.5)), ms(percentile(raw.firstByte, 0.5))))
-    print(row4("memory per idle viewer (KiB)", String(Int(bridge.kibPerViewer ?? 0)), String(Int(websockify.kibPerViewer ?? 0)), "–"))
+    print(row4(String(repeating: "-", count: 40), String(repeating: "-", count: 12), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
+    print(row("server → viewer, median (MiB/s)") { rate($0.mibPerSecond) })
+    print(row("server → Chromium page, median (MiB/s)") { rate($0.browserMiBPerSecond) })
+    print(row("echo RTT p50 (µs)") { us(percentile($0.rtt, 0.5)) })
+    print(row("echo RTT p99 (µs)") { us(percentile($0.rtt, 0.99)) })
+    print(row("connect → first RFB byte p50 (ms)") { ms(percentile($0.firstByte, 0.5)) })
+    print(row("memory per idle viewer (KiB)") { $0.kibPerViewer.map { String(Int($0)) } ?? "–" })
     print("\ntargets: ≥ 3× websockify's throughput and ≥ 50 % of raw TCP; RTT p50 ≤ 2× raw; ≤ 64 KiB per idle viewer; first byte ≤ 2 ms")
 }
 

@@ -78,6 +78,10 @@ func ms(_ seconds: Double) -> String {
     return v < 10 ? String(Int((v * 100).rounded())).withDecimal(2) : String(Int((v * 10).rounded())).withDecimal(1)
 }
 
+func us(_ seconds: Double) -> String {
+    String(Int((seconds * 1_000_000).rounded()))
+}
+
 extension String {
     func withDecimal(_ places: Int) -> String {
         let padded = String(repeating: "0", count: max(0, places + 1 - count)) + self
