@@ -17,7 +17,7 @@ PACKAGES=(
   "xvfb:/usr/bin/Xvfb"                     # the session's virtual screen
   "openbox:/usr/bin/openbox"               # the session's window manager
   "x11vnc:/usr/bin/x11vnc"                 # the session's VNC server
-  "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks; xmessage
+  "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks; xmessage, xprop
   "x11-xserver-utils:/usr/bin/xmodmap"     # tests: a keymap change under the key grabber
   "openssl:/usr/bin/openssl"               # tests: a certificate for the public listener's TLS
   "curl:/usr/bin/curl"                     # tests: HTTPS health check

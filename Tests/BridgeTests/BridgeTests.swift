@@ -76,9 +76,7 @@ struct BridgeTests {
             + "onkeydown=\"if(event.key.length==1)document.title='typed:'+event.key\" onmousedown=\"document.title='clicked'\"></body>"
         let (info, viewToken) = try await h.task("r1", url: page)
         // Ready means the browser answers; the kiosk page may still be replacing about:blank.
-        try await eventually("the kiosk page to load") {
-            try await withPage(info) { cdp, s in try await evaluate(cdp, s, loadedTitle) } == "untouched"
-        }
+        #expect(try await waitForPage(info, url: "data:text/html") == "untouched")
         let controlToken = try await h.service.tokens.mint(task: "r1", role: .control, ttl: 60).token
 
         try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(viewToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
@@ -185,13 +183,33 @@ struct BridgeTests {
         let viewer = try await h.manager.create(SessionSettings(id: "viewer", url: "http://127.0.0.1:\(h.port)/viewer?task_id=shown&token=\(token)",
                                                                 width: 800, height: 600))
         let info = await viewer.info()
+        // noVNC draws into a canvas: a promise in the page checks it on every animation frame
+        // (the browser's own paint signal), then lets two more frames reach the screen.
+        _ = try await waitForPage(info, url: "http://127.0.0.1:\(h.port)/novnc/")
+        let painted = """
+            new Promise(resolve => {
+              const check = () => {
+                const c = document.querySelector('canvas');
+                if (c && c.width > 0) {
+                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let hits = 0;
+                  for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
+                  if (hits * 4 > d.length / 4) return requestAnimationFrame(() => requestAnimationFrame(() => resolve('painted')));
+                }
+                requestAnimationFrame(check);
+              };
+              check();
+            })
+            """
+        #expect(try await withTimeout(.seconds(30), "noVNC's canvas to show the kiosk's colour") {
+            try await withPage(info) { cdp, s in try await evaluate(cdp, s, painted) }
+        } == "painted")
         let shot = h.dir + "/viewer.ppm"
-        try await eventually("noVNC's canvas to show the kiosk's colour", timeout: .seconds(30)) {
-            let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],
-                                         environment: ["PATH": "/usr/bin:/bin", "XAUTHORITY": info.directory + "/Xauthority"])
-            guard rc == 0, let pixels = readSmallFileBytes(shot, limit: 8 << 20) else { return false }
-            return Self.share(of: (200, 30, 30), in: pixels) > 0.25
-        }
+        let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],
+                                     environment: ["PATH": "/usr/bin:/bin", "XAUTHORITY": info.directory + "/Xauthority"])
+        #expect(rc == 0)
+        let pixels = readSmallFileBytes(shot, limit: 8 << 20) ?? []
+        #expect(Self.share(of: (200, 30, 30), in: pixels) > 0.25, "the viewer's screen shows the kiosk's colour")
         let events = try await h.service.store.events("shown", after: 0, limit: 500)
         #expect(events.contains { $0.type == "viewer_connected" && $0.data.contains(#""role":"view""#) })
     }

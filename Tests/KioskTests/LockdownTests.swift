@@ -185,10 +185,10 @@ struct LockdownTests {
             if case .lockdown(.windowClosed) = e.event { return true }
             return false
         }
-        try await eventually("one window and one tab again") {
-            let windows = try await session.windows().count, tabs = try await pageTargets(info).count
-            return windows == 1 && tabs == 1
-        }
+        // The popup's X window goes after its tab: once the window list is down to one, so are the tabs.
+        try await waitForKioskWindowAlone(info)
+        #expect(try await session.windows().count == 1)
+        #expect(try await pageTargets(info).count == 1)
 
         // A window of another X client: only the X watchdog can see it.
         let xmessage = try systemProgram("/usr/bin/xmessage", package: "x11-utils")
@@ -200,7 +200,8 @@ struct LockdownTests {
         try await f.recorder.wait(for: "the watchdog's report of closing the intruder's window", after: windowMark) { e in
             if e.session == "watchdog", case .lockdown(.windowClosed(_, let name)) = e.event { return name == "intruder" } else { return false }
         }
-        try await eventually("the kiosk window alone again") { try await session.windows().count == 1 }
+        try await waitForKioskWindowAlone(info)
+        #expect(try await session.windows().count == 1)
     }
 
     @Test func keysAndButtonsHeldByADepartingViewerAreReleased() async throws {
@@ -227,6 +228,15 @@ struct LockdownTests {
 }
 
 /// The browser's tabs, from its CDP endpoint.
+/// Follows the window manager's client list with `xprop -spy` until it holds one window.
+func waitForKioskWindowAlone(_ info: SessionInfo) async throws {
+    let xprop = try systemProgram("/usr/bin/xprop", package: "x11-utils")
+    try await waitForLine(xprop, ["-root", "-spy", "_NET_CLIENT_LIST"], environment: ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority"],
+                          "the kiosk window alone in _NET_CLIENT_LIST") { line in
+        line.hasPrefix("_NET_CLIENT_LIST") && line.split(separator: ",").count == 1 && line.contains("0x")
+    }
+}
+
 func pageTargets(_ info: SessionInfo) async throws -> [(id: String, url: String)] {
     guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
           let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }

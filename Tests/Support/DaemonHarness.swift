@@ -191,3 +191,53 @@ public func runToExit(_ path: String, _ arguments: [String], environment: [Strin
     let s = try await withTimeout(timeout, "\(path) to finish") { try await status.wait() }
     return s & 0x7f == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
 }
+
+/// Runs a program that reports changes as lines (`xprop -spy` prints a property, then again on
+/// every change) until a line satisfies `condition`: a wait on the X server's own notification,
+/// bounded by `timeout`. The program is killed afterwards.
+public func waitForLine(_ path: String, _ arguments: [String], environment: [String: String], _ what: String,
+                        timeout: Duration = .seconds(15), _ condition: @escaping @Sendable (String) -> Bool) async throws {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+    posix_spawn_file_actions_addclose(&actions, fds[0])
+    posix_spawn_file_actions_addclose(&actions, fds[1])
+    var pid: pid_t = 0
+    let rc = spawnWithDefaultSignals(&pid, path, &actions, argv, envp)
+    close(fds[1])
+    guard rc == 0 else {
+        close(fds[0])
+        throw TestFailure("cannot run \(path): errno \(rc)")
+    }
+    defer {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    }
+    let matched = OnceValue<Bool>()
+    let reader = fds[0]
+    Thread.detach {
+        guard let file = fdopen(reader, "r") else {
+            matched.set(false)
+            return
+        }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let line {
+            if condition(String(cString: line)) {
+                matched.set(true)
+                return
+            }
+        }
+        matched.set(false)
+    }
+    guard try await withTimeout(timeout, what, { try await matched.wait() }) else { throw TestFailure("\(path) ended before \(what)") }
+}

@@ -1,5 +1,6 @@
 import Kiosk
 import Logging
+import Supervision
 
 /// A CDP connection to the session's first page, for driving it the way an agent does.
 public func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
@@ -25,3 +26,24 @@ public func evaluate(_ cdp: CDPConnection, _ session: String, _ expression: Stri
 
 /// A page load that finished: the title once the document is complete.
 public let loadedTitle = "new Promise(r => document.readyState === 'complete' ? r(document.title) : addEventListener('load', () => r(document.title)))"
+
+/// Waits on CDP's target events (not by polling) until a tab of the session shows a URL
+/// starting with `prefix`: a ready session's tab may still be replacing about:blank. Then waits
+/// for that page's load and returns its title.
+public func waitForPage(_ info: SessionInfo, url prefix: String, timeout: Duration = .seconds(20)) async throws -> String {
+    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    try await withTimeout(timeout, "a tab at \(prefix)") {
+        try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
+            // Subscribed before asking: existing targets are announced as created, changes after.
+            let events = cdp.events
+            _ = try await cdp.send("Target.setDiscoverTargets", ["discover": true])
+            for await event in events where event.method == "Target.targetCreated" || event.method == "Target.targetInfoChanged" {
+                guard let target = event.params["targetInfo"], BrowserWatch.isTab(target) else { continue }
+                if target["url"]?.string?.hasPrefix(prefix) == true { return }
+            }
+            throw TestFailure("the browser's CDP connection ended")
+        }
+    }
+    return try await withPage(info) { cdp, session in try await evaluate(cdp, session, loadedTitle) }
+}

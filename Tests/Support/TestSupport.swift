@@ -198,16 +198,6 @@ public func connectLoopback(port: Int, timeout: Int = 10) throws -> Int32 {
     return fd
 }
 
-/// Re-checks state that announces no event (a window list, a tab count) until it holds or the
-/// deadline passes.
-public func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: @Sendable () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while try await !condition() {
-        guard ContinuousClock.now < deadline else { throw TestFailure("timed out after \(timeout) waiting for \(what)") }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-}
-
 /// Re-checks `condition` each time `updates` publishes (and once at once): waiting on the real
 /// signal, bounded by a deadline.
 public func waitUntil<T: Sendable>(_ what: String, on updates: Broadcast<T>, timeout: Duration = .seconds(20),
