@@ -5,9 +5,6 @@ import Logging
 import Metrics
 import NIOCore
 import NIOSSL
-import ServiceLifecycle
-import Supervision
-import Synchronization
 
 /// The public listener's request context.
 public struct PublicContext: RequestContext {
