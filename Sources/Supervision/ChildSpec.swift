@@ -38,6 +38,10 @@ public struct ChildSpec: Sendable {
     public var shutdown: Shutdown
     /// A significant child that ends (and is not restarted) can end its supervisor: see `AutoShutdown`.
     public var significant: Bool
+    /// None of its siblings depends on it: its crash restarts only itself, under any strategy.
+    /// It still restarts with the rest when a sibling it depends on crashes (rest_for_one: one
+    /// before it; one_for_all: any).
+    public var restartsAlone: Bool
     /// Passing this probe is what "started" means. `nil`: started as soon as it runs.
     public var readiness: ReadinessProbe?
     public var readyTimeout: Duration
@@ -48,6 +52,7 @@ public struct ChildSpec: Sendable {
         restart: RestartType = .permanent,
         shutdown: Shutdown? = nil,
         significant: Bool = false,
+        restartsAlone: Bool = false,
         readiness: ReadinessProbe? = nil,
         readyTimeout: Duration = .seconds(10)
     ) {
@@ -62,6 +67,7 @@ public struct ChildSpec: Sendable {
             self.shutdown = .timeout(.seconds(5))
         }
         self.significant = significant
+        self.restartsAlone = restartsAlone
         self.readiness = readiness
         self.readyTimeout = readyTimeout
     }

@@ -5,8 +5,18 @@
 /// children crashed, executed one step at a time, and may be dropped at any step boundary and
 /// derived again. That keeps crashes during a restart, start failures and shutdown requests
 /// arriving mid-plan simple and correct.
+///
+/// The intensity counts faults, not exits: a child that exits because a child it depends on died
+/// (an X client when its X server goes) is part of that child's restart, whichever exit is
+/// reported first.
 public struct SupervisorStateMachine: Sendable {
     public typealias Instant = ContinuousClock.Instant
+
+    /// How long after a dependent's crash the crash that caused it may still be reported. Exits
+    /// are posted in no set order: when Xvfb is killed, the lockdown and Openbox often report
+    /// first, while Xvfb's own exit waits for its leftovers to be swept, which can take the 1 s
+    /// they get for SIGTERM.
+    public static let foldWindow: Duration = .seconds(2)
 
     public enum Input: Sendable {
         /// Begin the initial, ordered start.
@@ -76,6 +86,7 @@ public struct SupervisorStateMachine: Sendable {
         public let id: String
         public let restart: RestartType
         public let significant: Bool
+        public let restartsAlone: Bool
         public internal(set) var status: Status = .down
         public internal(set) var generation = 0
         /// Consecutive failures, for the backoff.
@@ -87,6 +98,10 @@ public struct SupervisorStateMachine: Sendable {
         public internal(set) var readyDetail = ""
         /// Down because it failed (as opposed to stopped as a sibling, or never started).
         var crashed = false
+        /// `startCount` when this incarnation started, and when the child last crashed: which
+        /// crashes happened while which incarnations ran.
+        var startSeq = 0
+        var crashSeq: Int?
         var addRequest: Int?
         var removeRequest: Int?
     }
@@ -106,6 +121,13 @@ public struct SupervisorStateMachine: Sendable {
         case remove(String)
     }
 
+    /// One counted restart: when, whose, and `startCount` at the time.
+    struct Restart: Equatable {
+        var at: Instant
+        var child: String
+        var seq: Int
+    }
+
     /// What the current step waits for.
     enum Awaiting: Equatable {
         case exit(String)
@@ -121,8 +143,12 @@ public struct SupervisorStateMachine: Sendable {
     var phase: Phase = .idle
     var plan: [Step] = []
     var awaiting: Awaiting?
-    var restartTimes: [Instant] = []
+    var restartTimes: [Restart] = []
     var nextTimerToken = 0
+    /// Children started so far: orders starts and crashes (see `Child.startSeq`).
+    var startCount = 0
+    /// A spent budget waiting for `foldWindow` before giving up (see `verdict`).
+    var verdictTimer: Int?
     let random: @Sendable () -> Double
 
     public init(spec: SupervisorSpec, random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
@@ -130,7 +156,7 @@ public struct SupervisorStateMachine: Sendable {
         intensity = spec.intensity
         backoff = spec.backoff
         autoShutdown = spec.autoShutdown
-        children = spec.children.map { Child(id: $0.id, restart: $0.restart, significant: $0.significant) }
+        children = spec.children.map { Child(id: $0.id, restart: $0.restart, significant: $0.significant, restartsAlone: $0.restartsAlone) }
         self.random = random
     }
 
@@ -159,6 +185,11 @@ public struct SupervisorStateMachine: Sendable {
             childReady(id, generation, detail, now, &actions)
         case .childExited(let id, let generation, let reason):
             childExited(id, generation, reason, now, &actions)
+        case .timerFired(let token) where token == verdictTimer:
+            verdictTimer = nil
+            if phase == .running || phase == .starting, exceedsIntensity(now), let last = restartTimes.last {
+                giveUp(after: last.child, &actions)
+            }
         case .timerFired(let token):
             guard awaiting == .timer(token) else { return [] }
             awaiting = nil
@@ -226,11 +257,11 @@ public struct SupervisorStateMachine: Sendable {
                 actions.append(.replyAdd(request: request, error: .failedToStart(child: id, reason: reason.description)))
                 return
             }
-            children[i].crashed = true
-            recordFailure(i, now)
             plan = []
-            if exceedsIntensity(now) {
-                giveUp(after: id, &actions)
+            switch verdict(afterCrashOf: i, now) {
+            case .withinBudget: break
+            case .spent: giveUp(after: id, &actions)
+            case .waitForCause: armVerdictTimer(&actions)
             }
         }
     }
@@ -260,24 +291,86 @@ public struct SupervisorStateMachine: Sendable {
         if let readyAt = child.readyAt, now - readyAt >= backoff.resetAfter {
             children[i].failures = 0
         }
-        children[i].crashed = true
-        recordFailure(i, now)
-        let givingUp = exceedsIntensity(now)
-        actions.append(.event(.exited(child: child.id, reason: reason, willRestart: !givingUp)))
+        let verdict = verdict(afterCrashOf: i, now)
+        actions.append(.event(.exited(child: child.id, reason: reason, willRestart: verdict != .spent)))
         // Drop the rest of a restart plan in progress: the next one is derived with this crash in
         // it. The initial start runs to its end first, as OTP handles exits after init.
         if phase == .running { plan = [] }
-        if givingUp { giveUp(after: child.id, &actions) }
+        switch verdict {
+        case .withinBudget: break
+        case .spent: giveUp(after: child.id, &actions)
+        case .waitForCause: armVerdictTimer(&actions)
+        }
     }
 
-    private mutating func recordFailure(_ i: Int, _ now: Instant) {
+    enum Verdict {
+        case withinBudget
+        case spent
+        /// Spent, unless the crash of a child this one depends on is reported within `foldWindow`
+        /// and takes this crash over.
+        case waitForCause
+    }
+
+    /// Marks child `i` crashed, counts the crash once per fault, and says whether the budget is spent.
+    private mutating func verdict(afterCrashOf i: Int, _ now: Instant) -> Verdict {
+        children[i].crashed = true
+        children[i].crashSeq = startCount
+        guard recordFailure(i, now), exceedsIntensity(now) else { return .withinBudget }
+        // A cause not yet reported could still take this crash over and bring the count down.
+        let causeMayFollow = children.indices.contains { j in
+            depends(i, on: j) && !depends(j, on: i) && children[j].status.isAlive
+        }
+        return causeMayFollow ? .waitForCause : .spent
+    }
+
+    /// Counts child `i`'s crash towards the intensity; returns false when it is part of a fault
+    /// already counted.
+    private mutating func recordFailure(_ i: Int, _ now: Instant) -> Bool {
+        restartTimes.removeAll { now - $0.at > intensity.period }
+        // A child it depends on crashed while this incarnation ran and is not back: this exit is
+        // a consequence, and that child's restart restarts this one too.
+        let consequence = children.indices.contains { j in
+            guard depends(i, on: j), let crashed = children[j].crashSeq, crashed >= children[i].startSeq else { return false }
+            return children[j].status == .down || children[j].status == .starting
+        }
+        if consequence { return false }
+        // The reverse order: dependents that crashed during this incarnation, just before, and
+        // are not back were its consequences reported first. Their counts become this one.
+        let takenOver = restartTimes.indices.filter { n in
+            let r = restartTimes[n]
+            guard now - r.at <= Self.foldWindow, r.seq >= children[i].startSeq, let d = index(r.child) else { return false }
+            return depends(d, on: i) && children[d].status != .running
+        }
+        for n in takenOver.reversed() {
+            if let d = index(restartTimes[n].child) { children[d].failures = max(0, children[d].failures - 1) }
+            restartTimes.remove(at: n)
+        }
         children[i].failures += 1
-        restartTimes.append(now)
-        restartTimes.removeAll { now - $0 > intensity.period }
+        restartTimes.append(Restart(at: now, child: children[i].id, seq: startCount))
+        return true
     }
 
     private func exceedsIntensity(_ now: Instant) -> Bool {
-        restartTimes.count > intensity.maxRestarts
+        restartTimes.filter { now - $0.at <= intensity.period }.count > intensity.maxRestarts
+    }
+
+    private mutating func armVerdictTimer(_ actions: inout [Action]) {
+        guard verdictTimer == nil else { return }
+        nextTimerToken += 1
+        verdictTimer = nextTimerToken
+        actions.append(.scheduleTimer(token: nextTimerToken, after: Self.foldWindow))
+    }
+
+    /// Whether child `i` depends on child `j`, so that `j`'s crash restarts `i` too: under
+    /// rest_for_one on every child before it, under one_for_all on every other child, and never
+    /// on a child that restarts alone.
+    func depends(_ i: Int, on j: Int) -> Bool {
+        guard i != j, !children[j].restartsAlone else { return false }
+        switch strategy {
+        case .oneForOne: return false
+        case .restForOne: return j < i
+        case .oneForAll: return true
+        }
     }
 
     private mutating func giveUp(after id: String, _ actions: inout [Action]) {
@@ -310,7 +403,7 @@ public struct SupervisorStateMachine: Sendable {
             actions.append(.replyAdd(request: request, error: .duplicateChild(spec.id)))
             return
         }
-        var child = Child(id: spec.id, restart: spec.restart, significant: spec.significant)
+        var child = Child(id: spec.id, restart: spec.restart, significant: spec.significant, restartsAlone: spec.restartsAlone)
         child.addRequest = request
         children.append(child)
     }
@@ -392,6 +485,8 @@ public struct SupervisorStateMachine: Sendable {
             children[i].status = .starting
             children[i].crashed = false
             children[i].generation += 1
+            startCount += 1
+            children[i].startSeq = startCount
             actions.append(.event(.starting(child: id, generation: children[i].generation)))
             actions.append(.startChild(id: id, generation: children[i].generation))
             awaiting = .ready(id)
@@ -441,17 +536,7 @@ public struct SupervisorStateMachine: Sendable {
         }
 
         let crashed = children.indices.filter { children[$0].crashed && children[$0].status == .down }
-        var stops: [Int] = []
-        if let first = crashed.first {
-            switch strategy {
-            case .oneForOne:
-                stops = []
-            case .restForOne:
-                stops = children.indices.filter { $0 > first && children[$0].status.isAlive }
-            case .oneForAll:
-                stops = children.indices.filter { children[$0].status.isAlive }
-            }
-        }
+        let stops = children.indices.filter { i in children[i].status.isAlive && crashed.contains { depends(i, on: $0) } }
         let starting = Set(stops).union(children.indices.filter { children[$0].status == .down })
         guard !starting.isEmpty else { return false }
 

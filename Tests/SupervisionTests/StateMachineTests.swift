@@ -8,9 +8,9 @@ struct Harness {
 
     init(_ strategy: Strategy, _ children: [(String, RestartType)], intensity: Intensity = .init(maxRestarts: 3, period: .seconds(10)),
          backoff: Backoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1), jitter: 0, resetAfter: .seconds(5)),
-         autoShutdown: AutoShutdown = .never, significant: Set<String> = []) {
+         autoShutdown: AutoShutdown = .never, significant: Set<String> = [], alone: Set<String> = []) {
         let specs = children.map { id, restart in
-            ChildSpec(id: id, kind: .task { _ in }, restart: restart, significant: significant.contains(id))
+            ChildSpec(id: id, kind: .task { _ in }, restart: restart, significant: significant.contains(id), restartsAlone: alone.contains(id))
         }
         machine = SupervisorStateMachine(
             spec: SupervisorSpec(strategy: strategy, intensity: intensity, backoff: backoff, autoShutdown: autoShutdown, children: specs),
@@ -47,6 +47,63 @@ struct Harness {
         #expect(actions == [.ready])
     }
 }
+
+extension Harness {
+    /// One fault: the current incarnations of `dying` exit in that order, all at `now`, as X
+    /// clients do when their X server is killed. The machine is answered as real children would
+    /// answer it: a stop by the child's exit (a dying child's own exit is that answer), a start
+    /// made before every exit is in by a failure (the display is gone), a later one by ready.
+    /// `interleaved`: those answers come between the exits; otherwise after all of them. Timers
+    /// fire only once every exit is in (the fold window outlasts the fault's reporting).
+    mutating func fault(_ dying: [String], interleaved: Bool = false) {
+        var answers: [SupervisorStateMachine.Input] = []
+        var timers: [SupervisorStateMachine.Input] = []
+        var unreported = dying
+        let dyingGeneration = Dictionary(uniqueKeysWithValues: machine.children.map { ($0.id, $0.generation) })
+        while true {
+            let input: SupervisorStateMachine.Input
+            if !unreported.isEmpty, !interleaved || answers.isEmpty {
+                let id = unreported.removeFirst()
+                input = .childExited(id: id, generation: dyingGeneration[id]!, reason: .exited(1))
+            } else if !answers.isEmpty {
+                input = answers.removeFirst()
+            } else if !timers.isEmpty {
+                input = timers.removeFirst()
+            } else {
+                return
+            }
+            for action in send(input) {
+                switch action {
+                case .startChild(let id, let g):
+                    answers.append(unreported.isEmpty ? .childReady(id: id, generation: g, detail: "")
+                                   : .childExited(id: id, generation: g, reason: .failed("cannot open display")))
+                case .stopChild(let id, let g) where !(g == dyingGeneration[id] && unreported.contains(id)):
+                    answers.append(.childExited(id: id, generation: g, reason: .signaled(15)))
+                case .scheduleTimer(let token, _):
+                    timers.append(.timerFired(token: token))
+                default:
+                    break
+                }
+            }
+        }
+    }
+
+    /// Whose crashes the intensity holds, oldest first.
+    var counted: [String] { machine.restartTimes.map(\.child) }
+}
+
+/// Every order of `items`.
+func permutations<T>(_ items: [T]) -> [[T]] {
+    guard items.count > 1 else { return [items] }
+    return items.indices.flatMap { i in
+        var rest = items
+        let first = rest.remove(at: i)
+        return permutations(rest).map { [first] + $0 }
+    }
+}
+
+/// The session's shape: an X server, a window manager nothing depends on, the lockdown, the clients.
+let sessionShape: [(String, RestartType)] = [("x", .permanent), ("wm", .permanent), ("lock", .permanent), ("app", .permanent)]
 
 @Suite("Supervisor state machine")
 struct StateMachineTests {
@@ -349,5 +406,164 @@ struct StateMachineTests {
         #expect(kinds == [.ready(child: "a", detail: "42"), .supervisorReady])
         kinds = h.send(.childExited(id: "a", generation: 1, reason: .signaled(9))).compactMap { if case .event(let k) = $0 { k } else { nil } }
         #expect(kinds == [.exited(child: "a", reason: .signaled(9), willRestart: true), .restarting(children: ["a"], after: .zero), .starting(child: "a", generation: 2)])
+    }
+
+    // MARK: - One fault, one restart
+
+    @Test(arguments: permutations(["x", "wm", "lock", "app"]), [false, true])
+    func aFaultCountsOnceWhateverOrderItsExitsArriveIn(order: [String], interleaved: Bool) {
+        // Budget 2: a first fault, then this one, and the tree stays up.
+        var h = Harness(.restForOne, sessionShape, intensity: .init(maxRestarts: 2, period: .seconds(60)), alone: ["wm"])
+        h.startAll()
+        h.fault(["x", "wm", "lock", "app"])
+        h.fault(order, interleaved: interleaved)
+        #expect(!h.machine.isFinished, "\(order): \(String(describing: h.machine.outcome))")
+        #expect(h.counted == ["x", "x"], "each fault is x's restart, whoever reported first")
+        for child in h.machine.children {
+            #expect(child.status == .running && child.generation >= 3, "\(child.id) restarted with x")
+            if child.id != "x" { #expect(child.failures == 0, "\(child.id): a consequence does not back it off") }
+        }
+
+        // Budget 1: the same second fault spends it, and the reason names x.
+        var over = Harness(.restForOne, sessionShape, intensity: .init(maxRestarts: 1, period: .seconds(60)), alone: ["wm"])
+        over.startAll()
+        over.fault(["x", "wm", "lock", "app"])
+        over.fault(order, interleaved: interleaved)
+        guard case .gaveUp(let why)? = over.machine.outcome else {
+            Issue.record("\(order): expected to give up, got \(String(describing: over.machine.outcome))")
+            return
+        }
+        #expect(why.hasSuffix("(last: 'x')"), "\(why)")
+    }
+
+    @Test(arguments: permutations(["a", "b", "c"]), [false, true])
+    func oneForAllCountsAFaultOnceToo(order: [String], interleaved: Bool) {
+        var h = Harness(.oneForAll, [("a", .permanent), ("b", .permanent), ("c", .permanent)],
+                        intensity: .init(maxRestarts: 1, period: .seconds(60)))
+        h.startAll()
+        h.fault(order, interleaved: interleaved)
+        h.fault(order, interleaved: interleaved)
+        // Every child depends on every other: the first exit reported names the fault.
+        #expect(h.counted == [order[0], order[0]])
+        guard case .gaveUp? = h.machine.outcome else {
+            Issue.record("two faults spend a budget of one: \(String(describing: h.machine.outcome))")
+            return
+        }
+        var once = Harness(.oneForAll, [("a", .permanent), ("b", .permanent), ("c", .permanent)],
+                           intensity: .init(maxRestarts: 1, period: .seconds(60)))
+        once.startAll()
+        once.fault(order, interleaved: interleaved)
+        #expect(!once.machine.isFinished && once.machine.children.allSatisfy { $0.status == .running && $0.generation == 2 })
+    }
+
+    @Test func oneForOneCountsEveryExit() {
+        var h = Harness(.oneForOne, [("a", .permanent), ("b", .permanent), ("c", .permanent)],
+                        intensity: .init(maxRestarts: 2, period: .seconds(10)), backoff: .none)
+        h.startAll()
+        _ = h.exit("a")
+        _ = h.exit("b")
+        let third = h.send(.childExited(id: "c", generation: 1, reason: .exited(1)))
+        #expect(third.contains(.event(.exited(child: "c", reason: .exited(1), willRestart: false))), "three faults in one instant are three restarts")
+        #expect(h.counted == ["a", "b", "c"])
+    }
+
+    @Test func aDependentsCrashWhoseCauseNeverComesGivesUpAfterTheWindow() {
+        var h = Harness(.restForOne, [("x", .permanent), ("lock", .permanent)], intensity: .init(maxRestarts: 0, period: .seconds(10)))
+        h.startAll()
+        let all = h.send(.childExited(id: "lock", generation: 1, reason: .exited(1)))
+        #expect(all.contains(.event(.exited(child: "lock", reason: .exited(1), willRestart: true))), "not yet: x's exit may be on its way")
+        #expect(Harness.effects(all) == [.scheduleTimer(token: 1, after: SupervisorStateMachine.foldWindow), .startChild(id: "lock", generation: 2)])
+        h.now = h.now + SupervisorStateMachine.foldWindow
+        #expect(Harness.effects(h.send(.timerFired(token: 1))) == [.stopChild(id: "lock", generation: 2)], "x stayed up: the budget is spent")
+        #expect(h.exit("lock", .signaled(15)) == [.stopChild(id: "x", generation: 1)])
+        _ = h.exit("x", .signaled(15))
+        guard case .gaveUp(let why)? = h.machine.outcome else {
+            Issue.record("expected to give up, got \(String(describing: h.machine.outcome))")
+            return
+        }
+        #expect(why.hasSuffix("(last: 'lock')"))
+    }
+
+    @Test func aCauseReportedWithinTheWindowTakesTheCrashOver() {
+        var h = Harness(.restForOne, [("x", .permanent), ("wm", .permanent), ("lock", .permanent)],
+                        intensity: .init(maxRestarts: 1, period: .seconds(10)), alone: ["wm"])
+        h.startAll()
+        #expect(h.exit("lock") == [.startChild(id: "lock", generation: 2)])
+        // Two crashes spend a budget of one, unless x's exit follows and takes them over.
+        h.now = h.now + .milliseconds(1)
+        #expect(h.exit("wm") == [.scheduleTimer(token: 1, after: SupervisorStateMachine.foldWindow)])
+        h.now = h.now + .milliseconds(300)
+        #expect(h.exit("x").isEmpty, "the lockdown's start is still pending")
+        #expect(h.counted == ["x"])
+        #expect(h.exit("lock", .failed("cannot open display")) == [.startChild(id: "x", generation: 2)], "folded, and no backoff for it")
+        #expect(h.counted == ["x"])
+        h.now = h.now + .milliseconds(700)
+        #expect(Harness.effects(h.send(.timerFired(token: 1))).isEmpty, "within budget: no give-up")
+        #expect(h.ready("x") == [.startChild(id: "wm", generation: 2)])
+        #expect(!h.machine.isFinished)
+    }
+
+    @Test func aDependentsOwnCrashCountsWhenItsCauseIsLaterOrItCameBack() {
+        // Outside the window: two faults.
+        var late = Harness(.restForOne, [("x", .permanent), ("lock", .permanent)], intensity: .init(maxRestarts: 5, period: .seconds(60)))
+        late.startAll()
+        _ = late.exit("lock")
+        late.now = late.now + SupervisorStateMachine.foldWindow + .milliseconds(1)
+        _ = late.exit("x")
+        #expect(late.counted == ["lock", "x"])
+
+        // Back up before its cause crashed: its crash was its own.
+        var back = Harness(.restForOne, [("x", .permanent), ("lock", .permanent)], intensity: .init(maxRestarts: 5, period: .seconds(60)))
+        back.startAll()
+        _ = back.exit("lock")
+        _ = back.ready("lock")
+        _ = back.exit("x")
+        #expect(back.counted == ["lock", "x"])
+
+        // Restarted after its cause: a new incarnation's crash is a new fault.
+        var again = Harness(.restForOne, [("x", .permanent), ("lock", .permanent)], intensity: .init(maxRestarts: 5, period: .seconds(60)))
+        again.startAll()
+        _ = again.exit("x")
+        _ = again.exit("lock", .signaled(15))
+        _ = again.ready("x")
+        _ = again.ready("lock")
+        _ = again.exit("lock")
+        #expect(again.counted == ["x", "lock"])
+    }
+
+    @Test func aFailedRestartAfterItsCauseIsBackCounts() {
+        var h = Harness(.restForOne, [("x", .permanent), ("lock", .permanent)], intensity: .init(maxRestarts: 5, period: .seconds(60)))
+        h.startAll()
+        _ = h.exit("x")
+        _ = h.exit("lock", .signaled(15))
+        _ = h.ready("x")
+        _ = h.exit("lock", .failed("not ready within 1 s"))
+        #expect(h.counted == ["x", "lock"])
+        // Later, while x is down again, the lockdown's failing start is x's.
+        h.now = h.now + SupervisorStateMachine.foldWindow + .milliseconds(1)
+        _ = h.exit("x")
+        _ = h.exit("lock", .failed("cannot open display"))
+        #expect(h.counted == ["x", "lock", "x"])
+    }
+
+    @Test func aChildThatRestartsAloneTakesNoSiblingWithIt() {
+        var h = Harness(.restForOne, sessionShape, alone: ["wm"])
+        h.startAll()
+        #expect(h.exit("wm") == [.startChild(id: "wm", generation: 2)], "nothing after the window manager depends on it")
+        _ = h.ready("wm")
+        // An earlier sibling's crash still restarts it, in order.
+        #expect(h.exit("x") == [.stopChild(id: "app", generation: 1)])
+        #expect(h.exit("app", .signaled(15)) == [.stopChild(id: "lock", generation: 1)])
+        #expect(h.exit("lock", .signaled(15)) == [.stopChild(id: "wm", generation: 2)])
+        #expect(h.exit("wm", .signaled(15)) == [.startChild(id: "x", generation: 2)])
+        #expect(h.ready("x") == [.startChild(id: "wm", generation: 3)])
+
+        var all = Harness(.oneForAll, [("a", .permanent), ("b", .permanent), ("c", .permanent)], alone: ["a"])
+        all.startAll()
+        #expect(all.exit("a") == [.startChild(id: "a", generation: 2)])
+        _ = all.ready("a")
+        #expect(all.exit("b") == [.stopChild(id: "c", generation: 1)])
+        #expect(all.exit("c", .signaled(15)) == [.stopChild(id: "a", generation: 2)])
+        #expect(all.exit("a", .signaled(15)) == [.startChild(id: "a", generation: 3)])
     }
 }
