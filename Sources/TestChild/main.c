@@ -12,6 +12,10 @@
  *   --orphan             leave an orphan: a grandchild that outlives its parent by 50 ms and
  *                        exits, to be reaped by whoever adopted it
  *   --listen PORT BANNER listen on 127.0.0.1:PORT and greet every connection with BANNER
+ *   --hold PORT          listen on 127.0.0.1:PORT and keep every connection open (a server
+ *                        whose clients see it die, as X clients see Xvfb die)
+ *   --follow PORT        connect to 127.0.0.1:PORT, print "following", and exit 1 once the
+ *                        server closes the connection (a client that dies with its server)
  *   --flood BYTES        write BYTES bytes of 100-byte lines to stdout, then "flood done"
  *   --exit CODE          exit with CODE
  *   --crash              abort (SIGABRT)
@@ -50,18 +54,32 @@ static void write_line(int fd, const char *text) {
     dprintf(fd, "%s\n", text);
 }
 
+/* banner NULL: keep each connection open instead of greeting and closing it. */
 struct listener { int fd; const char *banner; };
 
 static void *serve(void *arg) {
     struct listener *l = arg;
     for (;;) {
         int c = accept(l->fd, NULL, NULL);
-        if (c < 0) continue;
+        if (c < 0 || !l->banner) continue;
         ssize_t ignored = write(c, l->banner, strlen(l->banner));
         (void)ignored;
         close(c);
     }
     return NULL;
+}
+
+static int listen_loopback(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 16) < 0) {
+        perror("listen");
+        return -1;
+    }
+    return fd;
 }
 
 int main(int argc, char **argv) {
@@ -117,21 +135,25 @@ int main(int argc, char **argv) {
             }
             int status;
             waitpid(mid, &status, 0);
-        } else if (!strcmp(a, "--listen") && i + 2 < argc) {
+        } else if ((!strcmp(a, "--listen") && i + 2 < argc) || (!strcmp(a, "--hold") && i + 1 < argc)) {
             static struct listener l;
-            int port = atoi(argv[++i]);
-            l.banner = argv[++i];
-            l.fd = socket(AF_INET, SOCK_STREAM, 0);
-            int one = 1;
-            setsockopt(l.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-            struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            if (bind(l.fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(l.fd, 16) < 0) {
-                perror("listen");
-                return 3;
-            }
+            l.fd = listen_loopback(atoi(argv[++i]));
+            l.banner = !strcmp(a, "--listen") ? argv[++i] : NULL;
+            if (l.fd < 0) return 3;
             pthread_t t;
             pthread_create(&t, NULL, serve, &l);
+        } else if (!strcmp(a, "--follow") && i + 1 < argc) {
+            int fd = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[++i]))};
+            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+                perror("follow");
+                return 1;
+            }
+            write_line(1, "following");
+            char buf[64];
+            while (read(fd, buf, sizeof buf) > 0) {}
+            return 1;
         } else if (!strcmp(a, "--flood") && i + 1 < argc) {
             long long total = atoll(argv[++i]);
             char line[100];

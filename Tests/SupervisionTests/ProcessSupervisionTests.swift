@@ -150,6 +150,43 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    @Test func aServersClientsDyingWithItAreItsOneRestartUntilTheBudgetIsSpent() async throws {
+        // x is a server and a, b its clients, which exit as soon as it dies, as X clients do when
+        // Xvfb is killed. x's escaped grandchild ignores SIGTERM, so x's exit is reported only
+        // once that leftover is killed, a second later: the clients' exits always come first.
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let port = try freePort()
+        let x = spec("x", ["--grandchild", dir + "/grandchild.pid", "--hold", "\(port)"], readiness: .tcp(host: "127.0.0.1", port: port))
+        let client = { (id: String) in spec(id, ["--follow", "\(port)"], readiness: .logLine(contains: "following")) }
+        let sup = try supervisor(.restForOne, [x, client("a"), client("b")], intensity: .init(maxRestarts: 2, period: .seconds(60)))
+        let run = launch(sup)
+        try await sup.waitReady()
+        var server = try await pid(of: "x")
+
+        // Two kills in a budget of two: each is one restart, however many exits it causes.
+        for _ in 1...2 {
+            let mark = recorder.count
+            kill(server, SIGKILL)
+            _ = try await ready("b", after: mark)
+            let exits = recorder.events.dropFirst(mark).compactMap { e -> String? in
+                if case .exited(let child, _, _) = e.kind { child } else { nil }
+            }
+            #expect(exits.first == "a" && exits.last == "x", "a client's exit came first, the server's last: \(exits)")
+            server = try await pid(of: "x", after: mark)
+        }
+        let gaveUp = recorder.events.contains { if case .gaveUp = $0.kind { true } else { false } }
+        #expect(!gaveUp)
+
+        // The third spends it, and the reason names the server.
+        kill(server, SIGKILL)
+        guard case .gaveUp(let why) = await run.value else {
+            Issue.record("expected to give up")
+            return
+        }
+        #expect(why.hasSuffix("(last: 'x')"), "\(why)")
+    }
+
     @Test func restartTypesDecideWhatComesBack() async throws {
         let sup = try supervisor(.oneForOne, [
             spec("perm", ["--sleep-ms", "30", "--exit", "0"]),
