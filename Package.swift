@@ -39,11 +39,13 @@ let package = Package(
         // libX11 + libXtst, and the few things Swift cannot do with Xlib directly: error
         // handlers that never exit, opening a display with a given cookie.
         .target(name: "CX11", linkerSettings: [.linkedLibrary("X11"), .linkedLibrary("Xtst")]),
+        // Which keysyms a viewer may type: one rule for the bridge's filter and the X keymap.
+        .target(name: "Keysyms"),
         // Xlib: the key grabber, XTEST self-test and input release, the window watchdog.
         .target(
             name: "Display",
             dependencies: [
-                "CX11", "Supervision",
+                "CX11", "Supervision", "Keysyms",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -89,7 +91,7 @@ let package = Package(
         .target(
             name: "Bridge",
             dependencies: [
-                "Control", "Kiosk", "Supervision",
+                "Control", "Kiosk", "Supervision", "Keysyms",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -151,7 +153,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BridgeTests",
-            dependencies: ["Bridge", "Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport",
+            dependencies: ["Bridge", "Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport", "Keysyms", "CX11",
                            .product(name: "WSClient", package: "swift-websocket"), .product(name: "JWTKit", package: "jwt-kit"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl"),
                            .product(name: "Logging", package: "swift-log")]

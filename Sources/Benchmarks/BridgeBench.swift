@@ -16,24 +16,30 @@ import Glibc
 #endif
 
 /// A stand-in VNC server: greets with the RFB banner, reads the viewer's 14 handshake bytes,
-/// then echoes (echo target) or streams `streamBytes` (stream target).
+/// then echoes (echo target) or streams `streamBytes` (stream target). It listens on loopback
+/// TCP (websockify, raw TCP) and on a Unix socket (the bridge, as it reaches x11vnc).
 struct TargetServer: Sendable {
     let port: Int
+    let socket: String
 
     init(stream streamBytes: Int?) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        socket = (try? makeTempDir("kioskd-bench-target")).map { $0 + "/vnc.sock" } ?? ""
+        let unixFD = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard withUnixSocketAddress(socket, { bind(unixFD, $0, $1) }) == 0, listen(unixFD, 512) == 0 else { fail("target bind \(socket)") }
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         guard withLoopbackAddress(port: 0, { bind(fd, $0, $1) }) == 0, listen(fd, 512) == 0 else { fail("target bind") }
         var addr = sockaddr_in(), len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
         port = Int(UInt16(bigEndian: addr.sin_port))
-        let listener = fd
-        Thread.detach {
-            while true {
-                let c = accept(listener, nil, nil)
-                guard c >= 0 else { continue }
-                Thread.detach { Self.serve(c, streamBytes) }
+        for listener in [fd, unixFD] {
+            Thread.detach {
+                while true {
+                    let c = accept(listener, nil, nil)
+                    guard c >= 0 else { continue }
+                    Thread.detach { Self.serve(c, streamBytes) }
+                }
             }
         }
     }
@@ -189,10 +195,11 @@ func idleCost(_ path: BenchPath, viewers: Int) -> Double? {
 
 // MARK: - The bridge's own process
 
-/// `kioskd-bench --serve-bridge PORT ECHO STREAM SECRETFILE`: a public listener whose tasks
-/// "echo" and "stream" are relayed to the two targets.
+/// `kioskd-bench --serve-bridge PORT ECHO-SOCKET STREAM-SOCKET SECRETFILE`: a public listener
+/// whose tasks "echo" and "stream" are relayed to the two targets' Unix sockets.
 func serveBridge(_ args: [String]) async throws -> Never {
-    guard args.count == 4, let port = Int(args[0]), let echo = Int(args[1]), let stream = Int(args[2]) else { fail("--serve-bridge PORT ECHO STREAM SECRET") }
+    guard args.count == 4, let port = Int(args[0]) else { fail("--serve-bridge PORT ECHO-SOCKET STREAM-SOCKET SECRET") }
+    let echo = args[1], stream = args[2]
     var logger = Logger(label: "bench.bridge")
     logger.logLevel = .error
     let dir = try makeTempDir("kioskd-bench-bridge")
@@ -208,7 +215,7 @@ func serveBridge(_ args: [String]) async throws -> Never {
     var settings = BridgeSettings()
     settings.maxViewers = 10_000
     let access = ViewerAccess(service: service, settings: settings) { id in
-        BridgeTarget(vncPort: id == "echo" ? echo : stream, websockifyPort: nil) {}
+        BridgeTarget(vncSocket: id == "echo" ? echo : stream, websockify: nil) {}
     }
     try await PublicServer(access: access, settings: settings) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
     exit(0)
@@ -246,7 +253,7 @@ func printBridge() async throws {
     let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
     try writeFile(secretFile, secret, mode: 0o600, owner: nil)
     let bridgePort = try freePort()
-    let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", "\(echo.port)", "\(stream.port)", secretFile])
+    let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", echo.socket, stream.socket, secretFile])
     let wsEcho = try freePort(), wsStream = try freePort()
     let websockifyPIDs = [spawn("/usr/bin/websockify", ["127.0.0.1:\(wsEcho)", "127.0.0.1:\(echo.port)"]),
                           spawn("/usr/bin/websockify", ["127.0.0.1:\(wsStream)", "127.0.0.1:\(stream.port)"])]

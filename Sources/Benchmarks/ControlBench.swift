@@ -18,7 +18,7 @@ final class InstantSessions: SessionProvider {
     let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
 
     func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
-        SessionInfo(id: settings.id, state: .ready, display: ":0", cdpURL: "http://127.0.0.1:9", vncPort: 9, websockifyPort: nil,
+        SessionInfo(id: settings.id, state: .ready, display: ":0", cdpURL: "http://127.0.0.1:9", vncSocket: "/nonexistent/vnc.sock", websockifyPort: nil,
                     directory: "/nonexistent", pids: [:], end: nil)
     }
 

@@ -52,7 +52,7 @@ func benchSessions(count: Int) async throws -> SessionResults {
         var start = SessionStart()
         start.ready = monotonic() - t0
         let info = await session.info()
-        try await firstFramebufferUpdate(port: info.vncPort)
+        try await firstFramebufferUpdate(socket: info.vncSocket)
         start.firstFrame = monotonic() - t0
         for (child, t) in stages.items { start.stages[child] = t }
         results.starts.append(start)
@@ -100,9 +100,9 @@ func pssKiB(_ pid: Int32) -> Int {
 
 /// RFB 3.8 as a viewer does it: the handshake, then one full FramebufferUpdateRequest;
 /// returns when the FramebufferUpdate's header arrives.
-func firstFramebufferUpdate(port: Int) async throws {
+func firstFramebufferUpdate(socket: String) async throws {
     try await blocking {
-        let viewer = try RFBClient(port: port)
+        let viewer = try RFBClient(socket: socket)
         defer { viewer.close() }
         try viewer.firstFramebufferUpdate()
     }

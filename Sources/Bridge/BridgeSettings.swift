@@ -17,6 +17,22 @@ public struct BridgeSettings: Sendable, Equatable {
     public var maxFrameSize = 1 << 20
     /// Where Debian's noVNC lives.
     public var noVNCDirectory = "/usr/share/novnc"
+    /// Connections open at once on the listener; beyond it the listener stops accepting until one
+    /// closes (new ones wait in the kernel's backlog). nil: derived from the open-file limit.
+    public var maxConnections: Int? = nil
+    /// Connections open at once from one address; more are answered 429 and closed. nil: a
+    /// quarter of `maxConnections` (a load balancer connects from a few addresses).
+    public var maxConnectionsPerPeer: Int? = nil
+    /// A request head must arrive within this of the connection's start or the previous answer;
+    /// a connection idle that long between requests is closed.
+    public var headerTimeout = Duration.seconds(10)
+    /// A connection that has not become an authenticated viewer within this is closed (after the
+    /// answer it is sending, if any).
+    public var authTimeout = Duration.seconds(60)
+    /// Longest request line (method, path with its query and token, version): longer is 414.
+    public var maxRequestLine = 16 * 1024
+    /// Most bytes of header fields in one request (and in any one field): more is 431.
+    public var maxHeaderBytes = 80 * 1024
 
     public init() {}
 }

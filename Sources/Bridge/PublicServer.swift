@@ -36,10 +36,17 @@ public struct PublicServer: Sendable {
     /// Serves on `host:port` until cancelled (then gracefully, 3 s); `onReady` gets the bound port.
     public func run(host: String, port: Int, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
         let http = httpRouter()
+        let limits = ConnectionLimits.resolve(settings, openFiles: ConnectionLimits.openFileLimit())
+        if let asked = settings.maxConnections, asked > limits.total {
+            logger.warning("public.max_connections lowered to what the open-file limit leaves room for",
+                           metadata: ["asked": "\(asked)", "used": "\(limits.total)", "open_files": "\(ConnectionLimits.openFileLimit())"])
+        }
+        logger.info("public listener connection limits", metadata: ["limits": "\(limits)"])
         let app = Application(
             router: http,
-            server: .bridge(tls: tls, decide: decide(logger: logger), maxFrameSize: settings.maxFrameSize),
-            configuration: .init(address: .hostname(host, port: port), serverName: "kioskd"),
+            server: .bridge(tls: tls, decide: decide(logger: logger), settings: settings, limits: limits),
+            configuration: .init(address: .hostname(host, port: port), serverName: "kioskd",
+                                 availableConnectionsDelegate: ListenerConnections(limit: limits.total)),
             onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
             logger: logger)
         try await serveUntilCancelled(app, logger: logger)

@@ -1,3 +1,5 @@
+import Keysyms
+
 /// What a viewer may send to the VNC server, enforced on the client → server byte stream.
 ///
 /// A pure streaming state machine (RFC 6143 + rfbproto): bytes in, bytes to forward out. It
@@ -7,7 +9,9 @@
 ///
 /// - view: only what a viewer needs (pixel format, encodings, update requests, continuous
 ///   updates, fences); every key, pointer and clipboard message is dropped.
-/// - control: keys and pointer pass; clipboard only if allowed.
+/// - control: pointer and keys pass, but only keysyms a keyboard user needs
+///   (`ViewerKeysyms`): an action keysym (XF86 browser/launch/VT keys, XKB Terminate_Server …)
+///   is dropped whole, press and release; clipboard only if allowed.
 /// Both: the ClientInit shared flag is forced to 1 (one viewer cannot disconnect the others),
 /// ExtendedMouseButtons is removed from SetEncodings (its 7-byte PointerEvent would be
 /// misframed), xvp (shutdown/reboot), SetDesktopSize and QEMU key events are dropped.
@@ -38,6 +42,8 @@ public struct RFBFilter: Sendable {
         public var forward: [UInt8] = []
         /// Messages dropped by kind (e.g. "KeyEvent": 3).
         public var dropped: [String: Int] = [:]
+        /// Keysyms refused for the control role, in order (the view role drops every key).
+        public var refusedKeysyms: [UInt32] = []
         public var violation: Violation?
     }
 
@@ -126,7 +132,7 @@ public struct RFBFilter: Sendable {
         case Self.setPixelFormat: return fixed(20, pass: true, "SetPixelFormat", &out)
         case Self.updateRequest: return fixed(10, pass: true, "FramebufferUpdateRequest", &out)
         case Self.continuousUpdates: return fixed(10, pass: true, "EnableContinuousUpdates", &out)
-        case Self.keyEvent: return fixed(8, pass: policy.role == .control, "KeyEvent", &out)
+        case Self.keyEvent: return keyEvent(&out)
         case Self.pointerEvent: return fixed(6, pass: policy.role == .control, "PointerEvent", &out)
         case Self.xvp: return fixed(4, pass: false, "xvp", &out)
         case Self.setEncodings:
@@ -176,6 +182,15 @@ public struct RFBFilter: Sendable {
             return Violation(code: 1008, reason: "unknown RFB message type \(type): the stream cannot continue")
         }
         return nil
+    }
+
+    private mutating func keyEvent(_ out: inout Output) -> Violation? {
+        guard header.count == 8 else { return nil }
+        guard policy.role == .control else { return fixed(8, pass: false, "KeyEvent", &out) }
+        let keysym = header[4...7].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        if ViewerKeysyms.allows(keysym) { return fixed(8, pass: true, "KeyEvent", &out) }
+        out.refusedKeysyms.append(keysym)
+        return fixed(8, pass: false, "KeyEvent (action keysym)", &out)
     }
 
     /// A message of a known total length: passed or dropped whole once complete.

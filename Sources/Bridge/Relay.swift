@@ -17,14 +17,15 @@ struct Relay {
         var reason = "viewer closed"
     }
 
-    /// Relays until either side ends; returns what went through and why it ended.
-    func run(_ viewer: ViewerConnection) async -> Totals {
+    /// Relays until either side ends; returns what went through and why it ended. `onRefused`
+    /// gets the keysyms the filter refused (at most once a second).
+    func run(_ viewer: ViewerConnection, onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) async -> Totals {
         let upstream: NIOLoopBound<VNCHandler>
         do {
-            if let port = grant.target.websockifyPort {
-                upstream = try await viaWebsockify(port, loop: viewer.loop)
+            if let websockify = grant.target.websockify {
+                upstream = try await viaWebsockify(websockify.port, secret: websockify.secret, loop: viewer.loop)
             } else {
-                upstream = try await direct(grant.target.vncPort, loop: viewer.loop)
+                upstream = try await direct(grant.target.vncSocket, loop: viewer.loop)
             }
         } catch {
             let reason = "cannot reach the session's VNC server: \(error)"
@@ -33,7 +34,7 @@ struct Relay {
         }
         let policy = RFBFilter.Policy(role: grant.role == .control ? .control : .view, clipboard: settings.clipboard)
         let settings = self.settings, handler = viewer.handler
-        let running = viewer.loop.flatSubmit { handler.value.attach(upstream.value, policy: policy, settings: settings) }
+        let running = viewer.loop.flatSubmit { handler.value.attach(upstream.value, policy: policy, settings: settings, onRefused: onRefused) }
         // A cancelled server (its graceful period over) ends the relay instead of waiting on it.
         let totals = await withTaskCancellationHandler {
             (try? await running.get()) ?? Totals(reason: "relay failed")
@@ -45,10 +46,10 @@ struct Relay {
         return totals
     }
 
-    /// x11vnc on loopback: TCP_NODELAY, and big reads (a screen update crosses in a few frames,
-    /// not hundreds).
-    private func direct(_ port: Int, loop: any EventLoop) async throws -> NIOLoopBound<VNCHandler> {
-        try await bootstrap(loop).connect(host: "127.0.0.1", port: port) { channel in
+    /// x11vnc on its Unix socket, with big reads (a screen update crosses in a few frames, not
+    /// hundreds).
+    private func direct(_ socket: String, loop: any EventLoop) async throws -> NIOLoopBound<VNCHandler> {
+        try await bootstrap(loop).connect(unixDomainSocketPath: socket) { channel in
             channel.eventLoop.makeCompletedFuture {
                 let handler = VNCHandler()
                 try channel.pipeline.syncOperations.addHandler(handler)
@@ -57,11 +58,11 @@ struct Relay {
         }
     }
 
-    /// The session's websockify: a WebSocket client upgrade (offering `binary`), then the same
-    /// handler behind a frame adapter.
-    private func viaWebsockify(_ port: Int, loop: any EventLoop) async throws -> NIOLoopBound<VNCHandler> {
+    /// The session's websockify: a WebSocket client upgrade (offering `binary`, with the
+    /// session's secret), then the same handler behind a frame adapter.
+    private func viaWebsockify(_ port: Int, secret: String, loop: any EventLoop) async throws -> NIOLoopBound<VNCHandler> {
         let maxFrameSize = settings.maxFrameSize
-        let upgraded = try await bootstrap(loop).connect(host: "127.0.0.1", port: port) { channel in
+        let upgraded = try await bootstrap(loop).channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
                 let upgrader = NIOTypedWebSocketClientUpgrader<NIOLoopBound<VNCHandler>>(maxFrameSize: max(maxFrameSize, 1 << 20)) { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
@@ -71,7 +72,8 @@ struct Relay {
                     }
                 }
                 let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/",
-                                           headers: ["Host": "127.0.0.1:\(port)", "Sec-WebSocket-Protocol": "binary", "Content-Length": "0"])
+                                           headers: ["Host": "127.0.0.1:\(port)", "Sec-WebSocket-Protocol": "binary", "Content-Length": "0",
+                                                    "Authorization": "Bearer \(secret)"])
                 var configuration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: .init(
                     upgradeRequestHead: head, upgraders: [upgrader],
                     notUpgradingCompletionHandler: { channel in
@@ -87,7 +89,6 @@ struct Relay {
 
     private func bootstrap(_ loop: any EventLoop) -> ClientBootstrap {
         ClientBootstrap(group: loop)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16384, maximum: 1 << 20))
             .connectTimeout(.seconds(5))
     }

@@ -1,3 +1,4 @@
+import Keysyms
 import Metrics
 import NIOCore
 import NIOWebSocket
@@ -35,6 +36,11 @@ final class ViewerHandler: ChannelDuplexHandler {
     private var pingsUnanswered = 0
     private var lastActivity = NIODeadline.now()
     private var clocks: [Scheduled<Void>] = []
+    /// Keysyms the filter refused and not yet reported; reports go at most once a second.
+    private var refused: [UInt32: Int] = [:]
+    private var lastReport: NIODeadline?
+    private var reportScheduled = false
+    private var onRefused: (@Sendable ([UInt32: Int]) -> Void)?
 
     init(loop: any EventLoop) {
         self.loop = loop
@@ -44,7 +50,9 @@ final class ViewerHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     /// Joins the VNC side and starts relaying; the future completes when the relay has ended.
-    func attach(_ vnc: VNCHandler, policy: RFBFilter.Policy, settings: BridgeSettings) -> EventLoopFuture<Relay.Totals> {
+    /// `onRefused` gets the keysyms the filter refused, counted, at most once a second.
+    func attach(_ vnc: VNCHandler, policy: RFBFilter.Policy, settings: BridgeSettings,
+                onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) -> EventLoopFuture<Relay.Totals> {
         if ended {
             vnc.unlink()
             return loop.makeSucceededFuture(totals)
@@ -54,6 +62,7 @@ final class ViewerHandler: ChannelDuplexHandler {
         self.vnc = vnc
         self.filter = RFBFilter(policy: policy)
         self.settings = settings
+        self.onRefused = onRefused
         startClocks()
         vnc.join(self)
         let held = early
@@ -92,6 +101,7 @@ final class ViewerHandler: ChannelDuplexHandler {
             let out = filter.feed(frame.unmaskedData.readableBytesView)
             if !out.forward.isEmpty, let vnc { vnc.write(ByteBuffer(bytes: out.forward)) }
             for (kind, n) in out.dropped { Counter(label: "kioskd_bridge_dropped_total", dimensions: [("message", kind)]).increment(by: n) }
+            if !out.refusedKeysyms.isEmpty { noteRefused(out.refusedKeysyms) }
             if let violation = out.violation { finish(violation.reason, close: (violation.code, violation.reason)) }
         case .text:
             finish("sent a text frame", close: (1003, "binary frames only"))
@@ -204,6 +214,31 @@ final class ViewerHandler: ChannelDuplexHandler {
         })
     }
 
+    // MARK: Refused keysyms
+
+    private func noteRefused(_ keysyms: [UInt32]) {
+        for keysym in keysyms {
+            refused[keysym, default: 0] += 1
+            let refusal = ViewerKeysyms.refusal(keysym)?.rawValue ?? "unknown"
+            Counter(label: "kioskd_bridge_keysyms_refused_total", dimensions: [("class", refusal)]).increment()
+        }
+        guard !reportScheduled else { return }
+        let due = lastReport.map { $0 + .seconds(1) } ?? .now()
+        if due <= .now() { return reportRefused() }
+        reportScheduled = true
+        clocks.append(loop.assumeIsolated().scheduleTask(deadline: due) {
+            self.reportScheduled = false
+            self.reportRefused()
+        })
+    }
+
+    private func reportRefused() {
+        guard !refused.isEmpty else { return }
+        lastReport = .now()
+        onRefused?(refused)
+        refused = [:]
+    }
+
     // MARK: The end
 
     /// Ends the relay once: the viewer gets `close` (code, reason) when it is still there, the
@@ -212,6 +247,7 @@ final class ViewerHandler: ChannelDuplexHandler {
         guard !ended else { return }
         ended = true
         totals.reason = reason
+        reportRefused()
         for clock in clocks { clock.cancel() }
         clocks = []
         early = []

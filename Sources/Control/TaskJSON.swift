@@ -32,7 +32,7 @@ public enum TaskJSON {
         w.field("state", s.state.rawValue)
         w.field("display", s.display)
         w.field("cdp_url", s.cdpURL)
-        w.field("vnc_port", Int64(s.vncPort))
+        w.field("vnc_socket", s.vncSocket)
         var pids = JSONWriter()
         for (child, pid) in s.pids.sorted(by: { $0.key < $1.key }) { pids.field(child, Int64(pid)) }
         w.raw("pids", pids.text)

@@ -1,4 +1,5 @@
 import CX11
+import Keysyms
 
 /// The keyboard mapping as the server has it: the keysyms on each keycode.
 public struct Keymap: Sendable, Equatable {
@@ -21,6 +22,21 @@ public struct Keymap: Sendable, Equatable {
             codes.append(UInt8(minKeycode + i))
         }
         return codes
+    }
+
+    /// The keymap with every keysym a viewer may not type (`ViewerKeysyms`) taken off its key,
+    /// and how many were taken. x11vnc runs with -noadd_keysyms, so what is not in the keymap
+    /// cannot be typed through it: XF86 browser and VT keys, Terminate_Server, Pointer_* ….
+    public func withViewerKeysymsOnly() -> (keymap: Keymap, removed: Int) {
+        var removed = 0
+        let symbols = symbols.map { syms in
+            syms.map { sym -> UInt in
+                guard sym != 0, !ViewerKeysyms.allows(UInt32(truncatingIfNeeded: sym)) else { return sym }
+                removed += 1
+                return 0
+            }
+        }
+        return (Keymap(minKeycode: minKeycode, symbols: symbols), removed)
     }
 
     public func keysyms(of keycode: UInt8) -> [UInt] {

@@ -32,15 +32,18 @@ public final class Lockdown: Sendable {
     /// Grabs placed, and the entries this keymap cannot produce (so cannot be typed either).
     public let grabCount: Int
     public let unmapped: [String]
+    /// Action keysyms taken off the keymap when the lockdown connected (`ViewerKeysyms`).
+    public let keysymsRemoved: Int
     private let commands = Mutex<[@Sendable (LockdownCore) -> Void]>([])
     private let wakeFD: Int32
     private let end = OnceValue<LockdownError>()
     private let stopping = Atomic<Bool>(false)
 
-    private init(display: Int, grabCount: Int, unmapped: [String], wakeFD: Int32) {
+    private init(display: Int, grabCount: Int, unmapped: [String], keysymsRemoved: Int, wakeFD: Int32) {
         self.display = display
         self.grabCount = grabCount
         self.unmapped = unmapped
+        self.keysymsRemoved = keysymsRemoved
         self.wakeFD = wakeFD
     }
 
@@ -93,7 +96,7 @@ public final class Lockdown: Sendable {
             started.set(.failure(error))
             return
         }
-        let lockdown = Lockdown(display: options.display, grabCount: core.grabCount, unmapped: core.unmapped, wakeFD: wakeFD)
+        let lockdown = Lockdown(display: options.display, grabCount: core.grabCount, unmapped: core.unmapped, keysymsRemoved: core.keysymsRemoved, wakeFD: wakeFD)
         started.set(.success(lockdown))
         core.enforceSingleWindow()
         lockdown.end.set(lockdown.loop(core))

@@ -24,6 +24,8 @@ final class LockdownCore {
     /// keymap change (x11vnc's and Chromium's caches) keep typing and reading the old codes,
     /// so a combination stays grabbed on its old keycodes as well as its new ones.
     private var keycodeHistory: [UInt: Set<UInt8>] = [:]
+    /// Action keysyms taken off the keymap at the start (XF86 keys, Terminate_Server, …).
+    let keysymsRemoved: Int
 
     struct PendingSelfTest {
         var expected: [GrabEntry]
@@ -39,6 +41,10 @@ final class LockdownCore {
         root = XDefaultRootWindow(dpy)
         clientListAtom = XInternAtom(dpy, "_NET_CLIENT_LIST", 0)
         closeWindowAtom = XInternAtom(dpy, "_NET_CLOSE_WINDOW", 0)
+        keysymsRemoved = Self.restrictKeymap(dpy)
+        // Our own change's MappingNotify: the plan below reads the new keymap anyway.
+        var own = XEvent()
+        while XCheckTypedEvent(dpy, MappingNotify, &own) != 0 { XRefreshKeyboardMapping(&own.xmapping) }
         var history: [UInt: Set<UInt8>] = [:]
         plan = Self.makePlan(dpy, entries, &history)
         keycodeHistory = history
@@ -117,6 +123,9 @@ final class LockdownCore {
             pressed(.button(event.xbutton.button), state: event.xbutton.state)
         case MappingNotify:
             XRefreshKeyboardMapping(&event.xmapping)
+            // Whoever changed the keymap (another client with the cookie) gets no action keysym
+            // in: they are taken off again; our own change finds nothing more to take.
+            if event.xmapping.request == MappingKeyboard { _ = Self.restrictKeymap(dpy) }
             if event.xmapping.request == MappingKeyboard || event.xmapping.request == MappingModifier { regrab() }
         case PropertyNotify where event.xproperty.atom == clientListAtom:
             enforceSingleWindow()
@@ -280,6 +289,18 @@ final class LockdownCore {
         let per = Int(perCode)
         let symbols = (0..<Int(count)).map { i in (0..<per).map { UInt(syms[i * per + $0]) } }
         return Keymap(minKeycode: Int(minCode), symbols: symbols)
+    }
+
+    /// Takes every keysym a viewer may not type off the server's keymap, in one request (one
+    /// MappingNotify for the clients); returns how many were taken.
+    static func restrictKeymap(_ dpy: OpaquePointer) -> Int {
+        let current = keymap(dpy)
+        let (restricted, removed) = current.withViewerKeysymsOnly()
+        guard removed > 0, let per = restricted.symbols.first?.count, per > 0 else { return 0 }
+        var flat = restricted.symbols.flatMap { $0.map { KeySym($0) } }
+        XChangeKeyboardMapping(dpy, Int32(restricted.minKeycode), Int32(per), &flat, Int32(restricted.symbols.count))
+        XSync(dpy, 0)
+        return removed
     }
 
     static func layout(_ dpy: OpaquePointer) -> ModifierLayout {

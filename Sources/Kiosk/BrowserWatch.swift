@@ -13,6 +13,9 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
     /// The watchdog closed a tab that is not the kiosk tab; `byPage`: the page opened it
     /// (window.open, target=_blank, a modified click).
     case targetClosed(targetID: String, url: String, byPage: Bool)
+    /// A tab reached a browser page (the new-tab or home page, chrome://…) by some key or
+    /// command, and was sent back to the kiosk's page.
+    case returnedHome(targetID: String, from: String)
     /// The lockdown's self-test passed with the browser up: these combinations reached the
     /// grabber and the windows and tabs stayed the same.
     case lockdownVerified(combos: String)
@@ -27,6 +30,7 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
         case .unexpectedTarget(let id, let type, let url): "extra \(type) target \(id) (\(url)) left open"
         case .targetClosed(let id, let url, let byPage): "closed \(byPage ? "a tab the page opened" : "an extra tab") \(id) (\(url))"
         case .lockdownVerified(let combos): "lockdown verified against the browser: \(combos)"
+        case .returnedHome(let id, let url): "tab \(id) reached \(url): sent back to the kiosk page"
         }
     }
 }
@@ -114,9 +118,14 @@ public struct BrowserWatch: Sendable {
             let id = info?["targetId"]?.string ?? event.params["targetId"]?.string ?? ""
             switch event.method {
             case "Target.targetCreated" where info.map(Self.isTab) ?? false:
-                // Discovery also announces the targets that existed before it was enabled.
-                guard !pages.contains(id) else { continue }
                 let url = info?["url"]?.string ?? ""
+                // Discovery also announces the targets that existed before it was enabled. One
+                // left on a browser page is sent home: navigating to a WebUI page drops every
+                // CDP connection, so the change itself may have gone unseen.
+                guard !pages.contains(id) else {
+                    if Self.isBrowserPage(url) { try await navigateHome(id, from: url, cdp) }
+                    continue
+                }
                 if !pages.isEmpty {
                     // Opened by the page (window.open, a target=_blank or modified click).
                     let byPage = !(info?["openerId"]?.string ?? "").isEmpty
@@ -133,6 +142,11 @@ public struct BrowserWatch: Sendable {
                     report(.tabClosed(targetID: id))
                     try await openHome(cdp)
                 }
+            case "Target.targetInfoChanged" where pages.contains(id):
+                // The lockdown's last layer: whatever key got through, a tab never stays on a
+                // browser page.
+                let url = info?["url"]?.string ?? ""
+                if Self.isBrowserPage(url) { try await navigateHome(id, from: url, cdp) }
             case "Target.targetCrashed" where pages.contains(id):
                 report(.tabCrashed(targetID: id, status: event.params["status"]?.string ?? "crashed"))
                 try await reload(id, cdp)
@@ -147,6 +161,24 @@ public struct BrowserWatch: Sendable {
     public static func isTab(_ info: JSONValue) -> Bool {
         guard info["type"]?.string == "page", let url = info["url"]?.string else { return false }
         return !(url.hasPrefix("chrome://") && url.split(separator: "/").dropFirst().first?.hasSuffix(".top-chrome") == true)
+    }
+
+    /// The browser's own pages, which no kiosk shows: new tab, home, settings, history … and
+    /// about: pages other than about:blank. Error pages (chrome-error:) are the kiosk page
+    /// failing to load, not a way out: sending them home again would loop.
+    public static func isBrowserPage(_ url: String) -> Bool {
+        guard let colon = url.firstIndex(of: ":") else { return false }
+        let scheme = url[..<colon].lowercased()
+        if scheme == "about" { return !url.lowercased().hasPrefix("about:blank") }
+        return ["chrome", "chrome-untrusted", "chrome-search", "chrome-native", "devtools", "view-source"].contains(scheme)
+    }
+
+    private func navigateHome(_ target: String, from url: String, _ cdp: CDPConnection) async throws {
+        let session = try await cdp.send("Target.attachToTarget", ["targetId": .string(target), "flatten": true])["sessionId"]?.string
+        guard let session else { throw CDPError(description: "attachToTarget gave no session") }
+        try await cdp.send("Page.navigate", ["url": .string(homeURL)], session: session)
+        try await cdp.send("Target.detachFromTarget", ["sessionId": .string(session)])
+        report(.returnedHome(targetID: target, from: url))
     }
 
     private func reload(_ target: String, _ cdp: CDPConnection) async throws {

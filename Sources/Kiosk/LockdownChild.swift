@@ -36,7 +36,7 @@ public final class LockdownChild: Sendable {
             if !lockdown.unmapped.isEmpty {
                 logger.warning("lockdown: combinations this keymap cannot produce", metadata: ["unmapped": "\(lockdown.unmapped)"])
             }
-            context.markReady("\(lockdown.grabCount) grabs; self-test received \(tested.joined(separator: " "))")
+            context.markReady("\(lockdown.grabCount) grabs, \(lockdown.keysymsRemoved) action keysyms off the keymap; self-test received \(tested.joined(separator: " "))")
             throw try await lockdown.ended()
         } catch {
             // Wait for the connection to close: a new incarnation's grabs would otherwise meet

@@ -32,20 +32,21 @@ public struct SessionInfo: Sendable, Equatable, Codable {
     public var display: String
     /// The browser's CDP endpoint for the agent (loopback).
     public var cdpURL: String
-    public var vncPort: Int
+    /// x11vnc's Unix socket (in the session's 0700 directory).
+    public var vncSocket: String
     public var websockifyPort: Int?
     public var directory: String
     /// Live pids by child id (xvfb, openbox, x11vnc, websockify, chromium).
     public var pids: [String: Int32]
     public var end: SessionEnd?
 
-    public init(id: String, state: SessionState, display: String, cdpURL: String, vncPort: Int, websockifyPort: Int?,
+    public init(id: String, state: SessionState, display: String, cdpURL: String, vncSocket: String, websockifyPort: Int?,
                 directory: String, pids: [String: Int32], end: SessionEnd?) {
         self.id = id
         self.state = state
         self.display = display
         self.cdpURL = cdpURL
-        self.vncPort = vncPort
+        self.vncSocket = vncSocket
         self.websockifyPort = websockifyPort
         self.directory = directory
         self.pids = pids
@@ -97,6 +98,8 @@ public actor Session {
     public nonisolated let id: String
     public nonisolated let settings: SessionSettings
     public nonisolated let layout: SessionLayout
+    /// websockify mode: what the bridge sends as `Authorization: Bearer …` (see Websockify).
+    public nonisolated let websockifySecret: String?
     /// Every event of the session; finished after `.ended`.
     public nonisolated let events: Broadcast<SessionEvent>
     private let supervisor: Supervisor
@@ -109,9 +112,10 @@ public actor Session {
     private let onEnded: @Sendable (String) async -> Void
     private var runner: Task<SessionEnd, Never>?
 
-    init(settings: SessionSettings, layout: SessionLayout, supervisor: Supervisor, lockdown: LockdownChild, events: Broadcast<SessionEvent>,
-         host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
+    init(settings: SessionSettings, layout: SessionLayout, websockifySecret: String?, supervisor: Supervisor, lockdown: LockdownChild,
+         events: Broadcast<SessionEvent>, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
         self.lockdown = lockdown
+        self.websockifySecret = websockifySecret
         id = settings.id
         self.onEnded = onEnded
         self.events = events
@@ -136,13 +140,14 @@ public actor Session {
         var taken = Resources(host: host)
         let layout: SessionLayout
         let cookie = XCookie.random()
+        let websockifySecret = settings.bridge == .websockify ? randomHex(32) : nil
         do {
             let display = try await taken.display()
-            let vnc = try await taken.port(), cdp = try await taken.port()
+            let cdp = try await taken.port()
             let ws = settings.bridge == .websockify ? try await taken.port() : nil
-            layout = SessionLayout(display: display, vncPort: vnc, cdpPort: cdp, websockifyPort: ws,
+            layout = SessionLayout(display: display, cdpPort: cdp, websockifyPort: ws,
                                    directory: host.sessionsDir + "/" + settings.id)
-            try prepareDirectory(layout, cookie: cookie, host: host)
+            try prepareDirectory(layout, cookie: cookie, websockifySecret: websockifySecret, host: host)
             try host.writeRecord(SessionRecord(id: settings.id, display: display, directory: layout.directory))
         } catch {
             removeTree(host.sessionsDir + "/" + settings.id)
@@ -163,7 +168,7 @@ public actor Session {
         let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, closeExtraTabs: settings.closeExtraTabs,
                                  verify: lockdown.verifyAgainstBrowser, logger: logger) { [logger] event in
             switch event {
-            case .tabCrashed, .unexpectedTarget, .tabClosed, .targetClosed: logger.warning("\(event)")
+            case .tabCrashed, .unexpectedTarget, .tabClosed, .targetClosed, .returnedHome: logger.warning("\(event)")
             default: logger.info("\(event)")
             }
             events.publish(.browser(event))
@@ -176,8 +181,8 @@ public actor Session {
             await cleanUp(id: settings.id, layout, taken, host: host, logger: logger)
             throw SessionError.setup("\(error)")
         }
-        let session = Session(settings: settings, layout: layout, supervisor: supervisor, lockdown: lockdown, events: events, host: host,
-                              onEnded: onEnded)
+        let session = Session(settings: settings, layout: layout, websockifySecret: websockifySecret, supervisor: supervisor,
+                              lockdown: lockdown, events: events, host: host, onEnded: onEnded)
         await session.launch(bus: bus, resources: taken, logger: logger)
 
         do {
@@ -280,7 +285,7 @@ public actor Session {
             }
         }
         return SessionInfo(id: id, state: state, display: ":\(layout.display)", cdpURL: "http://127.0.0.1:\(layout.cdpPort)",
-                           vncPort: layout.vncPort, websockifyPort: layout.websockifyPort, directory: layout.directory,
+                           vncSocket: layout.vncSocket, websockifyPort: layout.websockifyPort, directory: layout.directory,
                            pids: pids, end: end)
     }
 
@@ -288,7 +293,7 @@ public actor Session {
 
     /// The directory tree, owned by the session's user: nothing else can read its cookie or
     /// profile. The Xauthority file and the window manager's config are written here.
-    private static func prepareDirectory(_ layout: SessionLayout, cookie: XCookie, host: SessionHost) throws {
+    private static func prepareDirectory(_ layout: SessionLayout, cookie: XCookie, websockifySecret: String?, host: SessionHost) throws {
         let user = host.user
         try makeDirectory(layout.directory, mode: 0o700, owner: user)
         for sub in [layout.profileDir, layout.tmpDir, layout.directory + "/.config", layout.directory + "/.cache"] {
@@ -296,6 +301,11 @@ public actor Session {
         }
         try XAuthority.write(path: layout.authFile, display: layout.display, cookie: cookie, owner: user)
         try Openbox.writeConfig(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory), owner: user)
+        if let websockifySecret {
+            try makeDirectory(layout.websockifyPluginDir, mode: 0o700, owner: user)
+            try writeFile(layout.websockifyPluginDir + "/\(Websockify.pluginModule).py", Array(Websockify.pluginSource.utf8), mode: 0o600, owner: user)
+            try writeFile(layout.websockifySecretFile, Array(websockifySecret.utf8), mode: 0o600, owner: user)
+        }
     }
 
     private static func cleanUp(id: String, _ layout: SessionLayout, _ resources: Resources, host: SessionHost, logger: Logger) async {

@@ -18,15 +18,18 @@ public struct SessionHost: Sendable {
     public var user: Credentials?
     public var displays: DisplayAllocator
     public var ports: PortAllocator
+    /// Keeps other local users off the sessions' loopback ports; nil: not guarded.
+    public var portGuard: PortGuard?
     public var logger: Logger
 
     public init(sessionsDir: String, recordsDir: String, user: Credentials?, displays: DisplayAllocator, ports: PortAllocator,
-                logger: Logger) {
+                portGuard: PortGuard? = nil, logger: Logger) {
         self.sessionsDir = sessionsDir
         self.recordsDir = recordsDir
         self.user = user
         self.displays = displays
         self.ports = ports
+        self.portGuard = portGuard
         self.logger = logger
     }
 

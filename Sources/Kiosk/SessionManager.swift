@@ -24,6 +24,7 @@ public actor SessionManager {
     /// Prepares the directories and removes what an earlier run left. Call once, before `create`.
     public func start() async throws -> SweepReport {
         try host.prepare()
+        try await host.portGuard?.install(scratchDir: host.recordsDir, logger: host.logger)
         return await Sweeper(host: host).sweep()
     }
 
@@ -76,5 +77,6 @@ public actor SessionManager {
         await withTaskGroup(of: Void.self) { group in
             for s in all { group.addTask { await s.stop(reason: reason) } }
         }
+        await host.portGuard?.remove(logger: host.logger)
     }
 }

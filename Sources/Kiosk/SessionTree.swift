@@ -6,16 +6,14 @@ import Supervision
 /// so every restart of a child reuses them.
 public struct SessionLayout: Sendable, Equatable {
     public var display: Int
-    public var vncPort: Int
     public var cdpPort: Int
     /// Only in websockify bridge mode.
     public var websockifyPort: Int?
     /// The session's private root: cookie, profile, TMPDIR, window manager config.
     public var directory: String
 
-    public init(display: Int, vncPort: Int, cdpPort: Int, websockifyPort: Int?, directory: String) {
+    public init(display: Int, cdpPort: Int, websockifyPort: Int?, directory: String) {
         self.display = display
-        self.vncPort = vncPort
         self.cdpPort = cdpPort
         self.websockifyPort = websockifyPort
         self.directory = directory
@@ -24,6 +22,11 @@ public struct SessionLayout: Sendable, Equatable {
     public var authFile: String { directory + "/Xauthority" }
     public var profileDir: String { directory + "/profile" }
     public var tmpDir: String { directory + "/tmp" }
+    /// x11vnc's socket: reachable only through this 0700 directory.
+    public var vncSocket: String { directory + "/vnc.sock" }
+    /// websockify mode: the secret the bridge sends, and the auth plugin's module directory.
+    public var websockifySecretFile: String { directory + "/websockify.secret" }
+    public var websockifyPluginDir: String { directory + "/python" }
 
     /// The variable that marks every process of the session, so a later run's sweeper can find
     /// leftovers by /proc even if the daemon was SIGKILLed.
@@ -70,11 +73,13 @@ public enum SessionTree {
         // A view-only x11vnc injects nothing, so nothing can be left held.
         let viewerGone = s.input == .control ? lockdown?.viewerGone : nil
         var clients = [
-            X11VNC.childSpec(X11VNC.Settings(display: layout.display, authFile: layout.authFile, port: layout.vncPort, input: s.input),
+            X11VNC.childSpec(X11VNC.Settings(display: layout.display, authFile: layout.authFile, socket: layout.vncSocket, input: s.input),
                              credentials: user, environment: env, viewerGone: viewerGone),
         ]
         if let port = layout.websockifyPort {
-            clients.append(Websockify.childSpec(Websockify.Settings(port: port, vncPort: layout.vncPort), credentials: user, environment: env))
+            clients.append(Websockify.childSpec(Websockify.Settings(port: port, vncSocket: layout.vncSocket, secretFile: layout.websockifySecretFile,
+                                                                    pluginDirectory: layout.websockifyPluginDir),
+                                                credentials: user, environment: env))
         }
         clients.append(Chromium.childSpec(
             Chromium.Settings(display: layout.display, authFile: layout.authFile, width: s.width, height: s.height,

@@ -1,6 +1,8 @@
 import Supervision
 
-/// x11vnc: serves the session's display over RFB on a loopback port, for the bridge.
+/// x11vnc: serves the session's display over RFB on a Unix socket in the session's 0700
+/// directory, for the bridge. No TCP port: any local user (or a page, through x11vnc's own
+/// WebSocket support) could connect to one and get the session with no token and no filter.
 public enum X11VNC {
     public static let executable = "/usr/bin/x11vnc"
     /// What RFB 3.8 servers greet with; the readiness probe waits for it.
@@ -17,13 +19,14 @@ public enum X11VNC {
     public struct Settings: Sendable, Equatable {
         public var display: Int
         public var authFile: String
-        public var port: Int
+        /// The Unix socket it listens on; only the session's user and root can reach it.
+        public var socket: String
         public var input: Input
 
-        public init(display: Int, authFile: String, port: Int, input: Input) {
+        public init(display: Int, authFile: String, socket: String, input: Input) {
             self.display = display
             self.authFile = authFile
-            self.port = port
+            self.socket = socket
             self.input = input
         }
     }
@@ -36,13 +39,18 @@ public enum X11VNC {
         var args = [
             "-display", ":\(s.display)",
             "-auth", s.authFile,
-            "-localhost", "-rfbport", "\(s.port)",
+            // Only the Unix socket (x11vnc removes a stale one): port 0 turns IPv4 TCP off, and
+            // IPv6 listens on [::]:5900 unless turned off on its own.
+            "-unixsock", s.socket, "-rfbport", "0", "-rfbportv6", "-1", "-noipv6",
             "-shared", "-forever",
             // No clipboard in either direction, no selections.
             "-nosel", "-noclipboard", "-nosetclipboard", "-noprimary", "-nosetprimary",
             // ncache keeps old screen contents below the visible area, where a viewer can see them.
             "-ncache", "0",
             "-safer", "-nocmds", "-norc", "-nopw",
+            // A keysym missing from the keymap is not added to a spare keycode: the lockdown
+            // takes action keysyms off the keymap, and this keeps them off (ViewerKeysyms).
+            "-noadd_keysyms",
             // Screen polling pace: the default (~20 ms) dominates what a viewer feels; 2 ms
             // polls cost CPU per idle session. 5 ms is the middle (notes/kiosk.md).
             "-wait", "5", "-defer", "5",
@@ -79,7 +87,7 @@ public enum X11VNC {
                                        onLine: onLine)),
             restart: .permanent,
             shutdown: .timeout(.seconds(2)),
-            readiness: .tcp(host: "127.0.0.1", port: s.port, banner: banner),
+            readiness: .unixSocket(path: s.socket, banner: banner),
             readyTimeout: .seconds(10))
     }
 }

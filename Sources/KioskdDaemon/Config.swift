@@ -1,3 +1,4 @@
+import Bridge
 import Display
 import Kiosk
 import Supervision
@@ -37,14 +38,23 @@ public struct Config: Sendable, Equatable {
         public var retention = Duration.seconds(7 * 86400)
     }
 
+    /// The bridge's own defaults are `BridgeSettings`'s, read from there.
     public struct PublicListener: Sendable, Equatable {
         public var listen = HostPort(host: "0.0.0.0", port: 8080)
         public var origins = NameList()
-        public var pingInterval = Duration.seconds(20)
-        public var idleTimeout = Duration.seconds(3600)
-        public var maxLifetime = Duration.seconds(12 * 3600)
-        public var maxViewers = 10
-        public var clipboard = false
+        public var pingInterval = BridgeSettings().pingInterval
+        public var idleTimeout = BridgeSettings().idleTimeout
+        public var maxLifetime = BridgeSettings().maxLifetime
+        public var maxViewers = BridgeSettings().maxViewers
+        public var clipboard = BridgeSettings().clipboard
+        /// nil: auto (from the open-file limit).
+        public var maxConnections = BridgeSettings().maxConnections
+        /// nil: auto (a quarter of max_connections).
+        public var maxConnectionsPerIP = BridgeSettings().maxConnectionsPerPeer
+        public var headerTimeout = BridgeSettings().headerTimeout
+        public var authTimeout = BridgeSettings().authTimeout
+        public var maxRequestLine = BridgeSettings().maxRequestLine
+        public var maxHeaderBytes = BridgeSettings().maxHeaderBytes
         public var jwt = ExternalJWT()
         /// PEM files for HTTPS/WSS when exposed directly; both empty: plain HTTP (behind an ALB).
         public var tlsCertFile = ""

@@ -46,6 +46,12 @@ enum ConfigSchema {
         key("public.idle_timeout", "A viewer connection with no bytes either way for this long is closed.", \.publicListener.idleTimeout, duration(min: .seconds(1))),
         key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.maxLifetime, duration(min: .seconds(1))),
         key("public.max_viewers", "Viewers at once per task.", \.publicListener.maxViewers, integer(1...1000)),
+        key("public.max_connections", "Connections open at once; beyond it the listener stops accepting until one closes. auto: half of what the open-file limit leaves after a quarter kept for the rest of kioskd (a larger number is lowered to that).", \.publicListener.maxConnections, automatic(integer(1...1_000_000))),
+        key("public.max_connections_per_ip", "Connections open at once from one address; more are answered 429. auto: a quarter of max_connections. Behind a load balancer, keep it above the viewers one of its addresses carries.", \.publicListener.maxConnectionsPerIP, automatic(integer(1...1_000_000))),
+        key("public.header_timeout", "A request head must arrive within this of the connection's start or the previous answer (else 408); an idle kept-alive connection is closed then.", \.publicListener.headerTimeout, duration(min: .seconds(1))),
+        key("public.auth_timeout", "A connection that has not become a viewer WebSocket within this is closed (after its current answer).", \.publicListener.authTimeout, duration(min: .seconds(1))),
+        key("public.max_request_line", "Longest request line in bytes (the token rides in its query); longer is 414.", \.publicListener.maxRequestLine, integer(1024...1 << 20)),
+        key("public.max_header_bytes", "Most bytes of header fields in one request; more is 431.", \.publicListener.maxHeaderBytes, integer(4096...1 << 20)),
         key("public.clipboard", "Let a control viewer's clipboard reach the session (never a view viewer's).", \.publicListener.clipboard, boolean),
         key("public.tls.cert_file", "PEM certificate chain: serve HTTPS/WSS (direct exposure). Empty: plain HTTP behind a load balancer.", \.publicListener.tlsCertFile, optionalPath),
         key("public.tls.key_file", "PEM private key for public.tls.cert_file.", \.publicListener.tlsKeyFile, optionalPath),
@@ -239,6 +245,19 @@ enum ConfigSchema {
         }
     }
 
+    /// "auto" (nil: derived where it is used), or what `parse` accepts.
+    static func automatic<T>(_ parse: @escaping @Sendable (String) throws(ValueError) -> T) -> @Sendable (String) throws(ValueError) -> T? {
+        { (text: String) throws(ValueError) -> T? in
+            if text == "auto" { return nil }
+            do throws(ValueError) {
+                return try parse(text)
+            } catch {
+                let rest = error.message.hasPrefix("must be ") ? String(error.message.dropFirst(8)) : error.message
+                throw ValueError(message: "must be auto or \(rest)")
+            }
+        }
+    }
+
     static func decimal(_ range: ClosedRange<Double>) -> @Sendable (String) throws(ValueError) -> Double {
         { (text: String) throws(ValueError) -> Double in
             guard let value = Double(text), range.contains(value) else {
@@ -287,6 +306,7 @@ extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
 extension [KeyCombo]: ConfigRenderable { var rendered: String { map(\.description).joined(separator: ", ") } }
 extension NameList: ConfigRenderable { var rendered: String { values.joined(separator: ",") } }
 extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
+extension Optional: ConfigRenderable where Wrapped: ConfigRenderable { var rendered: String { map(\.rendered) ?? "auto" } }
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
 extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
 extension Duration: ConfigRenderable {

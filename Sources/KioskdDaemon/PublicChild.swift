@@ -20,6 +20,12 @@ enum PublicChild {
                 settings.maxLifetime = config.publicListener.maxLifetime
                 settings.maxViewers = config.publicListener.maxViewers
                 settings.clipboard = config.publicListener.clipboard
+                settings.maxConnections = config.publicListener.maxConnections
+                settings.maxConnectionsPerPeer = config.publicListener.maxConnectionsPerIP
+                settings.headerTimeout = config.publicListener.headerTimeout
+                settings.authTimeout = config.publicListener.authTimeout
+                settings.maxRequestLine = config.publicListener.maxRequestLine
+                settings.maxHeaderBytes = config.publicListener.maxHeaderBytes
                 let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt)) { id in
                     await target(sessions, id)
                 }

@@ -17,7 +17,7 @@ enum SessionsChild {
                     let info = await session.info()
                     detail += "; demo session on \(info.display)"
                     logger.notice("demo session ready: look at it with", metadata: [
-                        "vnc": "127.0.0.1:\(info.vncPort) (e.g. ssh -L \(info.vncPort):127.0.0.1:\(info.vncPort) this-host, then a VNC viewer on localhost:\(info.vncPort))",
+                        "vnc": "\(info.vncSocket) (x11vnc's Unix socket, as root: e.g. socat TCP-LISTEN:5900,bind=127.0.0.1 UNIX-CONNECT:\(info.vncSocket))",
                         "screenshot": "DISPLAY=\(info.display) XAUTHORITY=\(info.directory)/Xauthority import -window root /tmp/kiosk.png",
                         "cdp": "\(info.cdpURL)/json/version",
                     ])
@@ -37,7 +37,12 @@ enum SessionsChild {
         SessionHost(sessionsDir: config.runtime.dir + "/sessions", recordsDir: config.state.dir + "/sessions",
                     user: try SessionHost.sessionUser(named: config.sessions.user),
                     displays: DisplayAllocator(range: config.sessions.displays, logger: logger),
-                    ports: PortAllocator(range: config.sessions.ports), logger: logger)
+                    ports: PortAllocator(range: config.sessions.ports),
+                    portGuard: config.sessions.portGuard
+                        ? PortGuard(ports: config.sessions.ports, allowedUIDs: config.sessions.cdpAllowUIDs.values,
+                                    allowedGIDs: config.sessions.cdpAllowGIDs.values)
+                        : nil,
+                    logger: logger)
     }
 
     static func demoSettings(_ config: Config) throws -> SessionSettings {

@@ -164,7 +164,8 @@ struct Pipe {
     func closeRead() { close(read) }
 }
 
-func randomHex(_ bytes: Int) -> String {
+/// `bytes` random bytes from the system CSPRNG, as lowercase hex.
+public func randomHex(_ bytes: Int) -> String {
     var g = SystemRandomNumberGenerator()
     return (0..<bytes).map { _ in String(format2(UInt8.random(in: 0...255, using: &g))) }.joined()
 }

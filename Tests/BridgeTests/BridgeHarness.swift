@@ -23,8 +23,10 @@ struct BridgeHarness {
     let port: Int
     let server: Task<Void, any Error>
 
+    /// `portGuard`: the sessions' ports refuse other local users (its own narrow port range, so
+    /// other suites' loopback servers never fall in it while it is installed).
     init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil,
-         tls: NIOSSLContext? = nil) async throws {
+         tls: NIOSSLContext? = nil, portGuard: Bool = false) async throws {
         for (path, package) in [(Xvfb.executable, "xvfb"), (X11VNC.executable, "x11vnc"), (Chromium.executable, "chromium"),
                                 (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
@@ -34,7 +36,8 @@ struct BridgeHarness {
         var logger = Logger(label: "test.bridge")
         logger.logLevel = .warning
         let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
-                               displays: DisplayAllocator(range: 700...749, logger: logger), ports: PortAllocator(range: 44000...44999), logger: logger)
+                               displays: Self.displays, ports: portGuard ? Self.guardedPorts : Self.ports,
+                               portGuard: portGuard ? PortGuard(ports: Self.guardedRange) : nil, logger: logger)
         manager = SessionManager(host: host)
         _ = try await manager.start()
         let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
@@ -54,6 +57,29 @@ struct BridgeHarness {
         let bound = OnceValue<Int>()
         self.server = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }
         port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+    }
+
+    /// One allocator of each kind for every harness of the test process: suites run in
+    /// parallel, and two allocators could hand out the same display before either X server
+    /// is up.
+    static let displays = DisplayAllocator(range: 700...769, logger: Logger(label: "test.displays"))
+    static let ports = PortAllocator(range: 44000...44999)
+    /// The port guard's range: narrow, apart from every other suite's ranges, and below the
+    /// kernel's ephemeral ports, so no loopback server of another suite is in it.
+    static let guardedRange = 31950...31979
+    static let guardedPorts = PortAllocator(range: guardedRange)
+
+    /// A harness for `body`, torn down (awaited) however the body ends.
+    static func with(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, portGuard: Bool = false,
+                     _ body: (BridgeHarness) async throws -> Void) async throws {
+        let h = try await BridgeHarness(name, settings: settings, bridge: bridge, portGuard: portGuard)
+        do {
+            try await body(h)
+        } catch {
+            await h.tearDown()
+            throw error
+        }
+        await h.tearDown()
     }
 
     func tearDown() async {

@@ -1,4 +1,5 @@
 @testable import Bridge
+import Keysyms
 import Testing
 
 /// The filter without sockets: exact messages, then random and mutated streams.
@@ -42,6 +43,30 @@ import Testing
         var g = RFBFilter(policy: .init(role: .control, clipboard: true))
         _ = g.feed(Self.handshake)
         #expect(g.feed(Self.cut("hello")).forward == Self.cut("hello"))
+    }
+
+    @Test func theControlRoleDropsKeysymsThatAreActionsNotKeys() {
+        var f = RFBFilter(policy: .init(role: .control))
+        _ = f.feed(Self.handshake)
+        // Characters (Latin-1, legacy sets, Unicode), editing, cursor, function, modifier and
+        // keypad keys, AltGr, ISO_Left_Tab and a dead key.
+        let passing: [UInt32] = [0x61, 0xE9, 0x6C1, 0x20AC, 0x0100_20AC, 0x0100_0041, 0xFF08, 0xFF09, 0xFF0D, 0xFF1B, 0xFF51, 0xFF63, 0xFFFF,
+                                 0xFFBE, 0xFFC2, 0xFFE1, 0xFFE3, 0xFFE9, 0xFFEB, 0xFF7F, 0xFFB5, 0xFF8D, 0xFE03, 0xFE20, 0xFE51]
+        // XF86 HomePage, WWW, Switch_VT_1, ClearGrab; Terminate_Server, Pointer_Left, AccessX,
+        // ISO_Next_Group; 3270 PrintScreen; Help, Print, Sys_Req; Sun and HP keys; control chars.
+        let refused: [UInt32] = [0x1008_FF18, 0x1008_FF2E, 0x1008_FE01, 0x1008_FE21, 0xFED5, 0xFEE0, 0xFE70, 0xFE08, 0xFD1D,
+                                 0xFF6A, 0xFF61, 0xFF15, 0x1005_FF70, 0x1000_FF6C, 0x1F, 0x7F, 0x0100_0009, 0x0200_0000]
+        let out = f.feed(passing.flatMap { Self.key($0) } + refused.flatMap { Self.key($0) + Self.key($0, down: false) } + Self.update)
+        #expect(out.forward == passing.flatMap { Self.key($0) } + Self.update)
+        #expect(out.refusedKeysyms == refused.flatMap { [$0, $0] })
+        #expect(out.dropped == ["KeyEvent (action keysym)": refused.count * 2])
+        #expect(ViewerKeysyms.refusal(0x1008_FF18) == .xf86 && ViewerKeysyms.refusal(0xFED5) == .xkbAction
+                && ViewerKeysyms.refusal(0xFD1D) == .ibm3270 && ViewerKeysyms.refusal(0xFF6A) == .actionKey
+                && ViewerKeysyms.refusal(0x1005_FF70) == .vendor && ViewerKeysyms.refusal(0x7F) == .unassigned)
+
+        var view = RFBFilter(policy: .init(role: .view))
+        _ = view.feed(Self.handshake)
+        #expect(view.feed(Self.key(0x1008_FF18)).refusedKeysyms.isEmpty, "the view role drops every key without naming it")
     }
 
     @Test func messagesSplitAcrossFramesAndManyPerFrameAreFramedTheSame() {

@@ -29,7 +29,7 @@ final class FakeSessions: SessionProvider {
         }
         state.withLock { _ = $0.live.insert(settings.id) }
         sessionEvents.publish((settings.id, .ready))
-        return SessionInfo(id: settings.id, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncPort: 29000,
+        return SessionInfo(id: settings.id, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncSocket: "/nonexistent/vnc.sock",
                            websockifyPort: nil, directory: "/nonexistent", pids: ["chromium": 1], end: nil)
     }
 
@@ -49,7 +49,7 @@ final class FakeSessions: SessionProvider {
 
     func listSessions() async -> [SessionInfo] {
         state.withLock { $0.live.sorted() }.map {
-            SessionInfo(id: $0, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncPort: 29000, websockifyPort: nil,
+            SessionInfo(id: $0, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncSocket: "/nonexistent/vnc.sock", websockifyPort: nil,
                         directory: "/nonexistent", pids: [:], end: nil)
         }
     }

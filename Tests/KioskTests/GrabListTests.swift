@@ -41,6 +41,18 @@ import Testing
     ])
     static let layout = ModifierLayout(modifierKeycodes: [[9], [], [8], [10], [12], [], [11], []], keymap: keymap)
 
+    @Test func theKeymapKeepsOnlyKeysymsAViewerMayType() {
+        // F1 with XF86Switch_VT_1 on its Ctrl+Alt level, NumLock with Pointer_EnableKeys,
+        // XF86HomePage alone, BackSpace with Terminate_Server, an AltGr key.
+        let keymap = Keymap(minKeycode: 8, symbols: [
+            [0xFFBE, 0, 0xFFBE, 0, 0x1008_FE01], [0xFF7F, 0xFEF9], [0x1008_FF18, 0], [0xFF08, 0xFF08, 0, 0, 0xFED5], [0xFE03, 0],
+        ])
+        let (restricted, removed) = keymap.withViewerKeysymsOnly()
+        #expect(removed == 4)
+        #expect(restricted.symbols == [[0xFFBE, 0, 0xFFBE, 0, 0], [0xFF7F, 0], [0, 0], [0xFF08, 0xFF08, 0, 0, 0], [0xFE03, 0]])
+        #expect(restricted.withViewerKeysymsOnly().removed == 0, "a second pass finds nothing: no MappingNotify loop")
+    }
+
     @Test func theModifierLayoutComesFromTheModifierMapping() {
         #expect(Self.layout.mask(of: [.ctrl, .alt]) == UInt32(4 | 8))
         #expect(Self.layout.mask(of: [.super]) == UInt32(64))

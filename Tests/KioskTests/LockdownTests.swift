@@ -78,7 +78,7 @@ struct LockdownTests {
         settings.grabs = try GrabList.configured(add: [sentinel], remove: [])
         let session = try await f.manager.create(settings)
         let before = await session.info()
-        let viewer = try RFBClient(port: before.vncPort)
+        let viewer = try RFBClient(socket: before.vncSocket)
         defer { viewer.close() }
         // x11vnc injects buttons 1–5 only (RFB's mask has 8 bits): the side buttons are grabbed
         // for other input paths, and cannot come from a viewer.
@@ -140,7 +140,7 @@ struct LockdownTests {
         try await f.recorder.wait(for: "the re-grab", after: mark) { e in
             if e.session == "regrab", case .lockdown(.regrabbed(let n)) = e.event { n > 0 } else { false }
         }
-        let viewer = try RFBClient(port: info.vncPort)
+        let viewer = try RFBClient(socket: info.vncSocket)
         defer { viewer.close() }
         let typed = f.recorder.count
         Self.send(try KeyCombo(parsing: "Ctrl+W"), viewer, at: (10, 10))
@@ -175,7 +175,7 @@ struct LockdownTests {
         #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, loadedTitle) } == "opener")
 
         let mark = f.recorder.count
-        let viewer = try RFBClient(port: info.vncPort)
+        let viewer = try RFBClient(socket: info.vncSocket)
         defer { viewer.close() }
         viewer.pointer(buttons: 1, x: 400, y: 300)
         viewer.pointer(buttons: 0, x: 400, y: 300)
@@ -209,7 +209,7 @@ struct LockdownTests {
         defer { Task { await f.tearDown() } }
         let session = try await f.manager.create(Self.settings("held", SessionTests.page("held")))
         let info = await session.info()
-        let viewer = try RFBClient(port: info.vncPort)
+        let viewer = try RFBClient(socket: info.vncSocket)
         viewer.pointer(buttons: 1, x: 200, y: 200)
         viewer.key(0xFFE3, down: true)   // Control_L
         viewer.key(0x61, down: true)     // a

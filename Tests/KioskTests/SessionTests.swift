@@ -145,15 +145,22 @@ struct SessionTests {
         let infos = await f.manager.list()
         #expect(infos.map(\.id) == ["a", "b", "c"])
         #expect(Set(infos.map(\.display)).count == 3, "distinct displays")
-        let ports = infos.flatMap { [$0.vncPort, Int($0.cdpURL.split(separator: ":").last!)!] + ($0.websockifyPort.map { [$0] } ?? []) }
+        let ports = infos.flatMap { [Int($0.cdpURL.split(separator: ":").last!)!] + ($0.websockifyPort.map { [$0] } ?? []) }
         #expect(Set(ports).count == ports.count, "distinct ports")
+        #expect(Set(infos.map(\.vncSocket)).count == 3, "distinct VNC sockets")
         #expect(infos[1].websockifyPort != nil && infos[1].pids["websockify"] != nil, "websockify runs in its bridge mode")
         await #expect(throws: SessionError.duplicate("a")) { try await f.manager.create(SessionSettings(id: "a")) }
         await #expect(throws: SessionError.self) { try await f.manager.create(SessionSettings(id: "../etc", width: 10)) }
 
-        // websockify relays x11vnc: an HTTP upgrade on its port answers 101 and then RFB.
-        let greeting = try await websocketGreeting(port: try #require(infos[1].websockifyPort))
+        // websockify relays x11vnc: an HTTP upgrade with the session's secret answers 101 and
+        // then RFB; without it, or with another session's, 403 before x11vnc is reached.
+        let wsPort = try #require(infos[1].websockifyPort), secret = try #require(sessions[1].websockifySecret)
+        let greeting = try await websocketGreeting(port: wsPort, authorization: "Bearer \(secret)")
         #expect(greeting.hasPrefix("HTTP/1.1 101"), "websockify upgraded: \(greeting)")
+        for authorization in [nil, "Bearer \(String(secret.reversed()))", "Basic \(secret)"] {
+            let refused = try await websocketGreeting(port: wsPort, authorization: authorization)
+            #expect(refused.hasPrefix("HTTP/1.1 403") && !refused.contains("RFB"), "no secret, no upgrade: \(refused)")
+        }
 
         // Session c's browser starts failing: its budget runs out and only c ends.
         #expect(writeText(marker, "", mode: 0o644))
@@ -226,12 +233,13 @@ func writeText(_ path: String, _ text: String, mode: mode_t) -> Bool {
 }
 
 /// Opens a WebSocket on a loopback port by hand and returns what the server answered first.
-func websocketGreeting(port: Int) async throws -> String {
+func websocketGreeting(port: Int, authorization: String?) async throws -> String {
     try await blocking {
         let fd = try connectLoopback(port: port, timeout: 5)
         defer { close(fd) }
         let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n"
+            + (authorization.map { "Authorization: \($0)\r\n" } ?? "") + "\r\n"
         _ = send(fd, request, request.utf8.count, 0)
         var buffer = [UInt8](repeating: 0, count: 1024)
         let n = recv(fd, &buffer, buffer.count, 0)

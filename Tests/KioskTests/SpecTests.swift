@@ -10,18 +10,21 @@ import Glibc
 /// The programs' command lines and the session tree, as pure values.
 @Suite("Program specs and the session tree")
 struct SpecTests {
-    let layout = SessionLayout(display: 42, vncPort: 21000, cdpPort: 21001, websockifyPort: nil, directory: "/run/kioskd/sessions/s1")
+    let layout = SessionLayout(display: 42, cdpPort: 21001, websockifyPort: nil, directory: "/run/kioskd/sessions/s1")
 
-    @Test func x11vncIsLoopbackOnlyWithoutClipboardAndItsInputFollowsTheMode() {
-        let control = X11VNC.arguments(.init(display: 42, authFile: "/a", port: 21000, input: .control))
-        for flag in ["-localhost", "-shared", "-forever", "-nosel", "-noclipboard", "-nosetclipboard", "-noprimary", "-nosetprimary", "-safer", "-nocmds", "-norc"] {
+    @Test func x11vncListensOnlyOnItsUnixSocketWithoutClipboardAndItsInputFollowsTheMode() {
+        let control = X11VNC.arguments(.init(display: 42, authFile: "/a", socket: "/s/vnc.sock", input: .control))
+        #expect(control.joined(separator: " ").contains("-unixsock /s/vnc.sock -rfbport 0 -rfbportv6 -1 -noipv6"),
+                "no TCP listener of either family: \(control)")
+        #expect(control.contains("-noadd_keysyms"), "a keysym missing from the keymap must not be added for a viewer")
+        for flag in ["-shared", "-forever", "-nosel", "-noclipboard", "-nosetclipboard", "-noprimary", "-nosetprimary", "-safer", "-nocmds", "-norc"] {
             #expect(control.contains(flag), "\(flag)")
         }
         #expect(control.joined(separator: " ").contains("-ncache 0"))
         #expect(control.joined(separator: " ").contains("-input KMB"), "without B, clicks are dropped")
-        let view = X11VNC.arguments(.init(display: 42, authFile: "/a", port: 21000, input: .viewOnly))
+        let view = X11VNC.arguments(.init(display: 42, authFile: "/a", socket: "/s/vnc.sock", input: .viewOnly))
         #expect(view.contains("-viewonly") && !view.contains("-input"))
-        guard case .process(let p) = X11VNC.childSpec(.init(display: 42, authFile: "/a", port: 21000, input: .control), credentials: nil, environment: [:]).kind else {
+        guard case .process(let p) = X11VNC.childSpec(.init(display: 42, authFile: "/a", socket: "/s/vnc.sock", input: .control), credentials: nil, environment: [:]).kind else {
             Issue.record("x11vnc must be a process")
             return
         }
@@ -71,7 +74,9 @@ struct SpecTests {
                                          logger: Logger(label: "test"))
         guard case .supervisor(let relayed) = withRelay.children.last?.kind else { return }
         #expect(relayed.children.map(\.id) == ["x11vnc", "websockify", "chromium"])
-        #expect(Websockify.arguments(.init(port: 21002, vncPort: 21000)) == ["127.0.0.1:21002", "127.0.0.1:21000"])
+        #expect(Websockify.arguments(.init(port: 21002, vncSocket: ws.vncSocket, secretFile: ws.websockifySecretFile, pluginDirectory: ws.websockifyPluginDir))
+                == ["--unix-target=/run/kioskd/sessions/s1/vnc.sock", "--auth-plugin=kioskd_websockify_auth.SessionSecret",
+                    "--auth-source=/run/kioskd/sessions/s1/websockify.secret", "127.0.0.1:21002"])
     }
 
     @Test func sessionProgramsGetTheSessionsHomeAndNothingOfTheDaemon() {
@@ -114,5 +119,28 @@ struct SpecTests {
         #expect(BrowserWatch.isTab(["type": "page", "url": "chrome://version"]), "a blocked chrome:// tab is still a tab")
         #expect(!BrowserWatch.isTab(["type": "page", "url": "chrome://omnibox-popup.top-chrome/"]))
         #expect(!BrowserWatch.isTab(["type": "service_worker", "url": "https://example.com/sw.js"]))
+    }
+
+    @Test func browserPagesAreToldFromTheKioskAndItsErrors() {
+        for url in ["chrome://newtab/", "chrome://settings", "chrome-search://local-ntp/", "about:version", "ABOUT:settings", "devtools://devtools/x",
+                    "view-source:https://example.com"] {
+            #expect(BrowserWatch.isBrowserPage(url), "\(url)")
+        }
+        for url in ["https://example.com/", "about:blank", "about:blank#x", "data:text/html,x", "chrome-error://chromewebdata/", ""] {
+            #expect(!BrowserWatch.isBrowserPage(url), "\(url)")
+        }
+    }
+
+    @Test func thePortGuardResetsOnlyOtherUsersConnectsToTheSessionPorts() {
+        let guardSpec = PortGuard(ports: 20000...29999, allowedUIDs: [1500, 0], allowedGIDs: [2000])
+        let rules = guardSpec.ruleset(daemonUID: 998)
+        #expect(guardSpec.table == "kioskd_20000_29999")
+        let match = "oif \"lo\" tcp dport 20000-29999 tcp flags & (syn | ack) == syn"
+        #expect(rules.contains("\(match) meta skuid { 0, 998, 1500 } accept"), "root, the daemon and the allowed, once each")
+        #expect(rules.contains("\(match) meta skgid { 2000 } accept"))
+        #expect(rules.contains("\(match) counter reject with tcp reset"))
+        // Declared, deleted and re-created in one transaction: a leftover table is replaced.
+        #expect(rules.hasPrefix("table inet kioskd_20000_29999\ndelete table inet kioskd_20000_29999\ntable inet kioskd_20000_29999 {"))
+        #expect(!PortGuard(ports: 1...2).ruleset(daemonUID: 0).contains("skgid"), "no group rule without groups")
     }
 }

@@ -11,9 +11,10 @@ public final class RFBClient: @unchecked Sendable {
     public private(set) var width = 0
     public private(set) var height = 0
 
-    /// Connects and completes the handshake: version, security None, ClientInit (shared).
-    public init(port: Int) throws {
-        fd = try connectLoopback(port: port)
+    /// Connects to x11vnc's Unix socket and completes the handshake: version, security None,
+    /// ClientInit (shared).
+    public init(socket: String) throws {
+        fd = try connectUnix(socket)
         do {
             try handshake()
         } catch {

@@ -1,5 +1,6 @@
 import CSupport
 import Supervision
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -194,6 +195,29 @@ public func connectLoopback(port: Int, timeout: Int = 10) throws -> Int32 {
     guard withLoopbackAddress(port: port, { connect(fd, $0, $1) }) == 0 else {
         close(fd)
         throw TestFailure("cannot connect to 127.0.0.1:\(port): errno \(errno)")
+    }
+    return fd
+}
+
+/// Runs a program to its end (as `user` if given): what it printed, or a failure naming its exit.
+public func runTool(_ path: String, _ arguments: [String], environment: [String: String] = [:], user: Credentials? = nil) async throws -> String {
+    var logger = Logger(label: "test.tool")
+    logger.logLevel = .critical
+    let spec = ProcessSpec(executable: path, arguments: arguments, environment: ProcessSpec.scrubbed().merging(environment) { $1 }, credentials: user)
+    let (exit, output) = try await runProgram(spec, timeout: .seconds(60), logger: logger)
+    guard exit.isNormal else { throw TestFailure("\(path) \(exit): \(output.suffix(5).joined(separator: " / "))") }
+    return output.joined(separator: "\n")
+}
+
+/// A connected Unix stream socket with a read timeout (x11vnc's socket, as kioskd reaches it).
+public func connectUnix(_ path: String, timeout: Int = 10) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var tv = timeval(tv_sec: timeout, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    guard withUnixSocketAddress(path, { connect(fd, $0, $1) }) == 0 else {
+        let error = errno
+        close(fd)
+        throw TestFailure("cannot connect to \(path): errno \(error)")
     }
     return fd
 }
