@@ -19,6 +19,7 @@ PACKAGES=(
   "x11vnc:/usr/bin/x11vnc"                 # the session's VNC server
   "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks; xmessage, xprop
   "x11-xserver-utils:/usr/bin/xmodmap"     # tests: a keymap change under the key grabber
+  "nftables:/usr/sbin/nft"                 # the port guard: sessions' ports refuse other local users
   "openssl:/usr/bin/openssl"               # tests: a certificate for the public listener's TLS
   "curl:/usr/bin/curl"                     # tests: HTTPS health check
   "libx11-dev:/usr/include/X11/Xlib.h"     # the key grabber links libX11 ...
