@@ -19,6 +19,11 @@ import NIOWebSocket
 ///
 /// NIO consumes the request of a refused upgrade, so the refusal's answer is written here, from
 /// the error `decide` gave.
+///
+/// The pipeline is NIO's upgradable HTTP server pipeline, assembled here rather than by
+/// `configureUpgradableHTTPServerPipeline` so the request-line limit and the `RequestGuard`
+/// (deadlines, JSON answers to what the decoder refuses) sit beside the decoder and leave with
+/// it on the upgrade. A connection from an address over its limit gets only a 429.
 struct BridgeChannel: HTTPChannelHandler {
     enum Decision: Sendable {
         case upgrade(HTTPFields, Session)
@@ -34,6 +39,8 @@ struct BridgeChannel: HTTPChannelHandler {
         case websocket(ViewerConnection, Session, Logger)
         case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
         case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, APIError)
+        /// Over the per-address limit: `PeerRefusal` answers and closes.
+        case turnedAway
     }
 
     struct Value: ServerChildChannelValue {
@@ -46,11 +53,18 @@ struct BridgeChannel: HTTPChannelHandler {
     let tls: NIOSSLContext?
     let decide: Decide
     let maxFrameSize: Int
+    let peers: PeerCounts
+    let guardLimits: RequestGuard.Limits
+    let maxRequestLine: Int
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
             if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+            guard peers.admit(channel) else {
+                try channel.pipeline.syncOperations.addHandlers([HTTPResponseEncoder(), PeerRefusal(.tooManyFromPeer(limit: peers.limit))])
+                return Value(negotiated: channel.eventLoop.makeSucceededFuture(.turnedAway), channel: channel)
+            }
             let chosen = NIOLockedValueBox<Session?>(nil)
             let refusal = NIOLockedValueBox<APIError?>(nil)
             let decide = self.decide
@@ -83,25 +97,31 @@ struct BridgeChannel: HTTPChannelHandler {
                         return Negotiated.websocket(viewer, session, logger)
                     }
                 })
-            var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(
-                upgradeConfiguration: NIOTypedHTTPServerUpgradeConfiguration(
-                    upgraders: [upgrader],
-                    notUpgradingCompletionHandler: { channel in
-                        // Plain requests, and refused upgrades (NIO hands the request on): both
-                        // go to the HTTP router.
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-                            try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
-                            let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
-                                wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
-                            if let error = refusal.withLockedValue({ $0 }) { return Negotiated.refused(http, error) }
-                            return Negotiated.http(http)
-                        }
-                    }))
-            configuration.enablePipelining = false
-            configuration.enableErrorHandling = false
-            configuration.enableResponseHeaderValidation = false
-            let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            let upgrades = NIOTypedHTTPServerUpgradeConfiguration<Negotiated>(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    // Plain requests, and refused upgrades (NIO hands the request on): both
+                    // go to the HTTP router.
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                        if let error = refusal.withLockedValue({ $0 }) { return Negotiated.refused(http, error) }
+                        return Negotiated.http(http)
+                    }
+                })
+            var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+            decoderLimits.maxHeaderFieldSize = guardLimits.maxHeaderBytes
+            decoderLimits.maxHeaderListSize = guardLimits.maxHeaderBytes
+            let encoder = HTTPResponseEncoder()
+            let line = RequestLineLimit(limit: maxRequestLine)
+            let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: decoderLimits))
+            let requestGuard = RequestGuard(line: line, limits: guardLimits)
+            let upgradeHandler = NIOTypedHTTPServerUpgradeHandler(httpEncoder: encoder, extraHTTPHandlers: [line, decoder, requestGuard],
+                                                                  upgradeConfiguration: upgrades)
+            try channel.pipeline.syncOperations.addHandlers([encoder, line, decoder, requestGuard, upgradeHandler])
+            let negotiated = upgradeHandler.upgradeResultFuture
             return Value(negotiated: negotiated, channel: channel)
         }
     }
@@ -122,6 +142,8 @@ struct BridgeChannel: HTTPChannelHandler {
                 }
             case .websocket(let viewer, let session, let logger):
                 await session(viewer, logger)
+            case .turnedAway:
+                break
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
@@ -130,7 +152,13 @@ struct BridgeChannel: HTTPChannelHandler {
 }
 
 extension HTTPServerBuilder {
-    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, maxFrameSize: Int) -> HTTPServerBuilder {
-        .init { responder in BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: maxFrameSize) }
+    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, settings: BridgeSettings, limits: ConnectionLimits) -> HTTPServerBuilder {
+        let guardLimits = RequestGuard.Limits(headerTimeout: TimeAmount(settings.headerTimeout), authTimeout: TimeAmount(settings.authTimeout),
+                                              maxHeaderBytes: settings.maxHeaderBytes)
+        let peers = PeerCounts(limit: limits.perPeer)
+        return .init { responder in
+            BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: settings.maxFrameSize, peers: peers,
+                          guardLimits: guardLimits, maxRequestLine: settings.maxRequestLine)
+        }
     }
 }

@@ -1,0 +1,125 @@
+import Bridge
+import Control
+import FoundationEssentials
+import Kiosk
+import KioskdTestSupport
+import Logging
+import Store
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The public listener without sessions, for what it decides before a session is reached:
+/// connection limits, deadlines, refusals, tokens, headers. Tasks are written to the store as
+/// running; a viewer that gets through is relayed to a socket that does not exist.
+struct ListenerHarness {
+    let dir: String
+    let service: TaskService
+    let port: Int
+    let server: Task<Void, any Error>
+
+    init(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil) async throws {
+        dir = try makeTempDir("kioskd-listener-\(name)")
+        var logger = Logger(label: "test.listener")
+        logger.logLevel = .critical
+        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        try await store.migrate()
+        let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
+        service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: TaskLimits(),
+                              template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        _ = try await service.start()
+        let nowhere = dir + "/no-x11vnc.sock"
+        let access = ViewerAccess(service: service, settings: settings, external: external) { _ in
+            BridgeTarget(vncSocket: nowhere, websockify: nil) {}
+        }
+        let server = PublicServer(access: access, settings: settings) { false }
+        let bound = OnceValue<Int>()
+        self.server = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }
+        port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+    }
+
+    func tearDown() async {
+        server.cancel()
+        _ = await server.result
+        await service.shutdown()
+        removeTree(dir)
+    }
+
+    /// A task in the store as running, and a view token for it.
+    func runningTask(_ id: String) async throws -> String {
+        _ = try await service.store.create(TaskRecord(id: id, state: .running, request: "{}", createdAt: 1, updatedAt: 1),
+                                           event: NewEvent(type: "state_changed", time: 1))
+        return try await service.tokens.mint(task: id, role: .view, ttl: 300).token
+    }
+
+    /// `request` on a new connection; see `readAnswer`.
+    func exchange(_ request: String, timeout: Int = 10) throws -> RawAnswer {
+        let fd = try connectLoopback(port: port, timeout: timeout)
+        defer { close(fd) }
+        sendAll(fd, Array(request.utf8))
+        return readAnswer(fd)
+    }
+}
+
+/// Sessions are never started here.
+final class NoSessions: SessionProvider {
+    let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
+    func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
+        throw SessionError.failedToStart(id: settings.id, reason: "no sessions in this harness")
+    }
+    func stopSession(_ id: String, reason: String) async {}
+    func listSessions() async -> [SessionInfo] { [] }
+}
+
+/// What came back on a raw connection: the text, and whether the listener closed it (rather
+/// than the read timing out).
+struct RawAnswer: CustomStringConvertible {
+    let text: String
+    let closed: Bool
+
+    var status: Int { Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0 }
+    var body: String { text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? "" }
+    var head: String { text.range(of: "\r\n\r\n").map { String(text[..<$0.lowerBound]) } ?? text }
+
+    func header(_ name: String) -> String? {
+        head.split(separator: "\r\n").dropFirst().first { $0.lowercased().hasPrefix(name.lowercased() + ":") }
+            .map { String($0.dropFirst(name.count + 1).drop { $0 == " " }) }
+    }
+
+    /// The refusal's `{"error": {"code": …}}`.
+    var code: String? {
+        guard let range = body.range(of: #""code":""#), let end = body[range.upperBound...].firstIndex(of: "\"") else { return nil }
+        return String(body[range.upperBound..<end])
+    }
+
+    var description: String { "\(closed ? "closed" : "open") after \(text.prefix(400).debugDescription)" }
+}
+
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) {
+    var sent = 0
+    while sent < bytes.count {
+        let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard n > 0 else { return }   // the listener closed: what it answered is still readable
+        sent += n
+    }
+}
+
+/// Reads until the listener closes the connection or the socket's read timeout passes without
+/// a byte; with `untilComplete`, stops once one whole answer (head and Content-Length body) is in.
+func readAnswer(_ fd: Int32, untilComplete: Bool = false) -> RawAnswer {
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &chunk, chunk.count, 0)
+        if n == 0 || (n < 0 && errno == ECONNRESET) { return RawAnswer(text: String(decoding: bytes, as: UTF8.self), closed: true) }
+        if n < 0 { return RawAnswer(text: String(decoding: bytes, as: UTF8.self), closed: false) }
+        bytes += chunk[..<n]
+        let answer = RawAnswer(text: String(decoding: bytes, as: UTF8.self), closed: false)
+        if untilComplete, answer.text.contains("\r\n\r\n"), let length = answer.header("Content-Length").flatMap({ Int($0) }),
+           answer.body.utf8.count >= length {
+            return answer
+        }
+    }
+}
