@@ -24,7 +24,13 @@ public actor SessionManager {
     /// Prepares the directories and removes what an earlier run left. Call once, before `create`.
     public func start() async throws -> SweepReport {
         try host.prepare()
-        try await host.portGuard?.install(scratchDir: host.recordsDir, logger: host.logger)
+        if let guardSpec = host.portGuard {
+            try await guardSpec.install(scratchDir: host.recordsDir, logger: host.logger)
+            if (host.user?.uid ?? geteuid()) == geteuid() {
+                // The guard tells users apart, and the sessions' pages would be kioskd's own.
+                host.logger.warning("sessions run as kioskd's own user: the port guard cannot keep one session's page off another's CDP port; run kioskd as root (sessions.user) to separate them")
+            }
+        }
         return await Sweeper(host: host).sweep()
     }
 
