@@ -72,7 +72,7 @@ public struct PublicServer: Sendable {
             let grant = try await access.authorize(request)
             return ViewerPage.response(taskID: grant.taskID, token: request.uri.queryParameters.get("token") ?? "", role: grant.role)
         }
-        router.middlewares.add(ViewerPage.files(settings.noVNCDirectory))
+        router.middlewares.add(NoVNCFiles(directory: settings.noVNCDirectory, origins: settings.origins))
         return router
     }
 

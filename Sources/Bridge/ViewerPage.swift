@@ -14,11 +14,6 @@ enum ViewerPage {
                                                      HTTPField.Name("Referrer-Policy")!: "no-referrer"])
     }
 
-    /// noVNC's files under /novnc/ (Hummingbird's file middleware refuses paths leaving the root).
-    static func files(_ directory: String) -> FileMiddleware<PublicContext, LocalFileSystem> {
-        FileMiddleware(directory, urlBasePath: "/novnc", searchForIndexHtml: false)
-    }
-
     static func percentEncoded(_ s: String) -> String {
         var out = ""
         for byte in s.utf8 {

@@ -143,4 +143,32 @@ struct ListenerTests {
         let keyless = try h.exchange(upgrade + "Sec-WebSocket-Version: 13\r\n\r\n")
         #expect(keyless.status == 400 && keyless.code == "invalid_request", "\(keyless)")
     }
+
+    @Test func noVNCFilesNeverRedirectOffTheirPrefixOrLoseTheirNameAndCarryTheirHeaders() async throws {
+        var settings = BridgeSettings()
+        settings.origins = ["https://app.example.com"]
+        let h = try await ListenerHarness("novnc", settings: settings)
+        defer { Task { await h.tearDown() } }
+        for path in ["/novnc/app", "/novnc//app", "/novnc", "/novnc/app/ui.js%00.html"] {
+            let answer = try h.exchange("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(answer.status == 404 && answer.header("Location") == nil, "\(path): \(answer)")
+        }
+        let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        #expect(page.status == 200 && page.header("Content-Type")?.hasPrefix("text/html") == true, "\(page.head)")
+        let policy = page.header("Content-Security-Policy") ?? ""
+        #expect(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'self' https://app.example.com"), "\(policy)")
+        #expect(page.header("X-Content-Type-Options") == "nosniff")
+        #expect(page.header("X-Frame-Options") == nil, "the configured origin may frame the page; frame-ancestors says so")
+        let script = try h.exchange("GET /novnc/app/ui.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        #expect(script.status == 200 && script.header("Content-Type")?.contains("javascript") == true, "\(script.head)")
+        #expect(script.header("X-Content-Type-Options") == "nosniff" && script.header("Content-Security-Policy") != nil)
+    }
+
+    @Test func withoutOtherOriginsTheViewerPageMayOnlyBeFramedByItsOwn() async throws {
+        let h = try await ListenerHarness("frames")
+        defer { Task { await h.tearDown() } }
+        let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        #expect(page.header("X-Frame-Options") == "SAMEORIGIN" && page.header("Content-Security-Policy")?.hasSuffix("frame-ancestors 'self'") == true,
+                "\(page.head)")
+    }
 }
