@@ -1,7 +1,8 @@
 /// The public listener's rules (config `public.*`).
 public struct BridgeSettings: Sendable, Equatable {
-    /// Origins (`https://app.example.com`) allowed to open the bridge from a browser. Empty: only
-    /// the listener's own origin (same Host), and clients that send no Origin.
+    /// Origins (`https://app.example.com`) allowed to open the bridge from a browser, besides the
+    /// listener's own (same Host), which its /viewer page uses. Clients sending no Origin are
+    /// judged by their token alone.
     public var origins: [String] = []
     /// A server ping this often; a viewer that has not answered by the next ping is closed.
     public var pingInterval = Duration.seconds(20)

@@ -59,13 +59,13 @@ public struct ViewerAccess: Sendable {
     }
 
     /// Browsers always send an http(s) Origin on a WebSocket (or "null"): it must be allowed.
-    /// Non-browser clients (no Origin, or a ws:// one as some client libraries send) are judged
-    /// by their token alone.
+    /// The listener's own origin always is (its /viewer page opens the WebSocket from there),
+    /// besides `public.origins`. Non-browser clients (no Origin, or a ws:// one as some client
+    /// libraries send) are judged by their token alone.
     func checkOrigin(_ request: Request) throws(APIError) {
         guard let origin = request.headers[.origin], !origin.hasPrefix("ws://"), !origin.hasPrefix("wss://") else { return }
         if settings.origins.contains(origin) { return }
-        if settings.origins.isEmpty, let host = request.head.authority,
-           origin == "http://\(host)" || origin == "https://\(host)" { return }
+        if let host = request.head.authority, origin == "http://\(host)" || origin == "https://\(host)" { return }
         throw APIError(.forbidden, "origin_not_allowed", "origin \(origin) may not open the viewer (public.origins)")
     }
 }

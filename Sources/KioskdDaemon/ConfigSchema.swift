@@ -41,7 +41,7 @@ enum ConfigSchema {
         key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
         key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),
         key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
-        key("public.origins", "Origins allowed to open the viewer WebSocket, comma-separated (https://app.example.com). Empty: same origin only.", \.publicListener.origins, origins),
+        key("public.origins", "Origins allowed to open the viewer WebSocket and frame the viewer page, comma-separated (https://app.example.com), besides the listener's own, which always is.", \.publicListener.origins, origins),
         key("public.ping_interval", "A WebSocket ping this often; a viewer that has not answered by the next one is closed.", \.publicListener.pingInterval, duration(min: .seconds(1))),
         key("public.idle_timeout", "A viewer connection with no bytes either way for this long is closed.", \.publicListener.idleTimeout, duration(min: .seconds(1))),
         key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.maxLifetime, duration(min: .seconds(1))),

@@ -171,4 +171,19 @@ struct ListenerTests {
         #expect(page.header("X-Frame-Options") == "SAMEORIGIN" && page.header("Content-Security-Policy")?.hasSuffix("frame-ancestors 'self'") == true,
                 "\(page.head)")
     }
+
+    @Test func theListenersOwnOriginIsAllowedBesidesTheConfiguredOnes() async throws {
+        var settings = BridgeSettings()
+        settings.origins = ["https://app.example.com"]
+        let h = try await ListenerHarness("origins", settings: settings)
+        defer { Task { await h.tearDown() } }
+        let token = try await h.runningTask("o1")
+        for (origin, status) in [("http://127.0.0.1:\(h.port)", 101), ("https://app.example.com", 101), ("https://evil.example", 403),
+                                 ("http://127.0.0.1:1", 403)] {
+            let answer = try h.exchange("GET /api/v1/vnc/ws?task_id=o1&token=\(token) HTTP/1.1\r\nHost: 127.0.0.1:\(h.port)\r\n"
+                + "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                + "Origin: \(origin)\r\n\r\n", timeout: 5)
+            #expect(answer.status == status, "\(origin): \(answer)")
+        }
+    }
 }
