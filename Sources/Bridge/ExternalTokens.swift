@@ -5,7 +5,7 @@ import Kiosk
 
 /// Viewer tokens issued by someone else (the API layer's identity provider): HS256 with a shared
 /// secret, or RS256/ES256 from a JWKS document (Cognito's shape: iss, exp, token_use, and aud or
-/// client_id). The task and role come from claims named in the config; a token without the task
+/// client_id; nbf and iat when present). The task and role come from claims named in the config; a token without the task
 /// claim is refused unless the config says any task will do.
 public struct ExternalTokenSettings: Sendable, Equatable {
     public var hs256Secret: [UInt8]?
@@ -43,7 +43,11 @@ public struct ExternalTokens: Sendable {
     func verify(_ token: String) async throws -> (task: String?, role: ViewerRole) {
         let claims = try await keys.verify(token, as: ExternalClaims.self)
         guard claims.iss == settings.issuer else { throw TokenRefusal("issuer") }
-        guard let exp = claims.exp, exp > Date().timeIntervalSince1970 else { throw TokenRefusal("expired") }
+        let now = Date().timeIntervalSince1970
+        guard let exp = claims.exp, exp > now else { throw TokenRefusal("expired") }
+        // Optional claims, but binding when present (RFC 7519 §4.1.5–6), with a little skew.
+        if let nbf = claims.other["nbf"]?.number, nbf > now + ViewerTokens.clockSkew { throw TokenRefusal("not valid yet") }
+        if let iat = claims.other["iat"]?.number, iat > now + ViewerTokens.clockSkew { throw TokenRefusal("issued in the future") }
         guard claims.aud.contains(settings.audience) || claims.clientID == settings.audience else { throw TokenRefusal("audience") }
         if let use = claims.tokenUse, !settings.tokenUse.contains(use) { throw TokenRefusal("token_use") }
         let task = claims.other[settings.taskClaim]?.string

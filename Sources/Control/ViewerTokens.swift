@@ -8,12 +8,13 @@ public enum ViewerRole: String, Sendable, CaseIterable, Codable {
     case view, control
 }
 
-/// The claims of a viewer token: which task, which role, until when.
+/// The claims of a viewer token: which task, which role, from when until when.
 struct ViewerClaims: JWTPayload {
     var sub: SubjectClaim
     var role: ViewerRole
     var exp: ExpirationClaim
     var iat: IssuedAtClaim
+    var nbf: NotBeforeClaim?
     var iss: IssuerClaim
     var aud: AudienceClaim
     var jti: IDClaim
@@ -22,6 +23,9 @@ struct ViewerClaims: JWTPayload {
         try exp.verifyNotExpired()
         try aud.verifyIntendedAudience(includes: ViewerTokens.audience)
         guard iss.value == ViewerTokens.issuer else { throw JWTError.claimVerificationFailure(failedClaim: iss, reason: "not issued by kioskd") }
+        let skewed = Date().addingTimeInterval(ViewerTokens.clockSkew)
+        guard iat.value <= skewed else { throw JWTError.claimVerificationFailure(failedClaim: iat, reason: "issued in the future") }
+        if let nbf, nbf.value > skewed { throw JWTError.claimVerificationFailure(failedClaim: nbf, reason: "not valid yet") }
     }
 }
 
@@ -38,6 +42,9 @@ public struct ViewerToken: Sendable, Equatable {
 public final class ViewerTokens: Sendable {
     static let audience = "kioskd-viewer"
     static let issuer = "kioskd"
+    /// How far ahead of this host's clock a token's iat or nbf may be (the issuer's clock may
+    /// run a little fast); a token valid only later is refused.
+    public static let clockSkew: TimeInterval = 60
     private let keys = JWTKeyCollection()
 
     public init(secret: [UInt8]) async {
@@ -57,13 +64,14 @@ public final class ViewerTokens: Sendable {
         let expires = now.addingTimeInterval(Double(ttl))
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<12).map { _ in String(UInt8.random(in: 0...255, using: &rng), radix: 16) }.joined()
-        let claims = ViewerClaims(sub: .init(value: task), role: role, exp: .init(value: expires), iat: .init(value: now),
+        let claims = ViewerClaims(sub: .init(value: task), role: role, exp: .init(value: expires), iat: .init(value: now), nbf: nil,
                                   iss: .init(value: Self.issuer), aud: .init(value: [Self.audience]), jti: .init(value: nonce))
         let token = try await keys.sign(claims)
         return ViewerToken(token: token, taskID: task, role: role, expiresAt: Int64(expires.timeIntervalSince1970 * 1000))
     }
 
-    /// The task and role a token grants; throws when it is forged, expired or not a viewer token.
+    /// The task and role a token grants; throws when it is forged, expired, not valid yet or not
+    /// a viewer token.
     public func verify(_ token: String) async throws -> (task: String, role: ViewerRole) {
         let claims = try await keys.verify(token, as: ViewerClaims.self)
         return (claims.sub.value, claims.role)

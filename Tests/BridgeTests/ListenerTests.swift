@@ -1,6 +1,8 @@
 @testable import Bridge
 import Control
 import FoundationEssentials
+import JWTKit
+import Kiosk
 import KioskdTestSupport
 import Testing
 
@@ -184,6 +186,37 @@ struct ListenerTests {
                 + "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                 + "Origin: \(origin)\r\n\r\n", timeout: 5)
             #expect(answer.status == status, "\(origin): \(answer)")
+        }
+    }
+
+    @Test func tokensThatAreNotValidYetAreRefusedWithinALittleSkew() async throws {
+        let secret = Array("an-idp-shared-secret-of-32-bytes".utf8)
+        let external = try await ExternalTokens(ExternalTokenSettings(hs256Secret: secret, issuer: "https://idp.example", audience: "kioskd-app"))
+        let h = try await ListenerHarness("not-yet", external: external)
+        defer { Task { await h.tearDown() } }
+        _ = try await h.runningTask("n1")
+        func viewer(_ token: String) throws -> Int {
+            try h.exchange("GET /viewer?task_id=n1&token=\(token) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status
+        }
+        let now = Date()
+        let later = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(3600)).token
+        let skewed = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(30)).token
+        #expect(try viewer(later) == 401, "kioskd's own token, issued an hour ahead")
+        #expect(try viewer(skewed) == 303, "30 s ahead is clock skew")
+
+        let keys = JWTKeyCollection()
+        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+        let base: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(now.timeIntervalSince1970 + 7200),
+                                         "kioskd_task": "n1"]
+        let cases: [(String, [String: JSONValue], Int)] = [
+            ("nbf in an hour", ["nbf": .number(now.timeIntervalSince1970 + 3600)], 401),
+            ("iat in an hour", ["iat": .number(now.timeIntervalSince1970 + 3600)], 401),
+            ("nbf in 30 s", ["nbf": .number(now.timeIntervalSince1970 + 30)], 303),
+            ("nbf and iat past", ["nbf": .number(now.timeIntervalSince1970 - 60), "iat": .number(now.timeIntervalSince1970 - 60)], 303),
+        ]
+        for (what, claims, status) in cases {
+            let token = try await keys.sign(ExternalClaims(base.merging(claims) { $1 }))
+            #expect(try viewer(token) == status, "\(what)")
         }
     }
 }
