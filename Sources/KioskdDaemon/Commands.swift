@@ -81,6 +81,7 @@ struct Check: ParsableCommand {
 
     func run() throws {
         let config = try options.load(currentEnvironment())
+        for warning in ConfigWarning.check(config) { printError("kioskd: warning: \(warning)") }
         print("configuration OK: \(config.programs.count) program(s), control socket \(config.control.socket), public listener \(config.publicListener.listen)")
     }
 }

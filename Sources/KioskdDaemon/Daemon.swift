@@ -60,6 +60,9 @@ public struct Daemon {
                 ]),
             events: events, logger: logger)
         rootRef.set(root)
+        for warning in ConfigWarning.check(config) {
+            logger.warning("\(warning.message)", metadata: ["key": "\(warning.key)"])
+        }
         let notifier = SystemdNotifier(environment: environment)
         logger.info("starting", metadata: [
             "programs": "\(config.programs.count)",

@@ -281,6 +281,32 @@ struct ConfigTests {
         #expect(Duration.seconds(120).rendered == "2m")
     }
 
+    @Test func aSharedSecretOthersCanReadOrWriteIsWarnedAbout() async throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let secret = dir + "/idp.secret"
+        try writeFile(secret, String(repeating: "s", count: 40))
+        chmod(secret, 0o644)
+        var config = Config()
+        config.publicListener.jwt.hs256SecretFile = secret
+        #expect(ConfigWarning.check(config).map(\.key) == ["public.jwt.hs256_secret_file"])
+        // The real command says so, and still succeeds: it is a warning, as ssh's.
+        let yaml = dir + "/kioskd.yaml"
+        try writeFile(yaml, "public:\n  jwt:\n    hs256_secret_file: \(secret)\n    issuer: https://idp.example\n    audience: app\n")
+        let output = dir + "/check.out"
+        #expect(try await runToExit(try builtProduct("kioskd"), ["config", "check", "--config", yaml], environment: ["PATH": "/usr/bin:/bin"],
+                                    output: output) == 0)
+        let said = try readText(output)
+        #expect(said.contains("warning: public.jwt.hs256_secret_file: \(secret) is readable by every user (mode 0644)") && said.contains("configuration OK"),
+                "\(said)")
+        chmod(secret, 0o620)
+        #expect(ConfigWarning.check(config).first?.message.contains("writable by others") == true)
+        chmod(secret, 0o600)
+        #expect(ConfigWarning.check(config).isEmpty)
+        chmod(secret, 0o640)
+        #expect(ConfigWarning.check(config).isEmpty, "a group that may read it is the owner's choice")
+    }
+
     @Test func passwordsInTheStoreURLAreRedacted() {
         #expect(redactedStore("postgres://kioskd:s3cret@db:5432/kioskd") == "postgres://kioskd:***@db:5432/kioskd")
         #expect(redactedStore("postgres://kioskd@db/kioskd") == "postgres://kioskd@db/kioskd")
