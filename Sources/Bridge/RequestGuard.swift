@@ -52,8 +52,8 @@ final class RequestLineLimit: ChannelInboundHandler, RemovableChannelHandler {
 /// removes it with the decoder; the relay has its own limits). The request head must arrive
 /// within `headerTimeout` of the start or of the previous answer; the connection must have
 /// upgraded within `authTimeout`; whatever the decoder refuses, and WebSocket upgrades NIO's
-/// upgrader would drop, get their status and a JSON body (NIO's own error handler answers a
-/// bare 400 and leaves the connection open).
+/// upgrader would drop, get their status and a JSON body, and the connection is closed (NIO's
+/// own error handler answers a bare 400 and closes nothing).
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
