@@ -53,7 +53,8 @@ final class RequestLineLimit: ChannelInboundHandler, RemovableChannelHandler {
 /// within `headerTimeout` of the start or of the previous answer; the connection must have
 /// upgraded within `authTimeout`; whatever the decoder refuses, and WebSocket upgrades NIO's
 /// upgrader would drop, get their status and a JSON body, and the connection is closed (NIO's
-/// own error handler answers a bare 400 and closes nothing).
+/// own error handler answers a bare 400 and closes nothing). Deadlines, not idle timers
+/// (IdleStateHandler): a peer sending a byte now and then would keep an idle timer from firing.
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
