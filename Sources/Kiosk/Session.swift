@@ -141,16 +141,18 @@ public actor Session {
         let layout: SessionLayout
         let cookie = XCookie.random()
         let websockifySecret = settings.bridge == .websockify ? randomHex(32) : nil
+        var directory: String?
         do {
             let display = try await taken.display()
             let cdp = try await taken.port()
             let ws = settings.bridge == .websockify ? try await taken.port() : nil
-            layout = SessionLayout(display: display, cdpPort: cdp, websockifyPort: ws,
-                                   directory: host.sessionsDir + "/" + settings.id)
+            let slot = SessionLayout.directory(sessionsDir: host.sessionsDir, display: display)
+            directory = slot
+            layout = SessionLayout(display: display, cdpPort: cdp, websockifyPort: ws, directory: slot)
             try prepareDirectory(layout, cookie: cookie, websockifySecret: websockifySecret, host: host)
             try host.writeRecord(SessionRecord(id: settings.id, display: display, directory: layout.directory))
         } catch {
-            removeTree(host.sessionsDir + "/" + settings.id)
+            if let directory { removeTree(directory) }
             await taken.release()
             if let e = error as? SessionError { throw e }
             throw SessionError.setup("\(error)")

@@ -22,6 +22,25 @@ public struct SessionLayout: Sendable, Equatable {
     public var authFile: String { directory + "/Xauthority" }
     public var profileDir: String { directory + "/profile" }
     public var tmpDir: String { directory + "/tmp" }
+    /// Chromium's singleton socket, the longest socket path a session creates: TMPDIR, then a
+    /// directory with a 6-character random suffix (measured: /proc/net/unix).
+    static let chromiumSocket = "/tmp/org.chromium.Chromium.XXXXXX/SingletonSocket"
+    /// A Unix socket path holds at most 107 bytes (sun_path's 108 with the NUL); Chromium aborts
+    /// at start with "Socket path too long" beyond it.
+    public static let maxSocketPath = 107
+
+    /// The longest socket path a session directory of this length leads to.
+    public static func longestSocketPath(directoryLength: Int) -> Int {
+        directoryLength + max(chromiumSocket.utf8.count, "/vnc.sock".utf8.count)
+    }
+
+    /// A session's directory under `sessionsDir`: named by its display, which is unique on the
+    /// host and short, never by the task id (up to 64 characters) that would push its sockets
+    /// past the limit. The task id is in the session's record.
+    public static func directory(sessionsDir: String, display: Int) -> String {
+        sessionsDir + "/d\(display)"
+    }
+
     /// x11vnc's socket: reachable only through this 0700 directory.
     public var vncSocket: String { directory + "/vnc.sock" }
     /// websockify mode: the secret the bridge sends, and the auth plugin's module directory.

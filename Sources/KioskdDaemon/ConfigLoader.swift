@@ -1,4 +1,5 @@
 import Supervision
+import Kiosk
 import Yams
 
 #if canImport(Glibc)
@@ -39,6 +40,7 @@ public enum ConfigLoader {
         applyEnvironment(environment, to: &config, issues: &issues)
         issues += ProgramsParser.crossCheck(config.programs)
         issues += crossCheck(config.publicListener)
+        issues += socketPathCheck(config)
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
         return config
     }
@@ -55,6 +57,26 @@ public enum ConfigLoader {
         if !jwt.hs256SecretFile.isEmpty || !jwt.jwksFile.isEmpty {
             if jwt.issuer.isEmpty { missing("public.jwt.issuer", "when identity-provider keys are configured") }
             if jwt.audience.isEmpty { missing("public.jwt.audience", "when identity-provider keys are configured") }
+        }
+        return issues
+    }
+
+    /// Unix socket paths hold at most 107 bytes: the control socket, and every socket a session
+    /// creates under runtime.dir (Chromium's singleton socket is the longest).
+    static func socketPathCheck(_ config: Config) -> [ConfigIssue] {
+        var issues: [ConfigIssue] = []
+        let limit = SessionLayout.maxSocketPath
+        if config.control.socket.utf8.count > limit {
+            issues.append(ConfigIssue(key: "control.socket", message: "is \(config.control.socket.utf8.count) bytes long: a Unix socket path holds at most \(limit)",
+                                      source: "control"))
+        }
+        let runtime = config.runtime.dir
+        let longest = SessionLayout.directory(sessionsDir: runtime + "/sessions", display: config.sessions.displays.upperBound)
+        let length = SessionLayout.longestSocketPath(directoryLength: longest.utf8.count)
+        if length > limit {
+            issues.append(ConfigIssue(key: "runtime.dir", message: "is \(runtime.utf8.count) bytes long: the sessions' socket paths under it would "
+                + "reach \(length) bytes, over the \(limit) a Unix socket path holds; use at most \(runtime.utf8.count - (length - limit)) bytes "
+                + "(with displays up to \(config.sessions.displays.upperBound))", source: "runtime"))
         }
         return issues
     }

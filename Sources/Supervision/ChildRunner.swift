@@ -208,12 +208,12 @@ private func shutdownNow(_ spec: ChildSpec) -> Shutdown {
     Task.isCancelled ? .brutalKill : spec.shutdown
 }
 
-/// The last lines a process wrote, to say why it failed.
+/// The lines that say why a process failed, then the last it wrote.
 private func lastOutput(_ child: any RunningChild) -> String {
     guard let process = child as? ProcessInstance else { return "" }
-    let lines = process.output.recentLines.suffix(3).map(\.text)
+    let lines = OutputSink.explanation(process.output.recentLines.map(\.text))
     guard !lines.isEmpty else { return "" }
-    return "; last output: " + lines.map { "\"\($0.prefix(200))\"" }.joined(separator: " | ")
+    return "; last output: " + lines.map { "\"\($0.prefix(300))\"" }.joined(separator: " | ")
 }
 
 /// Runs the branches concurrently; the first non-nil result wins and the rest are cancelled.

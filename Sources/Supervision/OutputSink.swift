@@ -36,6 +36,17 @@ public final class OutputSink: Sendable {
     }
 
     /// Last lines, oldest first.
+    /// What to show of a failed program's output: the line that says why first (its last
+    /// FATAL line, else its last line with "error"), then the last `last` lines. A program's
+    /// dying words are often a crash reporter's noise after the one line that explains.
+    public static func explanation(_ lines: [String], last: Int = 3) -> [String] {
+        let tail = Array(lines.suffix(last))
+        let why = lines.last { $0.contains("FATAL") || $0.contains("Fatal") }
+            ?? lines.last { $0.lowercased().contains("error") }
+        guard let why, !tail.contains(why) else { return tail }
+        return [why] + tail
+    }
+
     public var recentLines: [Line] {
         state.withLock { s in
             s.ring.count < capacity ? s.ring : Array(s.ring[s.head...] + s.ring[..<s.head])

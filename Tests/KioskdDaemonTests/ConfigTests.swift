@@ -111,6 +111,9 @@ struct ConfigTests {
         "sessions.period": "30s",
         "sessions.browser": "/opt/chromium/chrome",
         "sessions.sandbox": "false",
+        "sessions.port_guard": "false",
+        "sessions.cdp.allow_uids": "1500,1501",
+        "sessions.cdp.allow_gids": "2000",
         "sessions.lockdown.add": "Ctrl+Shift+X, F9",
         "sessions.lockdown.remove": "F5, Ctrl+R",
         "sessions.lockdown.close_extra_tabs": "false",
@@ -267,6 +270,20 @@ struct ConfigTests {
         let indented = yaml.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")
         let found = try issues("programs:\n" + indented)
         #expect(found.contains { $0.key == key && $0.message.contains(message) }, "\(found)")
+    }
+
+    @Test func socketPathsMustFitTheirLimitWhateverTheTaskIds() throws {
+        // displays up to 999: "/sessions/d999" and Chromium's TMPDIR socket follow runtime.dir.
+        let longest = 107 - "/sessions/d999/tmp/org.chromium.Chromium.XXXXXX/SingletonSocket".utf8.count
+        let fits = "/" + String(repeating: "r", count: longest - 1)
+        #expect(try issues("runtime:\n  dir: \(fits)\nsessions:\n  displays: 10-999\n").isEmpty)
+        let found = try issues("runtime:\n  dir: \(fits)r\nsessions:\n  displays: 10-999\n")
+        #expect(found.map(\.key) == ["runtime.dir"], "\(found)")
+        #expect(found.first?.message.contains("use at most \(longest) bytes") == true, "\(found)")
+        // Five-digit displays take two bytes more.
+        #expect(try issues("runtime:\n  dir: \(fits)\nsessions:\n  displays: 10-10999\n").map(\.key) == ["runtime.dir"])
+        let socket = "/" + String(repeating: "s", count: 107)
+        #expect(try issues("control:\n  socket: \(socket)\n").map(\.key) == ["control.socket"])
     }
 
     @Test func durationsNeedAUnit() throws {
