@@ -51,6 +51,20 @@ struct ListenerTests {
             let answer = try h.exchange(request)
             #expect(answer.status == 408 && answer.code == "request_timeout" && answer.closed, "\(what): \(answer)")
         }
+        // A head dripped a byte at a time still has to be whole by the deadline.
+        let drip = try connectLoopback(port: h.port)
+        defer { close(drip) }
+        sendAll(drip, Array("GET /health HTTP/1.1\r\nX-Slow: ".utf8))
+        let dripping = Task.detached {
+            for _ in 0..<50 {
+                try await Task.sleep(for: .milliseconds(200))
+                guard send(drip, "a", 1, Int32(MSG_NOSIGNAL)) == 1 else { return }
+            }
+        }
+        let dripped = readAnswer(drip)
+        dripping.cancel()
+        _ = await dripping.result
+        #expect(dripped.status == 408 && dripped.closed, "\(dripped)")
         // Kept alive after an answer, then idle: closed without another answer.
         let fd = try connectLoopback(port: h.port)
         defer { close(fd) }
