@@ -70,7 +70,7 @@ public struct SessionLayout: Sendable, Equatable {
 ///
 ///     <id> (rest_for_one)            budget N in P; spent → the session ends
 ///     ├─ xvfb
-///     ├─ openbox
+///     ├─ openbox                     (restarts alone)
 ///     ├─ lockdown                    (in-process key grabber + window watchdog; ready: XTEST self-test)
 ///     └─ clients (one_for_one)       budget N in P
 ///        ├─ x11vnc                   (a viewer leaving releases held keys through the lockdown)
@@ -81,7 +81,9 @@ public struct SessionLayout: Sendable, Equatable {
 ///
 /// rest_for_one at the top: when Xvfb dies every X client dies with it, so everything after it
 /// restarts in order; a client's crash restarts only that client. The lockdown comes before
-/// any client, so no window exists before its grabs do.
+/// any client, so no window exists before its grabs do. Nothing depends on Openbox (see
+/// docs/ARCHITECTURE.md): X clients outlive a window manager, and a new one manages the
+/// windows it finds.
 public enum SessionTree {
     /// The group of X clients (x11vnc, websockify, Chromium, the watch).
     public static let clientsID = "clients"
@@ -110,12 +112,18 @@ public enum SessionTree {
         return SupervisorSpec(strategy: .restForOne, intensity: s.budget, children: [
             Xvfb.childSpec(Xvfb.Settings(display: layout.display, authFile: layout.authFile, width: s.width, height: s.height, depth: s.depth),
                            credentials: user, environment: env),
-            Openbox.childSpec(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory),
-                              credentials: user, environment: env),
+            restartingAlone(Openbox.childSpec(Openbox.Settings(display: layout.display, authFile: layout.authFile, directory: layout.directory),
+                                              credentials: user, environment: env)),
         ] + (lockdown.map { [$0.childSpec()] } ?? []) + [
             // Ready when all its children are: Chromium's own 30 s bound is the longest.
             ChildSpec(id: clientsID, kind: .supervisor(SupervisorSpec(strategy: .oneForOne, intensity: s.budget, children: clients)),
                       readyTimeout: .seconds(60)),
         ])
+    }
+
+    private static func restartingAlone(_ spec: ChildSpec) -> ChildSpec {
+        var spec = spec
+        spec.restartsAlone = true
+        return spec
     }
 }
