@@ -40,14 +40,16 @@ public struct BridgeSettings: Sendable, Equatable {
 
 /// Where a task's viewers are relayed to: x11vnc directly, or the session's websockify.
 public struct BridgeTarget: Sendable {
-    public var vncPort: Int
-    public var websockifyPort: Int?
+    /// x11vnc's Unix socket.
+    public var vncSocket: String
+    /// websockify mode: its loopback port and the secret its auth plugin wants.
+    public var websockify: (port: Int, secret: String)?
     /// Releases keys and buttons a departing controlling viewer held.
     public var releaseInput: @Sendable () async -> Void
 
-    public init(vncPort: Int, websockifyPort: Int?, releaseInput: @escaping @Sendable () async -> Void) {
-        self.vncPort = vncPort
-        self.websockifyPort = websockifyPort
+    public init(vncSocket: String, websockify: (port: Int, secret: String)?, releaseInput: @escaping @Sendable () async -> Void) {
+        self.vncSocket = vncSocket
+        self.websockify = websockify
         self.releaseInput = releaseInput
     }
 }

@@ -1,6 +1,7 @@
 import Control
 import HTTPTypes
 import Hummingbird
+import Keysyms
 import Logging
 import Metrics
 import NIOCore
@@ -118,13 +119,34 @@ public struct PublicServer: Sendable {
         let started = ContinuousClock.now
         await access.note(grant.taskID, "viewer_connected", ["role": grant.role.rawValue, "viewers": "\(await viewers.count(grant.taskID))"])
         log.info("viewer connected")
-        let totals = await Relay(grant: grant, settings: settings).run(viewer)
+        // Refused keysyms become task events, like blocked combinations; the relay reports them
+        // from its event loop, this group writes them and ends with the relay.
+        let (reports, reporter) = AsyncStream.makeStream(of: [UInt32: Int].self, bufferingPolicy: .bufferingOldest(16))
+        let totals = await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await refused in reports { await access.note(grant.taskID, "keysym_blocked", Self.describe(refused)) }
+            }
+            let totals = await Relay(grant: grant, settings: settings).run(viewer) { reporter.yield($0) }
+            reporter.finish()
+            await group.waitForAll()
+            return totals
+        }
         await viewers.leave(grant.taskID)
         if grant.role == .control { await grant.target.releaseInput() }
         let seconds = (ContinuousClock.now - started).components.seconds
         await access.note(grant.taskID, "viewer_disconnected", ["role": grant.role.rawValue, "reason": totals.reason, "seconds": "\(seconds)",
                                                                  "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
         log.info("viewer disconnected", metadata: ["reason": "\(totals.reason)", "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
+    }
+}
+
+extension PublicServer {
+    /// A keysym_blocked event's fields: each keysym in hex with why it was refused and how often.
+    static func describe(_ refused: [UInt32: Int]) -> [String: String] {
+        let keysyms = refused.sorted { $0.key < $1.key }.map { keysym, n in
+            "0x\(String(keysym, radix: 16)) (\(ViewerKeysyms.refusal(keysym)?.rawValue ?? "unknown"))\(n > 1 ? " x\(n)" : "")"
+        }
+        return ["keysyms": keysyms.joined(separator: ", "), "count": "\(refused.values.reduce(0, +))"]
     }
 }
 

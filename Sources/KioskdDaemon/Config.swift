@@ -122,6 +122,10 @@ public struct Config: Sendable, Equatable {
         public var period = Duration.seconds(60)
         public var browser = Chromium.executable
         public var sandbox = true
+        /// Other local users are refused on the sessions' ports (nftables), but for these.
+        public var portGuard = true
+        public var cdpAllowUIDs = NumericIDs()
+        public var cdpAllowGIDs = NumericIDs()
         public var lockdownAdd: [KeyCombo] = []
         public var lockdownRemove: [KeyCombo] = []
         public var closeExtraTabs = true

@@ -84,7 +84,7 @@ enum PublicChild {
         guard let session = await sessions.session(id) else { return nil }
         let info = await session.info()
         guard info.state == .ready else { return nil }
-        return BridgeTarget(vncPort: info.vncPort, websockifyPort: info.websockifyPort) {
+        return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") }) {
             _ = try? await session.releaseHeldInput()
         }
     }

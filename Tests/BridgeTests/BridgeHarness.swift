@@ -51,7 +51,9 @@ struct BridgeHarness {
         let access = ViewerAccess(service: service, settings: settings, external: external) { id in
             guard let session = await manager.session(id) else { return nil }
             let info = await session.info()
-            return BridgeTarget(vncPort: info.vncPort, websockifyPort: info.websockifyPort) { _ = try? await session.releaseHeldInput() }
+            return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") }) {
+                _ = try? await session.releaseHeldInput()
+            }
         }
         let server = PublicServer(access: access, settings: settings, tls: tls) { false }
         let bound = OnceValue<Int>()
