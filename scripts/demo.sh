@@ -17,12 +17,12 @@ HTML
 chmod 0644 /tmp/kioskd-demo/kiosk.html
 bin="$(swift build -c release --show-bin-path)/kioskd"
 cat <<MSG
-[demo] kioskd runs one kiosk session and two programs (config/demo.yaml). When it logs
-[demo] "demo session ready", try from another shell:
-[demo]   DISPLAY=:10 XAUTHORITY=/tmp/kioskd-demo/run/sessions/demo/Xauthority import -window root /tmp/kiosk.png
-[demo]   (the log line gives the exact display; a VNC viewer works on the vnc= port it names)
+[demo] kioskd runs one kiosk task and two programs (config/demo.yaml). Once the task runs it
+[demo] prints a viewer link: open it in a browser to watch the live kiosk (on another machine,
+[demo] put this host's address in place of 127.0.0.1), and the CDP URL for an agent. Then try:
 [demo]   pkill -9 -x chromium        # the browser is back in about a second, the rest untouched
-[demo]   curl -s <the cdp= URL of that line>   # the browser's CDP endpoint, for an agent
+[demo]   curl -s <the CDP URL>/json/version   # the browser's CDP endpoint, for an agent
+[demo]   KIOSKD_SOCKET=/tmp/kioskd-demo/run/control.sock $(swift build -c release --show-bin-path)/kioskd task list
 [demo] Ctrl+C stops everything in reverse order.
 MSG
 exec "$bin" serve --config config/demo.yaml

@@ -93,8 +93,8 @@ enum ConfigSchema {
         key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
         key("sessions.lockdown.remove", "Default combinations the key grabber leaves to the browser, comma-separated (F5, Ctrl+R).", \.sessions.lockdownRemove, combos(inDefaults: true)),
         key("sessions.lockdown.close_extra_tabs", "Close every tab but the kiosk tab (true), or only tabs the page opens, leaving the agent's.", \.sessions.closeExtraTabs, boolean),
-        key("demo.enabled", "Boot one session with the daemon and print how to look at it.", \.demo.enabled, boolean),
-        key("demo.url", "The demo session's page.", \.demo.url, nonEmpty),
+        key("demo.enabled", "Run one task with the daemon and print a viewer link (with a view token) and its CDP URL on standard output.", \.demo.enabled, boolean),
+        key("demo.url", "The demo task's page.", \.demo.url, nonEmpty),
     ]
 
     static func key<T>(_ path: String, _ doc: String, _ field: WritableKeyPath<Config, T> & Sendable,

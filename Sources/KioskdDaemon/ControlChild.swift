@@ -26,6 +26,7 @@ enum ControlChild {
                                               template: { id, request in settings(config, id: id, request) }, logger: logger)
                     let interrupted = try await service.start()
                     published.set(service)
+                    if config.demo.enabled { try await DemoTask.start(service, sessions: sessions, config, logger: logger) }
                     let server = try server(config)
                     let kind = if case .sqlite = location { "sqlite" } else { "postgres" }
                     let routes = ControlRoutes(service: service, storeKind: kind, metrics: metrics, tree: tree)

@@ -4,25 +4,14 @@ import Logging
 import Supervision
 
 /// The session manager as a child of the root supervisor: ready once an earlier run's leftovers
-/// are swept (and the demo session, if configured, is up); on stop, every session is stopped.
+/// are swept; on stop, every session is stopped. (The demo is a task: `DemoTask`.)
 enum SessionsChild {
     static func spec(_ config: Config, manager: SessionManager, logger: Logger) -> ChildSpec {
         ChildSpec(
             id: "sessions",
             kind: .task { context in
                 let report = try await manager.start()
-                var detail = "swept \(report.processes) processes, \(report.directories.count) directories"
-                if config.demo.enabled {
-                    let session = try await manager.create(demoSettings(config))
-                    let info = await session.info()
-                    detail += "; demo session on \(info.display)"
-                    logger.notice("demo session ready: look at it with", metadata: [
-                        "vnc": "\(info.vncSocket) (x11vnc's Unix socket, as root: e.g. socat TCP-LISTEN:5900,bind=127.0.0.1 UNIX-CONNECT:\(info.vncSocket))",
-                        "screenshot": "DISPLAY=\(info.display) XAUTHORITY=\(info.directory)/Xauthority import -window root /tmp/kiosk.png",
-                        "cdp": "\(info.cdpURL)/json/version",
-                    ])
-                }
-                context.markReady(detail)
+                context.markReady("swept \(report.processes) processes, \(report.directories.count) directories")
                 // Runs until stopped; then every session stops in order, each by its tree.
                 do { try await OnceValue<Void>().wait() } catch {}
                 await manager.stopAll(reason: "kioskd is stopping")
@@ -43,10 +32,6 @@ enum SessionsChild {
                                     allowedGIDs: config.sessions.cdpAllowGIDs.values)
                         : nil,
                     logger: logger)
-    }
-
-    static func demoSettings(_ config: Config) throws -> SessionSettings {
-        settings(config, id: "demo", url: config.demo.url)
     }
 
     /// The configured session defaults. The grab list cannot fail here: the config loader

@@ -166,11 +166,29 @@ struct ServeTests {
               enabled: true
               url: "data:text/html,<title>demo</title>"
             """)
-        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/demo"
+        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/"
         let first = try start(path)
-        try await first.log.wait(for: "the demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }
-        let line = try #require(first.log.items.first { $0.contains("demo session ready") })
-        #expect(line.contains("import -window root") && line.contains("vnc=\"127.0.0.1:40"), "it says how to look: \(line)")
+        try await first.log.wait(for: "the demo task", timeout: .seconds(60)) { $0.contains("demo task running") }
+        let line = try #require(first.log.items.first { $0.contains("demo task running") })
+        #expect(line.contains("cdp=http://127.0.0.1:40") && !line.contains("token"), "the log names the task and CDP, never the token: \(line)")
+        // The terminal gets a viewer link that opens the live kiosk, and the CDP endpoint.
+        let printed = try readText(dir + "/kioskd.stdout")
+        let link = try #require(printed.split(whereSeparator: \.isWhitespace).first { $0.contains("/viewer?task_id=demo-") }.map(String.init), "\(printed)")
+        let listen = try #require(try readText(path).split(separator: "\n").first { $0.contains("listen:") }?.split(separator: " ").last.map(String.init))
+        #expect(link.hasPrefix("http://\(listen)/viewer?task_id=demo-") && link.contains("&token="), "\(link)")
+        let viewerPath = String(link.dropFirst("http://\(listen)".count))
+        try await first.log.wait(for: "the public listener", timeout: .seconds(30)) { $0.contains("kioskd/public: ready") }
+        let answer = try await blocking { () -> String in
+            let fd = try connectLoopback(port: Int(listen.split(separator: ":").last!)!)
+            defer { close(fd) }
+            let request = "GET \(viewerPath) HTTP/1.1\r\nHost: \(listen)\r\nConnection: close\r\n\r\n"
+            _ = send(fd, request, request.utf8.count, 0)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : ""
+        }
+        #expect(answer.hasPrefix("HTTP/1.1 303") && answer.contains("/novnc/vnc.html#path="), "the link opens the viewer: \(answer.prefix(300))")
+        #expect(printed.contains("drive it (CDP") && printed.contains("http://127.0.0.1:40"), "\(printed)")
         let old = processesWithEnvironment(containing: sessionMarker)
         #expect(old.count >= 4, "xvfb, openbox, x11vnc, chromium and its helpers")
 
@@ -186,13 +204,13 @@ struct ServeTests {
         try await waitExited(direct)
         let second = try start(path)
         try await second.log.wait(for: "the sweep", timeout: .seconds(60)) { $0.contains("removed leftovers of an earlier run") }
-        try await second.log.wait(for: "the new demo session", timeout: .seconds(60)) { $0.contains("demo session ready") }
+        try await second.log.wait(for: "the new demo task", timeout: .seconds(60)) { $0.contains("demo task running") }
         for pid in old { #expect(!isAlive(pid), "a process of the killed daemon's session survived: \(pid)") }
 
         second.signal(SIGTERM)
         #expect(try await second.waitExit() == 0, "\(second.stderr)")
         #expect(processesWithEnvironment(containing: sessionMarker).isEmpty, "the session stopped with the daemon")
-        #expect(access(dir + "/run/sessions/demo", F_OK) != 0)
+        #expect(directoryEntries(dir + "/run/sessions").isEmpty, "no session directory left")
     }
 
     /// The repository's root, for docs/examples and the venv scripts/setup.sh --tests makes.
