@@ -15,8 +15,8 @@ public struct SupervisorStateMachine: Sendable {
     /// How long after a dependent's crash the crash that caused it may still be reported. Exits
     /// are posted in no set order: when Xvfb is killed, the lockdown and Openbox often report
     /// first, while Xvfb's own exit waits for its leftovers to be swept, which can take the 1 s
-    /// they get for SIGTERM.
-    public static let foldWindow: Duration = .seconds(2)
+    /// they get for SIGTERM, and longer on a loaded machine.
+    public static let foldWindow: Duration = .seconds(5)
 
     public enum Input: Sendable {
         /// Begin the initial, ordered start.
