@@ -15,6 +15,10 @@ final class ProcessReactor: Sendable {
 
     /// Longest line kept whole; longer output is cut into pieces of this size.
     static let maxLineBytes = 8192
+    /// Reads of 64 KiB per fd per wake-up: 1 MiB, what a pipe holds at most by default (so a dead
+    /// child's last output is all read before its exit is reported), and a bound on how long a
+    /// flooding child keeps this thread from every other child's output and exit.
+    static let maxReadsPerWake = 16
 
     private enum Watch {
         case exit(pid: Int32, pidfd: Int32, outputs: [Int32], done: OnceValue<ExitReason>)
@@ -192,10 +196,11 @@ final class ProcessReactor: Sendable {
         }
     }
 
-    /// Reads what is available; calls `emit` per complete line. Returns false at EOF or error.
+    /// Reads what is available, up to `maxReadsPerWake` reads (epoll reports the fd again for the
+    /// rest); calls `emit` per complete line. Returns false at EOF or error.
     private func drain(_ fd: Int32, into buffer: inout [UInt8], emit: (String) -> Void) -> Bool {
         var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
+        for _ in 0..<Self.maxReadsPerWake {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n > 0 {
                 var start = 0
@@ -217,6 +222,7 @@ final class ProcessReactor: Sendable {
             if !buffer.isEmpty { emitLine(&buffer, emit) }
             return false
         }
+        return true
     }
 
     private func emitLine(_ buffer: inout [UInt8], _ emit: (String) -> Void) {

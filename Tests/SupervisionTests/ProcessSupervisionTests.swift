@@ -369,6 +369,25 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    @Test func aFloodingChildDoesNotHoldUpAnotherChildsOutput() async throws {
+        // yes(1) writes short lines in big chunks, faster than they can be handled: its pipe is
+        // never empty while the other child starts.
+        let flood = ChildSpec(id: "flood", kind: .process(ProcessSpec(executable: "/usr/bin/yes", environment: ProcessSpec.scrubbed())),
+                              restart: .temporary)
+        let sup = try supervisor(.oneForOne, [flood, spec("quiet", ["--print", "up"], readiness: .logLine(contains: "up"))])
+        let run = launch(sup)
+        let yes = try await pid(of: "flood")
+        do {
+            try await withTimeout(.seconds(5), "the other child ready beside the flood") { try await sup.waitReady() }
+        } catch {
+            // A starved reactor cannot stop it either, nor start anything: the test must still end.
+            kill(yes, SIGKILL)
+            throw error
+        }
+        #expect(await sup.recentOutput(of: "flood")?.last?.text == "y")
+        _ = await stopAndWait(sup, run)
+    }
+
     // MARK: - What the child gets
 
     @Test func theChildGetsAScrubbedEnvironmentNoInheritedFdsAndItsLimits() async throws {
