@@ -364,7 +364,7 @@ public struct SupervisorStateMachine: Sendable {
     /// Whether child `i` depends on child `j`, so that `j`'s crash restarts `i` too: under
     /// rest_for_one on every child before it, under one_for_all on every other child, and never
     /// on a child that restarts alone.
-    func depends(_ i: Int, on j: Int) -> Bool {
+    private func depends(_ i: Int, on j: Int) -> Bool {
         guard i != j, !children[j].restartsAlone else { return false }
         switch strategy {
         case .oneForOne: return false
