@@ -77,12 +77,13 @@ if [ "$(id -u)" -eq 0 ] && ! getent passwd kioskd >/dev/null; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  # The Python example client (docs/examples) runs in the tests: httpx from PyPI, in a venv.
-  if [ ! -x .build/venv/bin/python3 ] || ! .build/venv/bin/python3 -c "import httpx" 2>/dev/null; then
-    log "installing httpx into .build/venv (for docs/examples/kioskd_client.py)"
+  # Python clients run in the tests, from PyPI in a venv: httpx (docs/examples/kioskd_client.py)
+  # and Playwright (the agent library; connect_over_cdp needs no browser download).
+  if [ ! -x .build/venv/bin/python3 ] || ! .build/venv/bin/python3 -c "import httpx, playwright" 2>/dev/null; then
+    log "installing httpx and playwright into .build/venv"
     mkdir -p .build
     /usr/bin/python3 -m venv .build/venv
-    .build/venv/bin/pip install --quiet httpx
+    .build/venv/bin/pip install --quiet httpx playwright
   fi
   log "building kioskd and its tests (debug)"
   swift build --build-tests

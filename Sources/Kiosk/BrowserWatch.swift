@@ -35,6 +35,16 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Which tabs the browser watch closes besides windows the lockdown closes.
+public enum TabPolicy: String, Sendable, CaseIterable {
+    /// Tabs a CDP client (the agent) creates live; tabs the page opens (window.open,
+    /// target=_blank, modified clicks: they have an opener) are closed. Agents open pages all
+    /// the time (Playwright's `context.new_page()`), so this is the default.
+    case agent
+    /// Only the kiosk tab lives: every other tab is closed, the agent's as well.
+    case kioskOnly = "kiosk_only"
+}
+
 /// An in-process child next to Chromium: attaches to the browser's CDP endpoint, watches the
 /// targets, reloads a crashed tab and reopens the home page when the last tab is gone. It is
 /// also the tab half of the lockdown's watchdog: a tab other than the kiosk tab is closed.
@@ -43,20 +53,18 @@ public enum BrowserEvent: Sendable, Equatable, CustomStringConvertible {
 public struct BrowserWatch: Sendable {
     public let cdpPort: Int
     public let homeURL: String
-    /// Close every tab but the kiosk tab; false: close only tabs the page opened, and leave
-    /// the ones a CDP client (the agent) creates.
-    public let closeExtraTabs: Bool
+    public let tabs: TabPolicy
     /// Run on every attach before the watch counts as ready: the lockdown's self-test against
     /// the running browser. Tabs must be the same afterwards.
     public let verify: (@Sendable () async throws -> String)?
     public let report: @Sendable (BrowserEvent) -> Void
     public let logger: Logger
 
-    public init(cdpPort: Int, homeURL: String, closeExtraTabs: Bool = true, verify: (@Sendable () async throws -> String)? = nil,
+    public init(cdpPort: Int, homeURL: String, tabs: TabPolicy = .agent, verify: (@Sendable () async throws -> String)? = nil,
                 logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
         self.cdpPort = cdpPort
         self.homeURL = homeURL
-        self.closeExtraTabs = closeExtraTabs
+        self.tabs = tabs
         self.verify = verify
         self.logger = logger
         self.report = report
@@ -96,7 +104,7 @@ public struct BrowserWatch: Sendable {
         let found = try await tabs(cdp)
         var pages = Set(found)
         report(.attached(pages: pages.count))
-        if closeExtraTabs {
+        if tabs == .kioskOnly {
             for id in found.dropFirst() {
                 try await close(id, url: "", byPage: false, cdp)
                 pages.remove(id)
@@ -129,7 +137,7 @@ public struct BrowserWatch: Sendable {
                 if !pages.isEmpty {
                     // Opened by the page (window.open, a target=_blank or modified click).
                     let byPage = !(info?["openerId"]?.string ?? "").isEmpty
-                    if closeExtraTabs || byPage {
+                    if tabs == .kioskOnly || byPage {
                         try await close(id, url: url, byPage: byPage, cdp)
                         continue
                     }

@@ -63,7 +63,10 @@ public enum Chromium {
             // Replaces the removed --disable-session-crashed-bubble after a kill -9.
             "--hide-crash-restore-bubble",
             "--noerrdialogs",
-            "--disable-features=Translate,MediaRouter,DialMediaRouteProvider",
+            // The WebUI omnibox popups (a kiosk has no omnibox) are hidden page targets: blocked
+            // by policy they show an error page, and an agent taking `context.pages[0]` got one
+            // (clicks "outside of the viewport", screenshots that never come).
+            "--disable-features=Translate,MediaRouter,DialMediaRouteProvider,WebUIOmniboxPopup,WebUIOmniboxAimPopup",
             "--disable-component-update",
             "--disable-sync",
         ]

@@ -167,7 +167,7 @@ public actor Session {
             }
             events.publish(.lockdown(event))
         }
-        let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, closeExtraTabs: settings.closeExtraTabs,
+        let watch = BrowserWatch(cdpPort: layout.cdpPort, homeURL: settings.url, tabs: settings.tabs,
                                  verify: lockdown.verifyAgainstBrowser, logger: logger) { [logger] event in
             switch event {
             case .tabCrashed, .unexpectedTarget, .tabClosed, .targetClosed, .returnedHome: logger.warning("\(event)")

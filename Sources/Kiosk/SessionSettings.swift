@@ -29,14 +29,14 @@ public struct SessionSettings: Sendable, Equatable {
     public var sandbox: Bool
     /// What the key grabber holds on the session's display.
     public var grabs: [GrabEntry]
-    /// Close every tab but the kiosk tab (true), or only the tabs the page opens.
-    public var closeExtraTabs: Bool
+    /// Which tabs the browser watch closes.
+    public var tabs: TabPolicy
 
     public init(id: String, url: String = "about:blank", width: Int = 1280, height: Int = 800, depth: Int = 24,
                 input: X11VNC.Input = .control, bridge: BridgeMode = .builtin,
                 budget: Intensity = Intensity(maxRestarts: 5, period: .seconds(60)),
                 browserExecutable: String = Chromium.executable, sandbox: Bool = true,
-                grabs: [GrabEntry] = GrabList.defaults, closeExtraTabs: Bool = true) {
+                grabs: [GrabEntry] = GrabList.defaults, tabs: TabPolicy = .agent) {
         self.id = id
         self.url = url
         self.width = width
@@ -48,7 +48,7 @@ public struct SessionSettings: Sendable, Equatable {
         self.browserExecutable = browserExecutable
         self.sandbox = sandbox
         self.grabs = grabs
-        self.closeExtraTabs = closeExtraTabs
+        self.tabs = tabs
     }
 
     /// Every problem at once, each naming the setting.

@@ -18,6 +18,9 @@ public struct Config: Sendable, Equatable {
     public var sessions = SessionDefaults()
     public var demo = Demo()
     public var programs: [Program] = []
+    /// Deprecated keys this configuration used (each still works; `ConfigWarning` names its
+    /// replacement).
+    public var deprecatedKeysUsed: [String] = []
 
     public init() {}
 
@@ -128,7 +131,7 @@ public struct Config: Sendable, Equatable {
         public var cdpAllowGIDs = NumericIDs()
         public var lockdownAdd: [KeyCombo] = []
         public var lockdownRemove: [KeyCombo] = []
-        public var closeExtraTabs = true
+        public var tabs = TabPolicy.agent
     }
 
     /// A session booted with the daemon, to look at (the README's run command).

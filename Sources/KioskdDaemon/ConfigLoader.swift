@@ -106,7 +106,7 @@ public enum ConfigLoader {
                 config.programs = ProgramsParser.parse(value, source: source, issues: &issues)
                 continue
             }
-            if let key = ConfigSchema.keys.first(where: { $0.path == path }) {
+            if let key = (ConfigSchema.keys + ConfigSchema.deprecatedKeys).first(where: { $0.path == path }) {
                 guard let scalar = value.scalar else {
                     issues.append(ConfigIssue(key: path, message: "must be a single value, not a list or mapping", source: at))
                     continue
@@ -118,7 +118,7 @@ public enum ConfigLoader {
                 }
                 continue
             }
-            if let nested = value.mapping, ConfigSchema.keys.contains(where: { $0.path.hasPrefix(path + ".") }) {
+            if let nested = value.mapping, (ConfigSchema.keys + ConfigSchema.deprecatedKeys).contains(where: { $0.path.hasPrefix(path + ".") }) {
                 walk(nested, prefix: path, source: source, config: &config, issues: &issues)
                 continue
             }
@@ -127,7 +127,7 @@ public enum ConfigLoader {
     }
 
     static func applyEnvironment(_ environment: [String: String], to config: inout Config, issues: inout [ConfigIssue]) {
-        let known = Dictionary(uniqueKeysWithValues: ConfigSchema.keys.map { ($0.environmentVariable, $0) })
+        let known = Dictionary(uniqueKeysWithValues: (ConfigSchema.keys + ConfigSchema.deprecatedKeys).map { ($0.environmentVariable, $0) })
         let programsVariable = ConfigSchema.environmentVariable(for: ConfigSchema.programsKey)
         for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("KIOSKD_") {
             let source = "environment \(name)"

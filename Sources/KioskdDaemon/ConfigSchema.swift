@@ -92,9 +92,20 @@ enum ConfigSchema {
         key("sessions.cdp.allow_gids", "Primary groups whose connections to a session's CDP port pass the port guard.", \.sessions.cdpAllowGIDs, ids),
         key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
         key("sessions.lockdown.remove", "Default combinations the key grabber leaves to the browser, comma-separated (F5, Ctrl+R).", \.sessions.lockdownRemove, combos(inDefaults: true)),
-        key("sessions.lockdown.close_extra_tabs", "Close every tab but the kiosk tab (true), or only tabs the page opens, leaving the agent's.", \.sessions.closeExtraTabs, boolean),
+        key("sessions.lockdown.tabs", "Which tabs live besides the kiosk tab: agent (tabs a CDP client creates; the page's popups are closed) or kiosk_only (none).", \.sessions.tabs, choice(TabPolicy.self)),
         key("demo.enabled", "Run one task with the daemon and print a viewer link (with a view token) and its CDP URL on standard output.", \.demo.enabled, boolean),
         key("demo.url", "The demo task's page.", \.demo.url, nonEmpty),
+    ]
+
+    /// Keys that still work but are no longer documented: each maps onto its replacement and is
+    /// reported by `ConfigWarning`.
+    static let deprecatedKeys: [ConfigKey] = [
+        ConfigKey(path: "sessions.lockdown.close_extra_tabs", doc: "Replaced by sessions.lockdown.tabs (true: kiosk_only, false: agent).",
+                  current: { $0.sessions.tabs == .kioskOnly ? "true" : "false" },
+                  apply: { (text: String, config: inout Config) throws(ValueError) in
+                      config.sessions.tabs = try boolean(text) ? .kioskOnly : .agent
+                      config.deprecatedKeysUsed.append("sessions.lockdown.close_extra_tabs")
+                  }),
     ]
 
     static func key<T>(_ path: String, _ doc: String, _ field: WritableKeyPath<Config, T> & Sendable,
@@ -305,6 +316,7 @@ extension LogLevel: ConfigRenderable { var rendered: String { rawValue } }
 extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
 extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
+extension TabPolicy: ConfigRenderable { var rendered: String { rawValue } }
 extension X11VNC.Input: ConfigRenderable { var rendered: String { rawValue } }
 extension [KeyCombo]: ConfigRenderable { var rendered: String { map(\.description).joined(separator: ", ") } }
 extension NameList: ConfigRenderable { var rendered: String { values.joined(separator: ",") } }

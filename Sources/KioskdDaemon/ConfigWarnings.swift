@@ -11,9 +11,16 @@ struct ConfigWarning: Equatable, CustomStringConvertible {
     var description: String { "\(key): \(message)" }
 
     static func check(_ config: Config) -> [ConfigWarning] {
+        var warnings: [ConfigWarning] = []
+        for path in config.deprecatedKeysUsed {
+            let doc = ConfigSchema.deprecatedKeys.first { $0.path == path }?.doc ?? "deprecated"
+            warnings.append(ConfigWarning(key: path, message: "deprecated: \(doc)"))
+        }
         let secret = config.publicListener.jwt.hs256SecretFile
-        guard !secret.isEmpty, let why = exposedSecret(secret) else { return [] }
-        return [ConfigWarning(key: "public.jwt.hs256_secret_file", message: why)]
+        if !secret.isEmpty, let why = exposedSecret(secret) {
+            warnings.append(ConfigWarning(key: "public.jwt.hs256_secret_file", message: why))
+        }
+        return warnings
     }
 
     /// As ssh says of a private key: whoever can read the identity provider's shared secret can

@@ -42,6 +42,6 @@ enum SessionsChild {
                         budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
                         browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox,
                         grabs: (try? GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove)) ?? GrabList.defaults,
-                        closeExtraTabs: config.sessions.closeExtraTabs)
+                        tabs: config.sessions.tabs)
     }
 }

@@ -1,4 +1,5 @@
 import KioskdTestSupport
+import Kiosk
 import Supervision
 import Testing
 import Yams
@@ -116,7 +117,7 @@ struct ConfigTests {
         "sessions.cdp.allow_gids": "2000",
         "sessions.lockdown.add": "Ctrl+Shift+X, F9",
         "sessions.lockdown.remove": "F5, Ctrl+R",
-        "sessions.lockdown.close_extra_tabs": "false",
+        "sessions.lockdown.tabs": "kiosk_only",
         "demo.enabled": "true",
         "demo.url": "https://example.com/",
     ]
@@ -270,6 +271,19 @@ struct ConfigTests {
         let indented = yaml.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")
         let found = try issues("programs:\n" + indented)
         #expect(found.contains { $0.key == key && $0.message.contains(message) }, "\(found)")
+    }
+
+    @Test func theDeprecatedTabKeyStillWorksAndIsWarnedAbout() throws {
+        #expect(Config().sessions.tabs == .agent, "the agent's own tabs live by default")
+        for (value, tabs) in [("true", TabPolicy.kioskOnly), ("false", .agent)] {
+            let config = try load("sessions:\n  lockdown:\n    close_extra_tabs: \(value)\n")
+            #expect(config.sessions.tabs == tabs)
+            #expect(ConfigWarning.check(config).map(\.key) == ["sessions.lockdown.close_extra_tabs"])
+            #expect(ConfigWarning.check(config).first?.message.contains("sessions.lockdown.tabs") == true)
+        }
+        let fromEnvironment = try load("", env: ["KIOSKD_SESSIONS_LOCKDOWN_CLOSE_EXTRA_TABS": "true"])
+        #expect(fromEnvironment.sessions.tabs == .kioskOnly)
+        #expect(try issues("sessions:\n  lockdown:\n    tabs: everything\n").first?.message.contains("agent, kiosk_only") == true)
     }
 
     @Test func socketPathsMustFitTheirLimitWhateverTheTaskIds() throws {

@@ -249,6 +249,32 @@ struct ServeTests {
         #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
     }
 
+    /// The agent library the seed's product uses, over CDP with the default lockdown: its pages
+    /// live, the page's popup is seen then closed, and it reconnects after Chromium is killed.
+    @Test func playwrightDrivesATaskWithTheDefaultLockdown() async throws {
+        defer { removeTree(dir) }
+        let python = Self.repository + "/.build/venv/bin/python3"
+        guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs playwright from PyPI there)") }
+        let path = try config("  []", extra: """
+            sessions:
+              displays: 950-969
+              ports: 39000-39999
+            """)
+        let daemon = try start(path)
+        try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
+        let output = dir + "/agent.out"
+        let status = try await runToExit(python, [Self.repository + "/Tests/KioskdDaemonTests/playwright_agent.py", dir + "/run/control.sock"],
+                                         environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": dir], timeout: .seconds(180), output: output)
+        let printed = (try? readText(output)) ?? ""
+        #expect(status == 0, "\(printed)")
+        for step in ["goto, fill, click", "screenshot", "expect_popup sees the page's popup", "new_page survives",
+                     "disconnect leaves the kiosk running; Chromium killed and back", "reconnect after kill -9 of Chromium"] {
+            #expect(printed.contains("ok \(step)"), "\(step): \(printed)")
+        }
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.waitExit() == 0, "\(daemon.stderr)")
+    }
+
     @Test func onPostgreSQLARunningTaskIsInterruptedByARestartAndItsSessionSwept() async throws {
         defer { removeTree(dir) }
         let url = try await PostgresFixture.shared.value.createDatabase("serve_\(UInt32.random(in: 0...UInt32.max))")
