@@ -77,13 +77,14 @@ if [ "$(id -u)" -eq 0 ] && ! getent passwd kioskd >/dev/null; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  # Python clients run in the tests, from PyPI in a venv: httpx (docs/examples/kioskd_client.py)
-  # and Playwright (the agent library; connect_over_cdp needs no browser download).
-  if [ ! -x .build/venv/bin/python3 ] || ! .build/venv/bin/python3 -c "import httpx, playwright" 2>/dev/null; then
-    log "installing httpx and playwright into .build/venv"
+  # Python clients run in the tests, from PyPI in a venv: httpx (docs/examples/kioskd_client.py),
+  # Playwright (the agent library; connect_over_cdp needs no browser download) and supervisor
+  # (the peer in the benchmarks' smoke run).
+  if [ ! -x .build/venv/bin/supervisord ] || ! .build/venv/bin/python3 -c "import httpx, playwright" 2>/dev/null; then
+    log "installing httpx, playwright and supervisor into .build/venv"
     mkdir -p .build
     /usr/bin/python3 -m venv .build/venv
-    .build/venv/bin/pip install --quiet httpx playwright
+    .build/venv/bin/pip install --quiet httpx playwright supervisor
   fi
   log "building kioskd and its tests (debug)"
   swift build --build-tests

@@ -14,3 +14,7 @@ systemd-analyze verify "$unit_dir/kioskd.service"
 
 echo "[test] swift test"
 swift test --skip-build "$@"
+
+# Every benchmark part, with tiny counts, as a fresh clone runs it: so none can rot unseen.
+echo "[test] benchmarks: smoke run of every part"
+"$(swift build --show-bin-path)/kioskd-bench" --smoke --supervisord .build/venv/bin/supervisord

@@ -244,7 +244,8 @@ func markedPSS(_ marker: String) -> Int {
 }
 
 func printBridge() async throws {
-    let streamBytes = 512 << 20, browserBytes = 256 << 20, rounds = 7, echoesPerRound = 300, connects = 200, idle = 100
+    let (streamBytes, browserBytes, rounds, echoesPerRound, connects, idle) = isSmokeRun
+        ? (8 << 20, 4 << 20, 1, 20, 5, 5) : (512 << 20, 256 << 20, 7, 300, 200, 100)
     print("\nVNC WebSocket bridge vs Debian's websockify vs raw TCP (same targets and client; \(rounds) interleaved rounds of a \(streamBytes >> 20) MiB stream "
         + "and \(echoesPerRound) echoes; \(browserBytes >> 20) MiB to a Chromium page; \(connects) connects; \(idle) idle viewers)")
     let echo = TargetServer(stream: nil), stream = TargetServer(stream: streamBytes)

@@ -106,7 +106,7 @@ func timedGets(_ client: ControlClient, _ id: String, _ count: Int) async throws
 }
 
 func printControl(_ requests: Int) async throws {
-    print("\ncontrol API over its Unix socket: GET /v1/tasks/{id} ×\(requests) (1 client), ×\(requests) over 16 clients, 1000 append+read")
+    print("\ncontrol API over its Unix socket: GET /v1/tasks/{id} ×\(requests) (1 client), ×\(requests) over 16 clients, \(min(requests, 1000)) append+read")
     print("(client and daemon in one process on this machine; SQLite synchronous=FULL; PostgreSQL 15 with its defaults, fsync on)")
     let sqlite = try await benchControl(store: try SQLiteTaskStore(path: try makeTempDir("kioskd-bench-sqlite") + "/k.sqlite"), kind: "sqlite", requests: requests)
     let pg = try await PostgresFixture.start(durable: true)

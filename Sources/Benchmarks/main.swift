@@ -1,7 +1,10 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
-//                [--only-sessions | --only-control | --only-bridge]
+//                [--only-sessions | --only-control | --only-bridge] [--smoke]
+//
+// --smoke: every part with tiny counts, so the test command proves each still runs (its
+// figures mean nothing).
 //
 // Detection: kill -9 of a trivial child → the supervisor's exit event.
 // Restart:   kill -9 → the child is running (ready) again.
@@ -43,8 +46,9 @@ struct Options {
             case "--only-control": onlyControl = true
             case "--only-bridge": onlyBridge = true
             case "--requests": requests = Int(it.next() ?? "") ?? requests
+            case "--smoke": (kills, children, sessions, requests) = (5, 3, 1, 50)
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control | --only-bridge]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control | --only-bridge] [--smoke]")
             }
         }
     }
@@ -264,6 +268,9 @@ func supervisordRSS(_ options: Options, child: String) throws -> Int {
 func kioskdServeRSS(children: Int, child: String) throws -> Int {
     var template = Array("/tmp/kioskd-bench-XXXXXX".utf8CString)
     let dir = String(cString: mkdtemp(&template)!)
+    // mkdtemp makes it 0700: the session user must be able to reach runtime.dir/sessions, or
+    // kioskd refuses to start (it checks at start).
+    chmod(dir, 0o711)
     defer { _ = system("rm -rf '\(dir)'") }
     var conf = "state:\n  dir: \(dir)/state\nruntime:\n  dir: \(dir)/run\nlog:\n  level: warning\nprograms:\n"
     for i in 0..<children { conf += "  - name: idle\(i)\n    command: [\"\(child)\"]\n" }
@@ -339,6 +346,7 @@ if CommandLine.arguments.dropFirst().first == "--serve-bridge" {
     try await serveBridge(Array(CommandLine.arguments.dropFirst(2)))
 }
 let options = Options(CommandLine.arguments)
+if isSmokeRun { print("kioskd-bench --smoke: every part with tiny counts; the figures below are not measurements\n") }
 let child = sibling("kioskd-testchild")
 if !options.onlySessions && !options.onlyControl && !options.onlyBridge {
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")

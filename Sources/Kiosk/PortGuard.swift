@@ -69,9 +69,10 @@ public struct PortGuard: Sendable, Equatable {
 
     /// Removes the table (at a clean stop; a killed daemon's table stays until the next start).
     public func remove(logger: Logger) async {
-        do {
-            try await nft(["delete", "table", "inet", table], logger: logger)
-        } catch {
+        // A stop runs in the stopping child's cancelled task, where every wait would end at
+        // once: the removal gets a task of its own, awaited here, so it finishes.
+        let removal = Task { try await nft(["delete", "table", "inet", table], logger: logger) }
+        if case .failure(let error) = await removal.result {
             logger.warning("could not remove the port guard", metadata: ["table": "\(table)", "error": "\(error)"])
         }
     }
