@@ -140,8 +140,8 @@ final class LineSpy: Sendable {
     private let lines = Recorder<String>()
 
     init(_ path: String, _ arguments: [String], environment: [String: String]) throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
+        let pipe = try cloexecPipe()
+        let fds = [pipe.read, pipe.write]
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }

@@ -216,17 +216,19 @@ struct ServeTests {
     /// The repository's root, for docs/examples and the venv scripts/setup.sh --tests makes.
     static let repository = String(#filePath.split(separator: "/").dropLast(3).joined(separator: "/")).withLeadingSlash
 
+    /// The tests' venv Python (scripts/setup.sh --tests installs httpx and playwright there) and
+    /// a daemon whose sessions use `displays` and `ports`, its control socket serving.
+    func pythonAndDaemon(displays: String, ports: String) async throws -> (python: String, daemon: DaemonProcess) {
+        let python = Self.repository + "/.build/venv/bin/python3"
+        guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs httpx and playwright from PyPI there)") }
+        let daemon = try start(try config("  []", extra: "sessions:\n  displays: \(displays)\n  ports: \(ports)\n"))
+        try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
+        return (python, daemon)
+    }
+
     @Test func thePythonExampleDrivesARealTaskOverTheControlSocket() async throws {
         defer { removeTree(dir) }
-        let python = Self.repository + "/.build/venv/bin/python3"
-        guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs httpx from PyPI there)") }
-        let path = try config("  []", extra: """
-            sessions:
-              displays: 850-899
-              ports: 42000-42999
-            """)
-        let daemon = try start(path)
-        try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
+        let (python, daemon) = try await pythonAndDaemon(displays: "850-899", ports: "42000-42999")
         let output = dir + "/example.out"
         let status = try await runToExit(python, [Self.repository + "/docs/examples/kioskd_client.py", "--socket", dir + "/run/control.sock",
                                                   "--url", "data:text/html,<title>py</title>python"],
@@ -253,15 +255,7 @@ struct ServeTests {
     /// live, the page's popup is seen then closed, and it reconnects after Chromium is killed.
     @Test func playwrightDrivesATaskWithTheDefaultLockdown() async throws {
         defer { removeTree(dir) }
-        let python = Self.repository + "/.build/venv/bin/python3"
-        guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs playwright from PyPI there)") }
-        let path = try config("  []", extra: """
-            sessions:
-              displays: 950-969
-              ports: 39000-39999
-            """)
-        let daemon = try start(path)
-        try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
+        let (python, daemon) = try await pythonAndDaemon(displays: "950-969", ports: "39000-39999")
         let output = dir + "/agent.out"
         let status = try await runToExit(python, [Self.repository + "/Tests/KioskdDaemonTests/playwright_agent.py", dir + "/run/control.sock"],
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": dir], timeout: .seconds(180), output: output)
@@ -292,7 +286,8 @@ struct ServeTests {
         let created = try await client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"pg1","url":"data:text/html,<title>pg</title>pg"}"#)
         let task = try JSONDecoder().decode(JSONValue.self, from: Data(created.body))
         #expect(created.status == 201 && task["state"]?.string == "running", "\(created.text)")
-        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/pg1"
+        // Session directories are named by display: this daemon's only session is the task's.
+        let sessionMarker = "KIOSKD_SESSION=\(dir)/run/sessions/"
         let old = processesWithEnvironment(containing: sessionMarker)
         #expect(old.count >= 4, "the task's session runs")
 

@@ -17,8 +17,8 @@ public final class DaemonProcess: Sendable {
     private let logDrained = OnceValue<Void>()
 
     public init(executable: String, arguments: [String], environment: [String: String], directory: String) throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
+        let pipe = try cloexecPipe()
+        let fds = [pipe.read, pipe.write]
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -197,8 +197,8 @@ public func runToExit(_ path: String, _ arguments: [String], environment: [Strin
 /// bounded by `timeout`. The program is killed afterwards.
 public func waitForLine(_ path: String, _ arguments: [String], environment: [String: String], _ what: String,
                         timeout: Duration = .seconds(15), _ condition: @escaping @Sendable (String) -> Bool) async throws {
-    var fds: [Int32] = [0, 0]
-    guard pipe(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
+    let pipe = try cloexecPipe()
+    let fds = [pipe.read, pipe.write]
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { (argv + envp).forEach { free($0) } }

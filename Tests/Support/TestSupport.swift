@@ -199,6 +199,14 @@ public func connectLoopback(port: Int, timeout: Int = 10) throws -> Int32 {
     return fd
 }
 
+/// A pipe whose ends close on exec: a program another test spawns at the same moment must not
+/// inherit a write end, or the pipe never reaches EOF while that program lives.
+public func cloexecPipe() throws -> (read: Int32, write: Int32) {
+    var fds: [Int32] = [0, 0]
+    guard ksup_pipe_cloexec(&fds) == 0 else { throw TestFailure("pipe: errno \(errno)") }
+    return (fds[0], fds[1])
+}
+
 /// Runs a program to its end (as `user` if given): what it printed, or a failure naming its exit.
 public func runTool(_ path: String, _ arguments: [String], environment: [String: String] = [:], user: Credentials? = nil) async throws -> String {
     var logger = Logger(label: "test.tool")
