@@ -66,7 +66,7 @@ public struct PublicServer: Sendable {
         // refusal is a status with a JSON body, never a bare close.
         router.get("/api/v1/vnc/ws") { request, _ -> Response in
             let grant = try await access.authorize(request)
-            guard await viewers.count(grant.taskID) < viewers.limit else { throw Self.full(grant.taskID, viewers.limit) }
+            guard viewers.count(grant.taskID) < viewers.limit else { throw Self.full(grant.taskID, viewers.limit) }
             throw APIError(.badRequest, "upgrade_required", "this endpoint speaks WebSocket (Upgrade: websocket, version 13)")
         }
         router.get("/viewer") { request, _ -> Response in
@@ -98,7 +98,7 @@ public struct PublicServer: Sendable {
             } catch {
                 return .refuse(APIError(.internalServerError, "internal", "internal error; the daemon's log has the details"))
             }
-            guard await viewers.count(grant.taskID) < viewers.limit else { return .refuse(Self.full(grant.taskID, viewers.limit)) }
+            guard viewers.count(grant.taskID) < viewers.limit else { return .refuse(Self.full(grant.taskID, viewers.limit)) }
             let offered = head.headerFields[.secWebSocketProtocol]?.split(separator: ",").map { $0.filter { !$0.isWhitespace } } ?? []
             let fields: HTTPFields = offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:]
             return .upgrade(fields, { viewer, log in
@@ -109,7 +109,7 @@ public struct PublicServer: Sendable {
 
     static func serve(_ grant: ViewerAccess.Grant, _ viewer: ViewerConnection,
                       access: ViewerAccess, viewers: ViewerRegistry, settings: BridgeSettings, logger: Logger) async {
-        guard await viewers.join(grant.taskID) else {
+        guard let slot = viewers.join(grant.taskID) else {
             return viewer.refuse("viewer limit reached", code: 1013, "viewer limit reached")
         }
         var log = logger
@@ -117,21 +117,23 @@ public struct PublicServer: Sendable {
         log[metadataKey: "role"] = "\(grant.role.rawValue)"
         Counter(label: "kioskd_bridge_connections_total", dimensions: [("role", grant.role.rawValue)]).increment()
         let started = ContinuousClock.now
-        await access.note(grant.taskID, "viewer_connected", ["role": grant.role.rawValue, "viewers": "\(await viewers.count(grant.taskID))"])
+        let connected = ["role": grant.role.rawValue, "viewers": "\(viewers.count(grant.taskID))"]
         log.info("viewer connected")
-        // Refused keysyms become task events, like blocked combinations; the relay reports them
-        // from its event loop, this group writes them and ends with the relay.
+        // The relay starts at once (the viewer is greeted while x11vnc connects); the task's
+        // events are written beside it, in order: connected, refused keysyms (the relay reports
+        // them from its event loop), and disconnected once the relay and they are done.
         let (reports, reporter) = AsyncStream.makeStream(of: [UInt32: Int].self, bufferingPolicy: .bufferingOldest(16))
         let totals = await withTaskGroup(of: Void.self) { group in
             group.addTask {
+                await access.note(grant.taskID, "viewer_connected", connected)
                 for await refused in reports { await access.note(grant.taskID, "keysym_blocked", Self.describe(refused)) }
             }
-            let totals = await Relay(grant: grant, settings: settings).run(viewer) { reporter.yield($0) }
+            let totals = await Relay(grant: grant, settings: settings).run(viewer, slot: slot) { reporter.yield($0) }
             reporter.finish()
             await group.waitForAll()
             return totals
         }
-        await viewers.leave(grant.taskID)
+        slot.release()
         if grant.role == .control { await grant.target.releaseInput() }
         let seconds = (ContinuousClock.now - started).components.seconds
         await access.note(grant.taskID, "viewer_disconnected", ["role": grant.role.rawValue, "reason": totals.reason, "seconds": "\(seconds)",

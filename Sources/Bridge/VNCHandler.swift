@@ -22,7 +22,7 @@ final class VNCHandler: ChannelDuplexHandler {
         self.viewer = viewer
         let held = early
         early = []
-        for buffer in held { viewer.deliver(buffer) }
+        for buffer in held { viewer.fromServer(buffer) }
         viewer.deliveryComplete()
         if closedEarly { return closed() }
         resumeReading()
@@ -36,7 +36,7 @@ final class VNCHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        if let viewer { viewer.deliver(buffer) } else { early.append(buffer) }
+        if let viewer { viewer.fromServer(buffer) } else { early.append(buffer) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -10,6 +10,10 @@ import NIOWebSocket
 /// locks, no task hops per buffer. Backpressure: each side reads only while the other can take
 /// writes.
 ///
+/// It starts before the VNC side is connected: it greets the viewer at once on x11vnc's behalf
+/// (`RFBGreeting`), and a viewer that leaves meanwhile ends the relay, gives its place back and
+/// closes the pending connection at once, whatever x11vnc is doing.
+///
 /// It also owns the connection's clocks: a ping every interval (closed once two go unanswered),
 /// the idle limit and the maximum lifetime.
 final class ViewerHandler: ChannelDuplexHandler {
@@ -20,6 +24,10 @@ final class ViewerHandler: ChannelDuplexHandler {
     private let loop: any EventLoop
     private var context: ChannelHandlerContext?
     private var vnc: VNCHandler?
+    /// The connection to the VNC side while it is being made (closed if the viewer leaves first).
+    private var upstream: (any Channel)?
+    private var greeting = RFBGreeting()
+    private var slot: ViewerSlot?
     private var filter = RFBFilter(policy: .init(role: .view))
     private var settings = BridgeSettings()
     private var done: EventLoopPromise<Relay.Totals>?
@@ -49,28 +57,46 @@ final class ViewerHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    /// Joins the VNC side and starts relaying; the future completes when the relay has ended.
+    /// Starts the relay: greets the viewer and starts the clocks; the VNC side joins once it is
+    /// connected. The future completes when the relay has ended, which gives `slot` back.
     /// `onRefused` gets the keysyms the filter refused, counted, at most once a second.
-    func attach(_ vnc: VNCHandler, policy: RFBFilter.Policy, settings: BridgeSettings,
-                onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) -> EventLoopFuture<Relay.Totals> {
+    func start(policy: RFBFilter.Policy, settings: BridgeSettings, slot: ViewerSlot,
+               onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) -> EventLoopFuture<Relay.Totals> {
         if ended {
-            vnc.unlink()
+            slot.release()
             return loop.makeSucceededFuture(totals)
         }
         let done = loop.makePromise(of: Relay.Totals.self)
         self.done = done
-        self.vnc = vnc
+        self.slot = slot
         self.filter = RFBFilter(policy: policy)
         self.settings = settings
         self.onRefused = onRefused
         startClocks()
+        deliver(ByteBuffer(bytes: RFBGreeting.version))
+        deliveryComplete()
+        return done.futureResult
+    }
+
+    /// The connection to the VNC side has been created and is connecting; false when the relay
+    /// has already ended (the caller abandons it).
+    func connecting(_ channel: any Channel) -> Bool {
+        guard !ended else { return false }
+        upstream = channel
+        return true
+    }
+
+    /// The VNC side is connected: what the viewer sent meanwhile goes to it, and relaying begins.
+    func join(_ vnc: VNCHandler) {
+        upstream = nil
+        if ended { return vnc.unlink() }
+        self.vnc = vnc
         vnc.join(self)
         let held = early
         early = []
         for frame in held where !ended { receive(frame) }
         vnc.flush()
         resumeReading()
-        return done.futureResult
     }
 
     // MARK: From the viewer
@@ -145,8 +171,21 @@ final class ViewerHandler: ChannelDuplexHandler {
 
     // MARK: To the viewer
 
-    /// A read from the VNC side, as one binary frame.
-    func deliver(_ buffer: ByteBuffer) {
+    /// A read from the VNC side, as one binary frame, less the server's own greeting (the
+    /// viewer has had it from `start`).
+    func fromServer(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        if !greeting.done {
+            guard let taken = greeting.swallow(buffer.readableBytesView) else {
+                return finish("the VNC server did not greet with RFB 3.8", close: (1011, "unexpected VNC server"))
+            }
+            buffer.moveReaderIndex(forwardBy: taken)
+            guard buffer.readableBytes > 0 else { return }
+        }
+        deliver(buffer)
+    }
+
+    private func deliver(_ buffer: ByteBuffer) {
         guard !ended else { return }
         totals.toViewer += buffer.readableBytes
         lastActivity = .now()
@@ -246,6 +285,9 @@ final class ViewerHandler: ChannelDuplexHandler {
     func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil) {
         guard !ended else { return }
         ended = true
+        // Before the viewer's close goes out: a client that has seen it finds the place free.
+        slot?.release()
+        slot = nil
         totals.reason = reason
         reportRefused()
         for clock in clocks { clock.cancel() }
@@ -264,6 +306,8 @@ final class ViewerHandler: ChannelDuplexHandler {
         }
         vnc?.unlink()
         vnc = nil
+        upstream?.close(promise: nil)
+        upstream = nil
         done?.succeed(totals)
         done = nil
     }
@@ -278,8 +322,8 @@ struct ViewerConnection: Sendable {
     let loop: any EventLoop
     let handler: NIOLoopBound<ViewerHandler>
 
-    /// Closes the viewer with `code` before any relay started (a full session, an unreachable
-    /// VNC server).
+    /// Closes the viewer with `code`: a full session, an unreachable VNC server, a shutdown (a
+    /// relay that has already ended is left as it is).
     func refuse(_ reason: String, code: UInt16, _ text: String) {
         let handler = self.handler
         loop.execute { handler.value.finish(reason, close: (code, text)) }

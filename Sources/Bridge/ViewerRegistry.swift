@@ -1,25 +1,53 @@
 import Metrics
+import NIOConcurrencyHelpers
 
 /// Viewers per task, bounded; and the bridge's metrics.
-actor ViewerRegistry {
-    private var counts: [String: Int] = [:]
+///
+/// A lock rather than an actor: a viewer's place is given back from its relay's event loop, in
+/// the same call that closes the viewer, so a client that has seen its connection close finds
+/// the place free, whatever the VNC side is still doing.
+final class ViewerRegistry: Sendable {
+    private let counts = NIOLockedValueBox<[String: Int]>([:])
     let limit: Int
 
     init(limit: Int) { self.limit = limit }
 
-    func count(_ task: String) -> Int { counts[task, default: 0] }
+    func count(_ task: String) -> Int { counts.withLockedValue { $0[task, default: 0] } }
 
-    /// Takes a place for a viewer; false when the task is full.
-    func join(_ task: String) -> Bool {
-        guard counts[task, default: 0] < limit else { return false }
-        counts[task, default: 0] += 1
-        Gauge(label: "kioskd_bridge_viewers").record(counts.values.reduce(0, +))
-        return true
+    /// Takes a place for a viewer; nil when the task is full.
+    func join(_ task: String) -> ViewerSlot? {
+        let total: Int? = counts.withLockedValue { counts in
+            guard counts[task, default: 0] < limit else { return nil }
+            counts[task, default: 0] += 1
+            return counts.values.reduce(0, +)
+        }
+        guard let total else { return nil }
+        Gauge(label: "kioskd_bridge_viewers").record(total)
+        return ViewerSlot { self.leave(task) }
     }
 
-    func leave(_ task: String) {
-        counts[task, default: 1] -= 1
-        if counts[task] == 0 { counts[task] = nil }
-        Gauge(label: "kioskd_bridge_viewers").record(counts.values.reduce(0, +))
+    private func leave(_ task: String) {
+        let total = counts.withLockedValue { counts in
+            counts[task, default: 1] -= 1
+            if counts[task] == 0 { counts[task] = nil }
+            return counts.values.reduce(0, +)
+        }
+        Gauge(label: "kioskd_bridge_viewers").record(total)
+    }
+}
+
+/// One viewer's place; given back once, by whichever comes first: the relay's end on its event
+/// loop, or the serving task after it.
+final class ViewerSlot: Sendable {
+    private let leave: NIOLockedValueBox<(@Sendable () -> Void)?>
+
+    init(leave: @escaping @Sendable () -> Void) { self.leave = NIOLockedValueBox(leave) }
+
+    func release() {
+        leave.withLockedValue { leave in
+            let once = leave
+            leave = nil
+            return once
+        }?()
     }
 }

@@ -103,7 +103,8 @@ struct BridgeHarness {
     var url: String { "ws://127.0.0.1:\(port)/api/v1/vnc/ws" }
 
     /// A WebSocket upgrade written by hand: the raw answer (status line, headers, body), so a
-    /// refusal's status and JSON can be read; the socket is left open when it upgraded.
+    /// refusal's status and JSON can be read; the socket is left open when it upgraded. Read a
+    /// byte at a time: the bridge's greeting follows the 101 at once and belongs to the caller.
     func upgrade(_ query: String, origin: String? = nil, protocols: String? = nil) throws -> (status: Int, text: String, fd: Int32) {
         let fd = try connectLoopback(port: port, timeout: 5)
         var request = "GET /api/v1/vnc/ws?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -113,11 +114,10 @@ struct BridgeHarness {
         request += "\r\n"
         _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         var answer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
+        var byte: UInt8 = 0
         while true {
-            let n = recv(fd, &chunk, chunk.count, 0)
-            guard n > 0 else { break }
-            answer += chunk[..<n]
+            guard recv(fd, &byte, 1, 0) == 1 else { break }
+            answer.append(byte)
             let text = String(decoding: answer, as: UTF8.self)
             if text.hasPrefix("HTTP/1.1 101"), text.contains("\r\n\r\n") { break }
             if let end = text.range(of: "\r\n\r\n"), let length = text.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") })
@@ -200,6 +200,28 @@ func serverFrames(_ fd: Int32, timeout: Int = 10) -> [(opcode: UInt8, payload: [
         i = start + length
     }
     return frames
+}
+
+/// The next frame the bridge sends on an upgraded socket (nil if it closes or stays silent
+/// for `timeout` seconds), read a byte at a time so nothing after it is consumed.
+func serverFrame(_ fd: Int32, timeout: Int = 10) -> (opcode: UInt8, payload: [UInt8])? {
+    var tv = timeval(tv_sec: timeout, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    func read(_ n: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: n), got = 0
+        while got < n {
+            let r = bytes[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, n - got, 0) }
+            guard r > 0 else { return nil }
+            got += r
+        }
+        return bytes
+    }
+    guard let head = read(2) else { return nil }
+    let short = Int(head[1] & 0x7F), extra = short == 126 ? 2 : short == 127 ? 8 : 0
+    guard let more = read(extra) else { return nil }
+    let length = extra == 0 ? short : more.reduce(0) { $0 << 8 | Int($1) }
+    guard let payload = read(length) else { return nil }
+    return (head[0] & 0x0F, payload)
 }
 
 /// A close frame's code and reason.

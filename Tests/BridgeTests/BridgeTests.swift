@@ -155,6 +155,46 @@ struct BridgeTests {
         #expect(big?.closeCode == .messageTooLarge, "an oversized message is refused with 1009: \(String(describing: big))")
     }
 
+    /// x11vnc stopped (SIGSTOP: busy in the extreme, it accepts nothing and greets no one): a
+    /// viewer is still greeted, by the bridge, and viewers that come and go one after another,
+    /// three times `public.max_viewers` over, each find a place once they have seen their
+    /// connection close. Then x11vnc resumes: the viewer greeted meanwhile completes its
+    /// handshake through it (x11vnc's own greeting swallowed, the viewer's version forwarded).
+    @Test(arguments: [BridgeMode.builtin, .websockify])
+    func quickReconnectsFindAPlaceWhateverX11vncIsDoing(mode: BridgeMode) async throws {
+        var settings = BridgeSettings()
+        settings.maxViewers = 3
+        try await BridgeHarness.with(mode == .builtin ? "rc" : "rcw", settings: settings, bridge: mode) { h in
+            let (info, token) = try await h.task("q1", url: Self.red)
+            guard let x11vnc = info.pids["x11vnc"] else { throw TestFailure("no x11vnc pid: \(info.pids)") }
+            let staying = try h.upgrade("task_id=q1&token=\(token)")
+            defer { close(staying.fd) }
+            #expect(staying.status == 101)
+            #expect(kill(x11vnc, SIGSTOP) == 0)
+            defer { kill(x11vnc, SIGCONT) }
+            for attempt in 1...(3 * settings.maxViewers) {
+                let viewer = try h.upgrade("task_id=q1&token=\(token)")
+                #expect(viewer.status == 101, "connect \(attempt): \(viewer.text.prefix(200))")
+                guard viewer.status == 101 else { close(viewer.fd); break }
+                // x11vnc is stopped: this greeting is the bridge's.
+                #expect(serverFrame(viewer.fd).map { $0.opcode == 2 && $0.payload == Array("RFB 003.008\n".utf8) } == true, "connect \(attempt): no greeting")
+                // A masked close frame (1000), then the bridge's close until it hangs up.
+                let closing: [UInt8] = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xE8 ^ 2]
+                _ = send(viewer.fd, closing, closing.count, Int32(MSG_NOSIGNAL))
+                _ = serverFrames(viewer.fd)
+                close(viewer.fd)
+            }
+            #expect(kill(x11vnc, SIGCONT) == 0)
+            try await WebSocketClient.connect(url: h.url + "?task_id=q1&token=\(token)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+                var viewer = WSViewer(inbound, outbound)
+                let size = try await viewer.handshake()
+                #expect(size.width == 800 && size.height == 600)
+                try await viewer.roundTrip(size)
+                try await outbound.close(.normalClosure, reason: nil)
+            }
+        }
+    }
+
     @Test(arguments: [("idle", Duration.seconds(1), Duration.seconds(3600), "idle"),
                       ("lifetime", Duration.seconds(3600), Duration.seconds(1), "maximum lifetime reached")])
     func theIdleAndLifetimeLimitsCloseTheViewerSaying(name: String, idle: Duration, lifetime: Duration, reason: String) async throws {
