@@ -140,27 +140,9 @@ final class LineSpy: Sendable {
     private let lines = Recorder<String>()
 
     init(_ path: String, _ arguments: [String], environment: [String: String]) throws {
-        let pipe = try cloexecPipe()
-        let fds = [pipe.read, pipe.write]
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { (argv + envp).forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        posix_spawn_file_actions_addclose(&actions, fds[1])
-        var pid: pid_t = 0
-        let rc = spawnWithDefaultSignals(&pid, path, &actions, argv, envp)
-        close(fds[1])
-        guard rc == 0 else {
-            close(fds[0])
-            throw TestFailure("cannot run \(path): errno \(rc)")
-        }
+        let (pid, reader) = try spawnReadingOutput(path, arguments, environment: environment, errors: true)
         self.pid = pid
-        let (reader, lines) = (fds[0], self.lines)
+        let lines = self.lines
         Thread.detach {
             guard let file = fdopen(reader, "r") else { return }
             defer { fclose(file) }

@@ -192,36 +192,41 @@ public func runToExit(_ path: String, _ arguments: [String], environment: [Strin
     return s & 0x7f == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
 }
 
-/// Runs a program that reports changes as lines (`xprop -spy` prints a property, then again on
-/// every change) until a line satisfies `condition`: a wait on the X server's own notification,
-/// bounded by `timeout`. The program is killed afterwards.
-public func waitForLine(_ path: String, _ arguments: [String], environment: [String: String], _ what: String,
-                        timeout: Duration = .seconds(15), _ condition: @escaping @Sendable (String) -> Bool) async throws {
+/// Starts a program whose stdout (and stderr, with `errors`) goes to a pipe: its pid and the
+/// pipe's read end, which reaches EOF when the program (and nothing else) ends.
+public func spawnReadingOutput(_ path: String, _ arguments: [String], environment: [String: String],
+                               errors: Bool = false) throws -> (pid: pid_t, reader: Int32) {
     let pipe = try cloexecPipe()
-    let fds = [pipe.read, pipe.write]
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { (argv + envp).forEach { free($0) } }
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-    posix_spawn_file_actions_addclose(&actions, fds[0])
-    posix_spawn_file_actions_addclose(&actions, fds[1])
+    posix_spawn_file_actions_adddup2(&actions, pipe.write, 1)
+    if errors { posix_spawn_file_actions_adddup2(&actions, pipe.write, 2) }
     var pid: pid_t = 0
     let rc = spawnWithDefaultSignals(&pid, path, &actions, argv, envp)
-    close(fds[1])
+    close(pipe.write)
     guard rc == 0 else {
-        close(fds[0])
+        close(pipe.read)
         throw TestFailure("cannot run \(path): errno \(rc)")
     }
+    return (pid, pipe.read)
+}
+
+/// Runs a program that reports changes as lines (`xprop -spy` prints a property, then again on
+/// every change) until a line satisfies `condition`: a wait on the X server's own notification,
+/// bounded by `timeout`. The program is killed afterwards.
+public func waitForLine(_ path: String, _ arguments: [String], environment: [String: String], _ what: String,
+                        timeout: Duration = .seconds(15), _ condition: @escaping @Sendable (String) -> Bool) async throws {
+    let (pid, reader) = try spawnReadingOutput(path, arguments, environment: environment)
     defer {
         kill(pid, SIGKILL)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }
     let matched = OnceValue<Bool>()
-    let reader = fds[0]
     Thread.detach {
         guard let file = fdopen(reader, "r") else {
             matched.set(false)
