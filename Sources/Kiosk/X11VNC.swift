@@ -35,6 +35,13 @@ public enum X11VNC {
     /// (docker-selenium #2045).
     static let openFiles: UInt64 = 8192
 
+    /// Screen polling every 5 ms, and an update sent as soon as it is asked for. The defaults
+    /// (20/20) made a viewer wait ~120 ms for a 1×1 update, and `-defer 5` still ~11 ms: the
+    /// defer only delays the answer to a request, since libvncserver sends one update per
+    /// request anyway. `-wait 2` doubles the idle cost for nothing a viewer asks for (measured,
+    /// docs/notes/input-and-local-access.md).
+    public static let pacing = ["-wait", "5", "-defer", "0"]
+
     public static func arguments(_ s: Settings) -> [String] {
         var args = [
             "-display", ":\(s.display)",
@@ -51,10 +58,7 @@ public enum X11VNC {
             // A keysym missing from the keymap is not added to a spare keycode: the lockdown
             // takes action keysyms off the keymap, and this keeps them off (ViewerKeysyms).
             "-noadd_keysyms",
-            // Screen polling pace: the default (~20 ms) dominates what a viewer feels; 2 ms
-            // polls cost CPU per idle session. 5 ms is the middle (notes/kiosk.md).
-            "-wait", "5", "-defer", "5",
-        ]
+        ] + pacing
         switch s.input {
         case .viewOnly: args += ["-viewonly"]
         case .control: args += ["-input", "KMB"]
