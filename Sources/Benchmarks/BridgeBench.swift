@@ -1,7 +1,9 @@
 // The VNC bridge beside Debian's websockify and raw TCP, on the same stream from the same
 // target: server → viewer throughput, a 10-byte echo's round trip, connect → first RFB byte,
 // and memory per idle viewer. The bridge runs in a child process (kioskd-bench --serve-bridge)
-// so its memory is its own; websockify forks a process per connection.
+// so its memory is its own; websockify forks a process per connection. Then what a viewer feels
+// through a real session's x11vnc: connect → first RFB byte, and a 1×1 update's round trip,
+// through the bridge, websockify and straight to x11vnc's socket.
 import Bridge
 import Control
 import Dispatch
@@ -105,6 +107,12 @@ final class RawLink: BenchLink {
         self.fd = fd
     }
 
+    /// x11vnc's Unix socket, as the bridge reaches it.
+    init(socket: String) {
+        guard let fd = try? connectUnix(socket) else { fail("connect to \(socket)") }
+        self.fd = fd
+    }
+
     func receive(atLeast count: Int) -> Int {
         var got = 0
         while got < count {
@@ -140,9 +148,9 @@ struct PathResult {
 }
 
 /// Connect → the greeting's first byte.
-func firstByte(_ path: BenchPath) -> Double {
+func firstByte(_ connect: () -> any BenchLink) -> Double {
     let start = monotonic()
-    let link = path.echo()
+    let link = connect()
     guard link.receive(atLeast: 1) > 0 else { fail("no greeting") }
     let took = monotonic() - start
     link.close()
@@ -195,27 +203,30 @@ func idleCost(_ path: BenchPath, viewers: Int) -> Double? {
 
 // MARK: - The bridge's own process
 
-/// `kioskd-bench --serve-bridge PORT ECHO-SOCKET STREAM-SOCKET SECRETFILE`: a public listener
-/// whose tasks "echo" and "stream" are relayed to the two targets' Unix sockets.
+/// `kioskd-bench --serve-bridge PORT SECRETFILE TASK=SOCKET…`: a public listener whose tasks
+/// are relayed to those Unix sockets.
 func serveBridge(_ args: [String]) async throws -> Never {
-    guard args.count == 4, let port = Int(args[0]) else { fail("--serve-bridge PORT ECHO-SOCKET STREAM-SOCKET SECRET") }
-    let echo = args[1], stream = args[2]
+    guard args.count >= 3, let port = Int(args[0]) else { fail("--serve-bridge PORT SECRETFILE TASK=SOCKET…") }
+    let targets = Dictionary(uniqueKeysWithValues: args.dropFirst(2).map { pair in
+        let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+        return (parts[0], parts.count == 2 ? parts[1] : "")
+    })
     var logger = Logger(label: "bench.bridge")
     logger.logLevel = .error
     let dir = try makeTempDir("kioskd-bench-bridge")
     let store = try SQLiteTaskStore(path: dir + "/k.sqlite")
     try await store.migrate()
-    let service = TaskService(store: store, sessions: InstantSessions(), tokens: await ViewerTokens(secret: readSmallFileBytes(args[3], limit: 64) ?? []),
+    let service = TaskService(store: store, sessions: InstantSessions(), tokens: await ViewerTokens(secret: readSmallFileBytes(args[1], limit: 64) ?? []),
                               limits: TaskLimits(), template: { id, r in SessionSettings(id: id, url: r.url) }, logger: logger)
     _ = try await service.start()
-    for id in ["echo", "stream"] {
+    for id in targets.keys {
         _ = try await service.create(CreateTask(taskID: id, url: "about:blank"))
         _ = try await service.waitRunning(id, timeout: .seconds(5))
     }
     var settings = BridgeSettings()
     settings.maxViewers = 10_000
     let access = ViewerAccess(service: service, settings: settings) { id in
-        BridgeTarget(vncSocket: id == "echo" ? echo : stream, websockify: nil) {}
+        BridgeTarget(vncSocket: targets[id] ?? "", websockify: nil) {}
     }
     try await PublicServer(access: access, settings: settings) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
     exit(0)
@@ -244,6 +255,7 @@ func markedPSS(_ marker: String) -> Int {
 }
 
 func printBridge() async throws {
+    try await printX11VNC()
     let (streamBytes, browserBytes, rounds, echoesPerRound, connects, idle) = isSmokeRun
         ? (8 << 20, 4 << 20, 1, 20, 5, 5) : (512 << 20, 256 << 20, 7, 300, 200, 100)
     print("\nVNC WebSocket bridge vs Debian's websockify vs raw TCP (same targets and client; \(rounds) interleaved rounds of a \(streamBytes >> 20) MiB stream "
@@ -254,7 +266,7 @@ func printBridge() async throws {
     let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
     try writeFile(secretFile, secret, mode: 0o600, owner: nil)
     let bridgePort = try freePort()
-    let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", echo.socket, stream.socket, secretFile])
+    let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", secretFile, "echo=\(echo.socket)", "stream=\(stream.socket)"])
     let wsEcho = try freePort(), wsStream = try freePort()
     let websockifyPIDs = [spawn("/usr/bin/websockify", ["127.0.0.1:\(wsEcho)", "127.0.0.1:\(echo.port)"]),
                           spawn("/usr/bin/websockify", ["127.0.0.1:\(wsStream)", "127.0.0.1:\(stream.port)"])]
@@ -279,7 +291,7 @@ func printBridge() async throws {
     progress("idle viewers")
     for (i, path) in paths.enumerated() { results[i].kibPerViewer = idleCost(path, viewers: idle) }
     progress("connects")
-    for (i, path) in paths.enumerated() { results[i].firstByte = (0..<connects).map { _ in firstByte(path) } }
+    for (i, path) in paths.enumerated() { results[i].firstByte = (0..<connects).map { _ in firstByte(path.echo) } }
     // Interleaved, so a noisy moment on this shared machine hits every path alike.
     progress("streams and echoes")
     for _ in 0..<rounds {
@@ -312,6 +324,86 @@ func printBridge() async throws {
     print(row("connect → first RFB byte p50 (ms)") { ms(percentile($0.firstByte, 0.5)) })
     print(row("memory per idle viewer (KiB)") { $0.kibPerViewer.map { String(Int($0)) } ?? "–" })
     print("\ntargets: ≥ 3× websockify's throughput and ≥ 50 % of raw TCP; RTT p50 ≤ 2× raw; ≤ 64 KiB per idle viewer; first byte ≤ 2 ms")
+}
+
+// MARK: - Through a real x11vnc
+
+/// RFB 3.8 up to ServerInit, as a viewer speaks it: it waits for the server's greeting.
+func rfbHandshake(_ link: any BenchLink) {
+    guard link.receive(atLeast: 12) == 12 else { fail("no greeting") }
+    link.send(Array("RFB 003.008\n".utf8))
+    guard link.receive(atLeast: 2) == 2 else { fail("no security types") }   // x11vnc -nopw: None only
+    link.send([1])
+    guard link.receive(atLeast: 4) == 4 else { fail("no security result") }
+    link.send([1])
+    // ServerInit (24 bytes and the desktop's name) leaves x11vnc in one write.
+    guard link.receive(atLeast: 24) >= 24 else { fail("no ServerInit") }
+}
+
+/// A 1×1 full update request's round trip: raw encoding at 32 bpp, 20 bytes back.
+func frameRoundTrips(_ connect: () -> any BenchLink, rounds: Int) -> [Double] {
+    let link = connect()
+    defer { link.close() }
+    rfbHandshake(link)
+    let request: [UInt8] = [3, 0, 0, 0, 0, 0, 0, 1, 0, 1]
+    return (0..<rounds).map { _ in
+        let start = monotonic()
+        link.send(request)
+        guard link.receive(atLeast: 20) == 20 else { fail("no 1×1 update") }
+        return monotonic() - start
+    }
+}
+
+/// One real kiosk session (a static page), as SessionBench boots them.
+func benchSession() async throws -> (SessionManager, SessionInfo, String) {
+    let dir = try makeTempDir("kioskd-bench-vnc")
+    var logger = Logger(label: "bench")
+    logger.logLevel = .error
+    let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
+                           displays: DisplayAllocator(range: 950...999, logger: logger), ports: PortAllocator(range: 42000...42999), logger: logger)
+    let manager = SessionManager(host: host)
+    _ = try await manager.start()
+    let session = try await manager.create(SessionSettings(id: "vnc", url: "data:text/html,<body style='background:rgb(20,120,200)'>", width: 1280, height: 800))
+    return (manager, await session.info(), dir)
+}
+
+func printX11VNC() async throws {
+    let connects = 20, rounds = 5, perRound = 100
+    print("\nWhat a viewer feels through a real x11vnc (one session; x11vnc \(X11VNC.pacing.joined(separator: " ")); \(connects) connects; "
+        + "\(rounds) interleaved rounds of \(perRound) 1×1 update requests per path)")
+    let (manager, info, dir) = try await benchSession()
+    defer { removeTree(dir) }
+    let secretFile = dir + "/secret"
+    let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+    try writeFile(secretFile, secret, mode: 0o600, owner: nil)
+    let bridgePort = try freePort(), wsPort = try freePort()
+    let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", secretFile, "vnc=\(info.vncSocket)"])
+    let websockifyPID = spawn("/usr/bin/websockify", ["--unix-target=\(info.vncSocket)", "127.0.0.1:\(wsPort)"])
+    for port in [bridgePort, wsPort] { waitListening(port) }
+    let path = "/api/v1/vnc/ws?task_id=vnc&token=\(try await ViewerTokens(secret: secret).mint(task: "vnc", role: .view, ttl: 3600).token)"
+    let links: [() -> any BenchLink] = [
+        { BlockingWebSocket(port: bridgePort, path: path) }, { BlockingWebSocket(port: wsPort, path: "/") }, { RawLink(socket: info.vncSocket) },
+    ]
+    progress("connects through a real x11vnc")
+    let first = links.map { link in (0..<connects).map { _ in firstByte(link) } }
+    progress("1×1 updates through a real x11vnc")
+    var frames = [[Double]](repeating: [], count: links.count)
+    for _ in 0..<rounds {
+        for (i, link) in links.enumerated() { frames[i] += frameRoundTrips(link, rounds: perRound) }
+    }
+    kill(bridgePID, SIGTERM)
+    kill(websockifyPID, SIGTERM)
+    await manager.stopAll(reason: "bench over")
+
+    func row4(_ n: String, _ x: String, _ y: String, _ z: String) -> String {
+        "| " + n.padding(toLength: 40) + " | " + x.padding(toLength: 12) + " | " + y.padding(toLength: 12) + " | " + z.padding(toLength: 12) + " |"
+    }
+    print(row4("measure", "kioskd", "websockify", "direct"))
+    print(row4(String(repeating: "-", count: 40), String(repeating: "-", count: 12), String(repeating: "-", count: 12), String(repeating: "-", count: 12)))
+    print(row4("connect → first RFB byte p50 (ms)", ms(percentile(first[0], 0.5)), ms(percentile(first[1], 0.5)), ms(percentile(first[2], 0.5))))
+    print(row4("1×1 update round trip p50 (ms)", ms(percentile(frames[0], 0.5)), ms(percentile(frames[1], 0.5)), ms(percentile(frames[2], 0.5))))
+    print(row4("1×1 update round trip p99 (ms)", ms(percentile(frames[0], 0.99)), ms(percentile(frames[1], 0.99)), ms(percentile(frames[2], 0.99))))
+    print("\ntargets: first RFB byte through the bridge ≤ 5 ms; update round trip p50 ≤ 6 ms, p99 ≤ 10 ms")
 }
 
 func progress(_ what: String) {
