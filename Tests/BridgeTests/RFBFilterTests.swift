@@ -207,3 +207,22 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// x11vnc's own greeting, swallowed after the bridge has greeted the viewer for it.
+@Suite struct RFBGreetingTests {
+    @Test func theServersGreetingIsSwallowedInAnyChunksAndWhatFollowsPasses() {
+        var greeting = RFBGreeting()
+        #expect(greeting.swallow(Array("RFB 0".utf8)) == 5 && !greeting.done)
+        // The rest of the greeting and the security types in one read: only the greeting goes.
+        #expect(greeting.swallow(Array("03.008\n".utf8) + [1, 1]) == 7 && greeting.done)
+        #expect(greeting.swallow([0, 0, 0, 0]) == 0)
+    }
+
+    @Test func anotherVersionIsRefused() {
+        var greeting = RFBGreeting()
+        #expect(greeting.swallow(Array("RFB 003.00".utf8)) == 10)
+        #expect(greeting.swallow(Array("7\n".utf8)) == nil)
+        var http = RFBGreeting()
+        #expect(http.swallow(Array("HTTP/1.1 400".utf8)) == nil)
+    }
+}
