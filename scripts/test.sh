@@ -13,7 +13,9 @@ sed "s|/usr/local/bin/kioskd|$(swift build --show-bin-path)/kioskd|" systemd/kio
 systemd-analyze verify "$unit_dir/kioskd.service"
 
 echo "[test] swift test"
-swift test --skip-build "$@"
+# One suite at a time: most suites boot real Chromium sessions, and on CI's two cores suites
+# side by side starved each other's readiness waits (timeouts, not failures of what they test).
+swift test --skip-build --no-parallel "$@"
 
 # Every benchmark part, with tiny counts, as a fresh clone runs it: so none can rot unseen.
 echo "[test] benchmarks: smoke run of every part"
