@@ -29,23 +29,29 @@ let package = Package(
     targets: [
         // fork/exec, pidfd and the few variadic syscalls Swift cannot call directly.
         .target(name: "CSupport"),
+        // What every target uses and none owns: the serial thread for blocking loops, Broadcast and
+        // OnceValue, the one race against work or the clock, system calls and small files, any
+        // JSON value, random bytes and ids.
+        .target(name: "Essentials", dependencies: ["CSupport"]),
+        // OTP supervision and OS processes, nothing else.
         .target(
             name: "Supervision",
             dependencies: [
-                "CSupport",
+                "CSupport", "Essentials",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // libX11 + libXtst, and the few things Swift cannot do with Xlib directly: error
         // handlers that never exit, opening a display with a given cookie.
         .target(name: "CX11", linkerSettings: [.linkedLibrary("X11"), .linkedLibrary("Xtst")]),
-        // Which keysyms a viewer may type: one rule for the bridge's filter and the X keymap.
-        .target(name: "Keysyms"),
+        // What a viewer may do: its role, and which keysyms it may type (one rule for the
+        // bridge's filter and the X keymap).
+        .target(name: "ViewerInput"),
         // Xlib: the key grabber, XTEST self-test and input release, the window watchdog.
         .target(
             name: "Display",
             dependencies: [
-                "CX11", "Supervision", "Keysyms",
+                "CX11", "Essentials", "ViewerInput",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -55,7 +61,7 @@ let package = Package(
         .target(
             name: "Kiosk",
             dependencies: [
-                "Supervision", "Display",
+                "Essentials", "Supervision", "Display", "ViewerInput",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "WSClient", package: "swift-websocket"),
             ]
@@ -64,7 +70,7 @@ let package = Package(
         .target(
             name: "Store",
             dependencies: [
-                "Supervision",
+                "Essentials",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -76,7 +82,7 @@ let package = Package(
         .target(
             name: "Control",
             dependencies: [
-                "Store", "Kiosk", "Supervision",
+                "Essentials", "Store", "Kiosk", "Supervision", "ViewerInput",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -84,14 +90,14 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            resources: [.embedInCode("openapi.json")]
+            resources: [.embedInCode("API/openapi.json")]
         ),
         // The public listener's VNC bridge: the RFB client-stream filter (pure), the WebSocket ↔
         // x11vnc relay, viewer authentication, the viewer page.
         .target(
             name: "Bridge",
             dependencies: [
-                "Control", "Kiosk", "Supervision", "Keysyms",
+                "Essentials", "Control", "Store", "ViewerInput",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -109,9 +115,11 @@ let package = Package(
         .target(
             name: "KioskdDaemon",
             dependencies: [
+                "Essentials",
                 "Supervision",
                 "Kiosk",
                 "Display",
+                "ViewerInput",
                 "Store",
                 "Control",
                 "Bridge",
@@ -130,45 +138,52 @@ let package = Package(
         .executableTarget(name: "TestChild"),
         .executableTarget(
             name: "Benchmarks",
-            dependencies: ["Supervision", "Kiosk", "Control", "Store", "Bridge", "KioskdTestSupport",
+            dependencies: ["Essentials", "Supervision", "Kiosk", "Control", "Store", "Bridge", "ViewerInput", "KioskdTestSupport",
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Shared by the test targets: event recorder, helper lookup, /proc checks.
         .target(
             name: "KioskdTestSupport",
-            dependencies: ["Supervision", "Kiosk", "CSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Essentials", "Supervision", "Display", "Kiosk", "CSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Support"
         ),
         .testTarget(
             name: "SupervisionTests",
-            dependencies: ["Supervision", "KioskdTestSupport", "TestChild"]
+            dependencies: ["Essentials", "Supervision", "KioskdTestSupport", "TestChild"]
         ),
         .testTarget(
             name: "StoreTests",
-            dependencies: ["Store", "Supervision", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Essentials", "Store", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "ControlTests",
-            dependencies: ["Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Essentials", "Control", "Store", "Kiosk", "Supervision", "ViewerInput", "KioskdTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "BridgeTests",
-            dependencies: ["Bridge", "Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport", "Keysyms", "CX11",
+            dependencies: ["Essentials", "Bridge", "Control", "Store", "Kiosk", "Supervision", "KioskdTestSupport", "ViewerInput", "CX11",
                            .product(name: "WSClient", package: "swift-websocket"), .product(name: "JWTKit", package: "jwt-kit"),
                            .product(name: "NIOSSL", package: "swift-nio-ssl"),
                            .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
+            name: "DisplayTests",
+            dependencies: [
+                "Display", "Essentials", "ViewerInput", "Kiosk", "Supervision", "KioskdTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
+        .testTarget(
             name: "KioskTests",
             dependencies: [
-                "Kiosk", "Display", "Supervision", "KioskdTestSupport",
+                "Kiosk", "Display", "Essentials", "ViewerInput", "Supervision", "KioskdTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(
             name: "KioskdDaemonTests",
             dependencies: [
-                "KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild", "Control", "Kiosk",
+                "KioskdDaemon", "KioskdTestSupport", "kioskd", "TestChild", "Control", "Kiosk", "Essentials", "Supervision", "ViewerInput",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

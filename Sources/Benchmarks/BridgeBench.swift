@@ -7,6 +7,7 @@
 import Bridge
 import Control
 import Dispatch
+import Essentials
 import Kiosk
 import KioskdTestSupport
 import Logging
@@ -218,17 +219,20 @@ func serveBridge(_ args: [String]) async throws -> Never {
     try await store.migrate()
     let service = TaskService(store: store, sessions: InstantSessions(), tokens: await ViewerTokens(secret: readSmallFileBytes(args[1], limit: 64) ?? []),
                               limits: TaskLimits(), template: { id, r in SessionSettings(id: id, url: r.url) }, logger: logger)
-    _ = try await service.start()
-    for id in targets.keys {
-        _ = try await service.create(CreateTask(taskID: id, url: "about:blank"))
-        _ = try await service.waitRunning(id, timeout: .seconds(5))
-    }
+    _ = try await service.interruptUnfinished()
     var settings = BridgeSettings()
     settings.maxViewers = 10_000
     let access = ViewerAccess(service: service, settings: settings) { id in
         BridgeTarget(vncSocket: targets[id] ?? "", websockify: nil) {}
     }
-    try await PublicServer(access: access, settings: settings) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
+    let limits = settings
+    try await race({ await service.run() }, { [logger] in
+        for id in targets.keys {
+            _ = try await service.create(CreateTask(taskID: id, url: "about:blank"))
+            _ = try await service.waitRunning(id, timeout: .seconds(5))
+        }
+        try await PublicServer(access: access, settings: limits) { false }.run(host: "127.0.0.1", port: port, logger: logger) { _ in }
+    })
     exit(0)
 }
 
@@ -263,7 +267,7 @@ func printBridge() async throws {
     let echo = TargetServer(stream: nil), stream = TargetServer(stream: streamBytes)
 
     let secretFile = try makeTempDir("kioskd-bench-secret") + "/secret"
-    let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+    let secret = randomBytes(32)
     try writeFile(secretFile, secret, mode: 0o600, owner: nil)
     let bridgePort = try freePort()
     let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", secretFile, "echo=\(echo.socket)", "stream=\(stream.socket)"])
@@ -374,7 +378,7 @@ func printX11VNC() async throws {
     let (manager, info, dir) = try await benchSession()
     defer { removeTree(dir) }
     let secretFile = dir + "/secret"
-    let secret = (0..<32).map { _ in UInt8.random(in: 0...255) }
+    let secret = randomBytes(32)
     try writeFile(secretFile, secret, mode: 0o600, owner: nil)
     let bridgePort = try freePort(), wsPort = try freePort()
     let bridgePID = spawn(sibling("kioskd-bench"), ["--serve-bridge", "\(bridgePort)", secretFile, "vnc=\(info.vncSocket)"])

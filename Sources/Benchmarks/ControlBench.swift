@@ -3,6 +3,7 @@
 // a read of it (POST …/events, then GET …/events?since=N). Sessions are not booted: a task's
 // GET does not touch its browser, and the store is what is measured.
 import Control
+import Essentials
 import Kiosk
 import KioskdTestSupport
 import Logging
@@ -38,20 +39,28 @@ func benchControl(store: any TaskStore, kind: String, requests: Int) async throw
     try await store.migrate()
     let dir = try makeTempDir("kioskd-bench-control")
     defer { removeTree(dir) }
-    var logger = Logger(label: "bench")
-    logger.logLevel = .error
+    let logger = { var l = Logger(label: "bench"); l.logLevel = .error; return l }()
     let tokens = await ViewerTokens(secret: Array(repeating: 7, count: 32))
     let service = TaskService(store: store, sessions: InstantSessions(), tokens: tokens, limits: TaskLimits(),
                               template: { id, r in SessionSettings(id: id, url: r.url) }, logger: logger)
-    _ = try await service.start()
+    _ = try await service.interruptUnfinished()
     let socket = dir + "/control.sock"
     let server = ControlServer(socketPath: socket, group: nil, allowlist: PeerAllowlist(uids: [getuid()], gids: []))
+    let routes = ControlRoutes(service: service, storeKind: kind) { TreeNode(id: "b", kind: "task", status: "running") }
     let ready = OnceValue<Void>()
-    let serving = Task { try await server.run(ControlRoutes(service: service, storeKind: kind) { TreeNode(id: "b", kind: "task", status: "running") },
-                                              logger: logger) { ready.set(()) } }
-    try await ready.wait()
-    let client = ControlClient(socketPath: socket)
-    let id = "bench-\(kind)"
+    let result = try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await service.run() }
+        group.addTask { try await server.run(routes, logger: logger) { ready.set(()) } }
+        defer { group.cancelAll() }
+        try await ready.wait()
+        return try await measureControl(ControlClient(socketPath: socket), "bench-\(kind)", requests: requests)
+    }
+    await store.close()
+    return result
+}
+
+/// The figures of one store, the daemon serving.
+func measureControl(_ client: ControlClient, _ id: String, requests: Int) async throws -> ControlResult {
     _ = try await client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"\#(id)","url":"about:blank"}"#)
 
     var result = ControlResult()
@@ -83,10 +92,6 @@ func benchControl(store: any TaskStore, kind: String, requests: Int) async throw
         }
         return out
     }
-    serving.cancel()
-    _ = await serving.result
-    await service.shutdown()
-    await store.close()
     return result
 }
 

@@ -214,3 +214,5 @@ int ksup_install_sigchld_wakeup(int eventfd) {
     sigemptyset(&sa.sa_mask);
     return sigaction(SIGCHLD, &sa, NULL);
 }
+
+void ksup_name_thread(const char *name) { prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }

@@ -67,4 +67,3 @@ int kx_take_error(unsigned char *request_code, unsigned long *resource) {
 
 int kx_io_failed(void) { return io_failed; }
 
-void kx_name_thread(const char *name) { pthread_setname_np(pthread_self(), name); }

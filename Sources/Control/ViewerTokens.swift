@@ -1,12 +1,9 @@
+import Essentials
 import FoundationEssentials
 import JWTKit
 import Kiosk
 import Supervision
-
-/// What a viewer may do in a session.
-public enum ViewerRole: String, Sendable, CaseIterable, Codable {
-    case view, control
-}
+import ViewerInput
 
 /// The claims of a viewer token: which task, which role, from when until when.
 struct ViewerClaims: JWTPayload {
@@ -54,16 +51,14 @@ public final class ViewerTokens: Sendable {
     /// The host secret at `path`: 32 random bytes, created (0600) on first use.
     public static func secret(at path: String) throws -> [UInt8] {
         if let bytes = readSmallFileBytes(path, limit: 4096), bytes.count >= 32 { return bytes }
-        var rng = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let bytes = randomBytes(32)
         try writeFile(path, bytes, mode: 0o600, owner: nil)
         return bytes
     }
 
     public func mint(task: String, role: ViewerRole, ttl: Int, now: Date = Date()) async throws -> ViewerToken {
         let expires = now.addingTimeInterval(Double(ttl))
-        var rng = SystemRandomNumberGenerator()
-        let nonce = (0..<12).map { _ in String(UInt8.random(in: 0...255, using: &rng), radix: 16) }.joined()
+        let nonce = randomHex(12)
         let claims = ViewerClaims(sub: .init(value: task), role: role, exp: .init(value: expires), iat: .init(value: now), nbf: nil,
                                   iss: .init(value: Self.issuer), aud: .init(value: [Self.audience]), jti: .init(value: nonce))
         let token = try await keys.sign(claims)

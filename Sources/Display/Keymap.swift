@@ -1,5 +1,5 @@
 import CX11
-import Keysyms
+import ViewerInput
 
 /// The keyboard mapping as the server has it: the keysyms on each keycode.
 public struct Keymap: Sendable, Equatable {

@@ -1,7 +1,7 @@
 import CX11
 import Logging
 import Metrics
-import Supervision
+import Essentials
 import Synchronization
 
 #if canImport(Glibc)
@@ -34,25 +34,24 @@ public final class Lockdown: Sendable {
     public let unmapped: [String]
     /// Action keysyms taken off the keymap when the lockdown connected (`ViewerKeysyms`).
     public let keysymsRemoved: Int
-    private let commands = Mutex<[@Sendable (LockdownCore) -> Void]>([])
-    private let wakeFD: Int32
+    private let thread: SerialThread<LockdownCore>
     private let end = OnceValue<LockdownError>()
     private let stopping = Atomic<Bool>(false)
 
-    private init(display: Int, grabCount: Int, unmapped: [String], keysymsRemoved: Int, wakeFD: Int32) {
+    private init(display: Int, grabCount: Int, unmapped: [String], keysymsRemoved: Int, thread: SerialThread<LockdownCore>) {
         self.display = display
         self.grabCount = grabCount
         self.unmapped = unmapped
         self.keysymsRemoved = keysymsRemoved
-        self.wakeFD = wakeFD
+        self.thread = thread
     }
 
     /// Connects, places every grab and starts serving. Throws `grabConflict` when another
     /// client holds a combination, `cannotConnect` when the display refuses the cookie.
     public static func start(_ options: Options, report: @escaping @Sendable (LockdownEvent) -> Void) async throws -> Lockdown {
         let started = OnceValue<Result<Lockdown, LockdownError>>()
-        let wake = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
-        guard wake >= 0 else { throw LockdownError.cannotConnect(display: options.display) }
+        let abandoned = OnceValue<Void>()
+        guard let thread = try? SerialThread<LockdownCore>() else { throw LockdownError.cannotConnect(display: options.display) }
         let counted: @Sendable (LockdownEvent) -> Void = { event in
             switch event {
             case .blocked(_, let purpose):
@@ -64,25 +63,29 @@ public final class Lockdown: Sendable {
             }
             report(event)
         }
-        guard startThread(name: "x11-lock:\(options.display)", { Lockdown.serve(options, wakeFD: wake, report: counted, started: started) }) else {
-            close(wake)
+        do {
+            try thread.start(name: "x11-lock:\(options.display)") {
+                Lockdown.serve(options, thread: thread, report: counted, started: started, abandoned: abandoned)
+            }
+        } catch {
             throw LockdownError.cannotConnect(display: options.display)
         }
         do {
             return try await started.wait().get()
         } catch is CancellationError {
-            // The thread goes on connecting: whatever it gets must not stay grabbed.
-            Task { if case .success(let lockdown)? = try? await started.wait() { lockdown.stop() } }
+            // The thread goes on connecting: whatever it gets must not stay grabbed. Each side
+            // sets its own value before reading the other's, so one of them stops it.
+            abandoned.set(())
+            if case .success(let lockdown)? = started.current { lockdown.stop() }
             throw CancellationError()
         }
     }
 
     /// The thread's whole life: connect, grab, then serve events and commands until stopped
     /// or the server goes away.
-    private static func serve(_ options: Options, wakeFD: Int32, report: @escaping @Sendable (LockdownEvent) -> Void,
-                              started: OnceValue<Result<Lockdown, LockdownError>>) {
+    private static func serve(_ options: Options, thread: SerialThread<LockdownCore>, report: @escaping @Sendable (LockdownEvent) -> Void,
+                              started: OnceValue<Result<Lockdown, LockdownError>>, abandoned: OnceValue<Void>) {
         guard let dpy = options.cookie.withUnsafeBufferPointer({ kx_open(":\(options.display)", $0.baseAddress, Int32($0.count)) }) else {
-            close(wakeFD)
             started.set(.failure(.cannotConnect(display: options.display)))
             return
         }
@@ -92,19 +95,19 @@ public final class Lockdown: Sendable {
         do {
             try core.grabAll()
         } catch {
-            close(wakeFD)
             started.set(.failure(error))
             return
         }
-        let lockdown = Lockdown(display: options.display, grabCount: core.grabCount, unmapped: core.unmapped, keysymsRemoved: core.keysymsRemoved, wakeFD: wakeFD)
+        let lockdown = Lockdown(display: options.display, grabCount: core.grabCount, unmapped: core.unmapped, keysymsRemoved: core.keysymsRemoved, thread: thread)
         started.set(.success(lockdown))
+        if abandoned.current != nil { lockdown.stop() }
         core.enforceSingleWindow()
         lockdown.end.set(lockdown.loop(core))
     }
 
     private func loop(_ core: LockdownCore) -> LockdownError {
         let display = self.display
-        var fds = [pollfd(fd: core.connectionFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: core.connectionFD, events: Int16(POLLIN), revents: 0), pollfd(fd: thread.wakeFD, events: Int16(POLLIN), revents: 0)]
         while true {
             core.drainEvents()
             XFlush(core.dpy)
@@ -122,11 +125,7 @@ public final class Lockdown: Sendable {
                 timeout = max(0, Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000) + 1)
             }
             _ = poll(&fds, 2, timeout)
-            if fds[1].revents != 0 {
-                var count: UInt64 = 0
-                _ = read(wakeFD, &count, 8)
-                for command in commands.withLock({ queue in defer { queue = [] }; return queue }) { command(core) }
-            }
+            if fds[1].revents != 0 { thread.runQueued(core) }
             if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 {
                 // Let Xlib notice on its next read and report it through the handlers.
                 _ = XPending(core.dpy)
@@ -140,17 +139,9 @@ public final class Lockdown: Sendable {
     private func perform<T: Sendable>(_ body: @escaping @Sendable (LockdownCore, @escaping (Result<T, LockdownError>) -> Void) -> Void) async throws -> T {
         if let why = end.current { throw why }
         let result = OnceValue<Result<T, LockdownError>>()
-        commands.withLock { $0.append { core in body(core) { result.set($0) } } }
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
+        thread.enqueue { core in body(core) { result.set($0) } }
         // If the thread ends first, the command never runs: its end answers instead.
-        return try await withThrowingTaskGroup(of: Result<T, LockdownError>.self) { group in
-            group.addTask { try await result.wait() }
-            group.addTask { .failure(try await self.end.wait()) }
-            let first = try await group.next()!
-            group.cancelAll()
-            return try first.get()
-        }
+        return try await race({ try await result.wait() }, { .failure(try await self.end.wait()) }).get()
     }
 
     /// Injects one combination of each purpose through XTEST and waits until the grabber has
@@ -179,40 +170,9 @@ public final class Lockdown: Sendable {
     /// Waits until the lockdown ends: stopped, or its X server gone.
     public func ended() async throws -> LockdownError { try await end.wait() }
 
-    deinit { close(wakeFD) }
-
     /// Ungrabs (by closing the connection) and ends the thread.
     public func stop() {
         stopping.store(true, ordering: .releasing)
-        var one: UInt64 = 1
-        _ = write(wakeFD, &one, 8)
+        thread.wake()
     }
-}
-
-/// A detached pthread running `body`: the X connection's blocking loop must not occupy one of
-/// the concurrency pool's few threads.
-private func startThread(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
-    final class Box: Sendable {
-        let name: String
-        let body: @Sendable () -> Void
-        init(_ name: String, _ body: @escaping @Sendable () -> Void) {
-            self.name = name
-            self.body = body
-        }
-    }
-    let box = Unmanaged.passRetained(Box(name, body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { arg in
-        let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-        // Thread names are at most 15 bytes: visible in top -H and core dumps.
-        kx_name_thread(String(box.name.prefix(15)))
-        box.body()
-        return nil
-    }, box)
-    guard rc == 0 else {
-        Unmanaged<Box>.fromOpaque(box).release()
-        return false
-    }
-    pthread_detach(thread)
-    return true
 }

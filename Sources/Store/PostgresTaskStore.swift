@@ -1,7 +1,7 @@
+import Essentials
 import Logging
 import NIOSSL
 import PostgresNIO
-import Supervision
 
 /// The production store: PostgreSQL through postgres-nio's pooled client. Every change that
 /// appends an event runs in one transaction that locks the task's row (`FOR UPDATE`), so

@@ -1,5 +1,6 @@
 import Bridge
 import Control
+import Essentials
 import FoundationEssentials
 import Kiosk
 import KioskdTestSupport
@@ -8,6 +9,7 @@ import NIOCore
 import NIOSSL
 import Store
 import Supervision
+import ViewerInput
 import WSClient
 
 #if canImport(Glibc)
@@ -46,7 +48,7 @@ struct BridgeHarness {
         service = TaskService(store: store, sessions: manager, tokens: tokens, limits: TaskLimits(),
                               template: { id, request in SessionSettings(id: id, url: request.url, width: 800, height: 600, bridge: bridge) },
                               logger: logger)
-        _ = try await service.start()
+        _ = try await service.interruptUnfinished()
         let manager = self.manager
         let access = ViewerAccess(service: service, settings: settings, external: external) { id in
             guard let session = await manager.session(id) else { return nil }
@@ -57,7 +59,8 @@ struct BridgeHarness {
         }
         let server = PublicServer(access: access, settings: settings, tls: tls) { false }
         let bound = OnceValue<Int>()
-        self.server = Task { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }
+        let service = self.service
+        self.server = Task { [logger] in try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }) }
         port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
     }
 
@@ -88,7 +91,6 @@ struct BridgeHarness {
         server.cancel()
         _ = await server.result
         await manager.stopAll(reason: "test over")
-        await service.shutdown()
         removeTree(dir)
     }
 

@@ -1,5 +1,6 @@
 @testable import Bridge
 import Control
+import Essentials
 import FoundationEssentials
 import Kiosk
 import KioskdTestSupport

@@ -1,7 +1,8 @@
 @testable import Bridge
 import CX11
 import Control
-import Keysyms
+import Essentials
+import ViewerInput
 import Kiosk
 import KioskdTestSupport
 import Logging

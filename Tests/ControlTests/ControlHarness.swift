@@ -1,4 +1,5 @@
 import Control
+import Essentials
 import FoundationEssentials
 import Kiosk
 import KioskdTestSupport
@@ -76,12 +77,13 @@ struct ControlHarness {
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
         service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits,
                               template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
-        _ = try await service.start()
+        _ = try await service.interruptUnfinished()
         let socket = dir + "/control.sock"
         let control = ControlServer(socketPath: socket, group: nil, allowlist: allow ?? PeerAllowlist(uids: [getuid()], gids: []))
         let routes = ControlRoutes(service: service, storeKind: "sqlite") { TreeNode(id: "kioskd", kind: "supervisor", status: "running") }
         let ready = OnceValue<Void>()
-        server = Task { [logger] in try await control.run(routes, logger: logger) { ready.set(()) } }
+        let service = self.service
+        server = Task { [logger] in try await race({ await service.run() }, { try await control.run(routes, logger: logger) { ready.set(()) } }) }
         try await withTimeout(.seconds(10), "the control socket") { try await ready.wait() }
         client = ControlClient(socketPath: socket)
     }
@@ -89,7 +91,6 @@ struct ControlHarness {
     func tearDown() async {
         server.cancel()
         _ = await server.result
-        await service.shutdown()
         await store.close()
         removeTree(dir)
     }

@@ -1,4 +1,5 @@
 import Control
+import Essentials
 import FoundationEssentials
 import Kiosk
 import KioskdTestSupport

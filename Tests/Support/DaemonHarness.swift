@@ -1,4 +1,5 @@
 import Dispatch
+import Essentials
 import Supervision
 import Synchronization
 

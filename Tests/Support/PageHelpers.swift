@@ -1,6 +1,12 @@
+import Essentials
 import Kiosk
 import Logging
 import Supervision
+
+/// A page with this title, painted in one colour the screenshot can find.
+public func testPage(_ title: String) -> String {
+    "data:text/html,<title>\(title)</title><body style='margin:0;background:rgb(200,30,30)'><h1>\(title)</h1></body>"
+}
 
 /// A CDP connection to the session's first page, for driving it the way an agent does.
 public func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {

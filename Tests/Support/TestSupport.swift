@@ -1,4 +1,5 @@
 import CSupport
+import Essentials
 import Supervision
 import Logging
 import Synchronization

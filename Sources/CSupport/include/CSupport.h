@@ -69,5 +69,7 @@ int ksup_pipe_cloexec(int fds[2]);
 int ksup_set_child_subreaper(void);
 /// Installs a SIGCHLD handler that writes to an eventfd, so a poll loop wakes on child exits.
 int ksup_install_sigchld_wakeup(int eventfd);
+/// Names the calling thread (at most 15 bytes are kept), for top -H and core dumps.
+void ksup_name_thread(const char *name);
 
 #endif

@@ -25,7 +25,5 @@ int kx_take_error(unsigned char *request_code, unsigned long *resource);
 /// Whether this thread's connection broke (the X server went away).
 int kx_io_failed(void);
 
-/// Names the calling thread (at most 15 bytes), for top -H and core dumps.
-void kx_name_thread(const char *name);
 
 #endif

@@ -1,0 +1,179 @@
+import Control
+import HTTPTypes
+import Hummingbird
+import ViewerInput
+import Logging
+import Metrics
+import NIOCore
+import NIOSSL
+
+/// The public listener's request context.
+public struct PublicContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+    }
+}
+
+/// The public listener: ALB health, the VNC WebSocket bridge, the noVNC viewer page.
+public struct PublicServer: Sendable {
+    let access: ViewerAccess
+    let settings: BridgeSettings
+    let viewers: ViewerRegistry
+    /// Set by a drain: health answers 503 so the load balancer moves on.
+    let draining: @Sendable () async -> Bool
+    let tls: NIOSSLContext?
+
+    /// `tls`: serve HTTPS/WSS (for direct exposure; behind a load balancer that ends TLS, nil).
+    public init(access: ViewerAccess, settings: BridgeSettings, tls: NIOSSLContext? = nil, draining: @escaping @Sendable () async -> Bool) {
+        self.access = access
+        self.settings = settings
+        self.tls = tls
+        self.draining = draining
+        viewers = ViewerRegistry(limit: settings.maxViewers)
+    }
+
+    /// Serves on `host:port` until cancelled (then gracefully, 3 s); `onReady` gets the bound port.
+    public func run(host: String, port: Int, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
+        let http = httpRouter()
+        let limits = ConnectionLimits.resolve(settings, openFiles: ConnectionLimits.openFileLimit())
+        if let asked = settings.maxConnections, asked > limits.total {
+            logger.warning("public.max_connections lowered to what the open-file limit leaves room for",
+                           metadata: ["asked": "\(asked)", "used": "\(limits.total)", "open_files": "\(ConnectionLimits.openFileLimit())"])
+        }
+        logger.info("public listener connection limits", metadata: ["limits": "\(limits)"])
+        let app = Application(
+            router: http,
+            server: .bridge(tls: tls, decide: decide(logger: logger), settings: settings, limits: limits),
+            configuration: .init(address: .hostname(host, port: port), serverName: "kioskd",
+                                 availableConnectionsDelegate: ListenerConnections(limit: limits.total)),
+            onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
+            logger: logger)
+        try await serveUntilCancelled(app, logger: logger)
+    }
+
+    func httpRouter() -> Router<PublicContext> {
+        let router = Router(context: PublicContext.self)
+        router.middlewares.add(PublicErrors())
+        let access = self.access, draining = self.draining, viewers = self.viewers, settings = self.settings
+        router.get("/health") { _, _ in
+            await draining()
+                ? Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"draining"}"#)))
+                : Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"healthy"}"#)))
+        }
+        // Reached without an upgrade (or when the upgrade was refused): the same checks, so a
+        // refusal is a status with a JSON body, never a bare close.
+        router.get("/api/v1/vnc/ws") { request, _ -> Response in
+            let grant = try await access.authorize(request)
+            guard viewers.count(grant.taskID) < viewers.limit else { throw Self.full(grant.taskID, viewers.limit) }
+            throw APIError(.badRequest, "upgrade_required", "this endpoint speaks WebSocket (Upgrade: websocket, version 13)")
+        }
+        router.get("/viewer") { request, _ -> Response in
+            let grant = try await access.authorize(request)
+            return ViewerPage.response(taskID: grant.taskID, token: request.uri.queryParameters.get("token") ?? "", role: grant.role)
+        }
+        router.middlewares.add(NoVNCFiles(directory: settings.noVNCDirectory, origins: settings.origins))
+        return router
+    }
+
+    static func full(_ task: String, _ limit: Int) -> APIError {
+        APIError(.serviceUnavailable, "viewer_limit", "task '\(task)' already has \(limit) viewers (public.max_viewers)")
+    }
+
+    /// An upgrade request: authorized (else refused, and the HTTP route says why), a place
+    /// under the viewer limit, and `binary` echoed when offered (noVNC offers none).
+    func decide(logger: Logger) -> BridgeChannel.Decide {
+        let access = self.access, settings = self.settings, viewers = self.viewers
+        return { head, _ in
+            let request = Request(head: head, body: .init(buffer: .init()))
+            guard request.uri.path == "/api/v1/vnc/ws" else {
+                return .refuse(APIError(.notFound, "not_found", "no WebSocket at \(request.uri.path) (the bridge is /api/v1/vnc/ws)"))
+            }
+            let grant: ViewerAccess.Grant
+            do {
+                grant = try await access.authorize(request)
+            } catch let error as APIError {
+                return .refuse(error)
+            } catch {
+                return .refuse(APIError(.internalServerError, "internal", "internal error; the daemon's log has the details"))
+            }
+            guard viewers.count(grant.taskID) < viewers.limit else { return .refuse(Self.full(grant.taskID, viewers.limit)) }
+            let offered = head.headerFields[.secWebSocketProtocol]?.split(separator: ",").map { $0.filter { !$0.isWhitespace } } ?? []
+            let fields: HTTPFields = offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:]
+            return .upgrade(fields, { viewer, log in
+                await Self.serve(grant, viewer, access: access, viewers: viewers, settings: settings, logger: log)
+            })
+        }
+    }
+
+    static func serve(_ grant: ViewerAccess.Grant, _ viewer: ViewerConnection,
+                      access: ViewerAccess, viewers: ViewerRegistry, settings: BridgeSettings, logger: Logger) async {
+        guard let slot = viewers.join(grant.taskID) else {
+            return viewer.refuse("viewer limit reached", code: 1013, "viewer limit reached")
+        }
+        var log = logger
+        log[metadataKey: "task"] = "\(grant.taskID)"
+        log[metadataKey: "role"] = "\(grant.role.rawValue)"
+        Counter(label: "kioskd_bridge_connections_total", dimensions: [("role", grant.role.rawValue)]).increment()
+        let started = ContinuousClock.now
+        let connected = ["role": grant.role.rawValue, "viewers": "\(viewers.count(grant.taskID))"]
+        log.info("viewer connected")
+        // The relay starts at once (the viewer is greeted while x11vnc connects); the task's
+        // events are written beside it, in order: connected, refused keysyms (the relay reports
+        // them from its event loop), and disconnected once the relay and they are done.
+        let (reports, reporter) = AsyncStream.makeStream(of: [UInt32: Int].self, bufferingPolicy: .bufferingOldest(16))
+        let totals = await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await access.note(grant.taskID, "viewer_connected", connected)
+                for await refused in reports { await access.note(grant.taskID, "keysym_blocked", Self.describe(refused)) }
+            }
+            let totals = await Relay(grant: grant, settings: settings).run(viewer, slot: slot) { reporter.yield($0) }
+            reporter.finish()
+            await group.waitForAll()
+            return totals
+        }
+        slot.release()
+        if grant.role == .control { await grant.target.releaseInput() }
+        let seconds = (ContinuousClock.now - started).components.seconds
+        await access.note(grant.taskID, "viewer_disconnected", ["role": grant.role.rawValue, "reason": totals.reason, "seconds": "\(seconds)",
+                                                                 "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
+        log.info("viewer disconnected", metadata: ["reason": "\(totals.reason)", "bytes_in": "\(totals.fromViewer)", "bytes_out": "\(totals.toViewer)"])
+    }
+}
+
+extension PublicServer {
+    /// A keysym_blocked event's fields: each keysym in hex with why it was refused and how often.
+    static func describe(_ refused: [UInt32: Int]) -> [String: String] {
+        let keysyms = refused.sorted { $0.key < $1.key }.map { keysym, n in
+            "0x\(String(keysym, radix: 16)) (\(ViewerKeysyms.refusal(keysym)?.rawValue ?? "unknown"))\(n > 1 ? " x\(n)" : "")"
+        }
+        return ["keysyms": keysyms.joined(separator: ", "), "count": "\(refused.values.reduce(0, +))"]
+    }
+}
+
+extension ViewerAccess {
+    /// A task event from the bridge (string fields).
+    func note(_ task: String, _ type: String, _ fields: [String: String]) async {
+        var data = JSONWriter()
+        for (k, v) in fields.sorted(by: { $0.key < $1.key }) { data.field(k, v) }
+        _ = try? await service.append(task, type: type, data: data.text)
+    }
+}
+
+/// Errors as `{"error": {"code", "message"}}` on the public listener too.
+struct PublicErrors: RouterMiddleware {
+    func handle(_ request: Request, context: PublicContext, next: (Request, PublicContext) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            throw error
+        } catch let error as HTTPError {
+            throw APIError(error.status, error.status == .notFound ? "not_found" : "http_\(error.status.code)",
+                           error.status == .notFound ? "no route \(request.method) \(request.uri.path)" : error.status.reasonPhrase)
+        } catch {
+            context.logger.error("unexpected error", metadata: ["error": "\(error)", "path": "\(request.uri.path)"])
+            throw APIError(.internalServerError, "internal", "internal error; the daemon's log has the details")
+        }
+    }
+}

@@ -1,0 +1,331 @@
+import ViewerInput
+import Metrics
+import NIOCore
+import NIOWebSocket
+
+/// The viewer's end of a relay, last in the viewer's WebSocket pipeline (after NIO's frame
+/// codec). Frames from the viewer go through the RFB filter to the VNC side; the VNC side's
+/// reads leave here as binary frames built around its read buffers (the encoder writes the
+/// header separately: no copy). Both ends share one event loop, so relaying is plain calls: no
+/// locks, no task hops per buffer. Backpressure: each side reads only while the other can take
+/// writes.
+///
+/// It starts before the VNC side is connected: it greets the viewer at once on x11vnc's behalf
+/// (`RFBGreeting`), and a viewer that leaves meanwhile ends the relay, gives its place back and
+/// closes the pending connection at once, whatever x11vnc is doing.
+///
+/// It also owns the connection's clocks: a ping every interval (closed once two go unanswered),
+/// the idle limit and the maximum lifetime.
+final class ViewerHandler: ChannelDuplexHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let loop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private var vnc: VNCHandler?
+    /// The connection to the VNC side while it is being made (closed if the viewer leaves first).
+    private var upstream: (any Channel)?
+    private var greeting = RFBGreeting()
+    private var slot: ViewerSlot?
+    private var filter = RFBFilter(policy: .init(role: .view))
+    private var settings = BridgeSettings()
+    private var done: EventLoopPromise<Relay.Totals>?
+    /// Frames that arrived before the VNC side joined (at most one read's worth: reads are held).
+    private var early: [WebSocketFrame] = []
+    private var readPending = false
+    private var ended = false
+    private var inactive = false
+    /// Set when NIO's protocol handler has answered a broken frame with a close of its own.
+    private var protocolFailure: String?
+    private var totals = Relay.Totals()
+    private var inMessage = false
+    private var messageBytes = 0
+    private var pingsUnanswered = 0
+    private var lastActivity = NIODeadline.now()
+    private var clocks: [Scheduled<Void>] = []
+    /// Keysyms the filter refused and not yet reported; reports go at most once a second.
+    private var refused: [UInt32: Int] = [:]
+    private var lastReport: NIODeadline?
+    private var reportScheduled = false
+    private var onRefused: (@Sendable ([UInt32: Int]) -> Void)?
+
+    init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Starts the relay: greets the viewer and starts the clocks; the VNC side joins once it is
+    /// connected. The future completes when the relay has ended, which gives `slot` back.
+    /// `onRefused` gets the keysyms the filter refused, counted, at most once a second.
+    func start(policy: RFBFilter.Policy, settings: BridgeSettings, slot: ViewerSlot,
+               onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) -> EventLoopFuture<Relay.Totals> {
+        if ended {
+            slot.release()
+            return loop.makeSucceededFuture(totals)
+        }
+        let done = loop.makePromise(of: Relay.Totals.self)
+        self.done = done
+        self.slot = slot
+        self.filter = RFBFilter(policy: policy)
+        self.settings = settings
+        self.onRefused = onRefused
+        startClocks()
+        deliver(ByteBuffer(bytes: RFBGreeting.version))
+        deliveryComplete()
+        return done.futureResult
+    }
+
+    /// The connection to the VNC side has been created and is connecting; false when the relay
+    /// has already ended (the caller abandons it).
+    func connecting(_ channel: any Channel) -> Bool {
+        guard !ended else { return false }
+        upstream = channel
+        return true
+    }
+
+    /// The VNC side is connected: what the viewer sent meanwhile goes to it, and relaying begins.
+    func join(_ vnc: VNCHandler) {
+        upstream = nil
+        if ended { return vnc.unlink() }
+        self.vnc = vnc
+        vnc.join(self)
+        let held = early
+        early = []
+        for frame in held where !ended { receive(frame) }
+        vnc.flush()
+        resumeReading()
+    }
+
+    // MARK: From the viewer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard !ended else { return }
+        if vnc == nil { early.append(frame) } else { receive(frame) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        vnc?.flush()
+    }
+
+    private func receive(_ frame: WebSocketFrame) {
+        switch frame.opcode {
+        case .binary, .continuation:
+            guard (frame.opcode == .binary) != inMessage else {
+                return finish("broke the WebSocket protocol (a message inside a message)", close: (1002, "unexpected continuation"))
+            }
+            messageBytes = (inMessage ? messageBytes : 0) + frame.data.readableBytes
+            inMessage = !frame.fin
+            guard messageBytes <= settings.maxFrameSize else {
+                return finish("sent a message over \(settings.maxFrameSize) bytes", close: (1009, "message too large"))
+            }
+            totals.fromViewer += frame.data.readableBytes
+            lastActivity = .now()
+            let out = filter.feed(frame.unmaskedData.readableBytesView)
+            if !out.forward.isEmpty, let vnc { vnc.write(ByteBuffer(bytes: out.forward)) }
+            for (kind, n) in out.dropped { Counter(label: "kioskd_bridge_dropped_total", dimensions: [("message", kind)]).increment(by: n) }
+            if !out.refusedKeysyms.isEmpty { noteRefused(out.refusedKeysyms) }
+            if let violation = out.violation { finish(violation.reason, close: (violation.code, violation.reason)) }
+        case .text:
+            finish("sent a text frame", close: (1003, "binary frames only"))
+        case .ping:
+            send(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData))
+            context?.flush()
+        case .pong:
+            pingsUnanswered = 0
+        case .connectionClose:
+            // Echo the viewer's code, as RFC 6455 asks, then close.
+            var data = frame.unmaskedData
+            let code = data.readWebSocketErrorCode().map { UInt16(webSocketErrorCode: $0) } ?? 1000
+            finish("viewer closed", close: (code, ""))
+        default:
+            finish("sent an unknown frame type", close: (1002, "unknown opcode"))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
+        finish(protocolFailure ?? "viewer closed")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            // NIO's protocol handler has written the close (1009 for an oversized frame) and
+            // closes once it is out: the relay ends when the channel does.
+            protocolFailure = error == .invalidFrameLength ? "sent a frame over \(settings.maxFrameSize) bytes" : "broke the WebSocket protocol (\(error))"
+        } else {
+            finish("connection failed: \(error)")
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            finish("the daemon is shutting down", close: (1001, "server shutting down"))
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    // MARK: To the viewer
+
+    /// A read from the VNC side, as one binary frame, less the server's own greeting (the
+    /// viewer has had it from `start`).
+    func fromServer(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        if !greeting.done {
+            guard let taken = greeting.swallow(buffer.readableBytesView) else {
+                return finish("the VNC server did not greet with RFB 3.8", close: (1011, "unexpected VNC server"))
+            }
+            buffer.moveReaderIndex(forwardBy: taken)
+            guard buffer.readableBytes > 0 else { return }
+        }
+        deliver(buffer)
+    }
+
+    private func deliver(_ buffer: ByteBuffer) {
+        guard !ended else { return }
+        totals.toViewer += buffer.readableBytes
+        lastActivity = .now()
+        send(WebSocketFrame(fin: true, opcode: .binary, data: buffer))
+    }
+
+    func deliveryComplete() {
+        context?.flush()
+    }
+
+    private func send(_ frame: WebSocketFrame) {
+        context?.write(wrapOutboundOut(frame), promise: nil)
+    }
+
+    // MARK: Backpressure
+
+    var canTakeWrites: Bool { context?.channel.isWritable ?? false }
+
+    func read(context: ChannelHandlerContext) {
+        if let vnc, vnc.canTakeWrites { context.read() } else { readPending = true }
+    }
+
+    func resumeReading() {
+        guard readPending, vnc?.canTakeWrites ?? false else { return }
+        readPending = false
+        context?.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { vnc?.resumeReading() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Clocks
+
+    private func startClocks() {
+        let isolated = loop.assumeIsolated()
+        clocks.append(isolated.scheduleTask(in: TimeAmount(settings.maxLifetime)) {
+            self.finish("reached the maximum viewer lifetime", close: (1001, "maximum lifetime reached"))
+        })
+        scheduleIdleCheck(at: lastActivity + TimeAmount(settings.idleTimeout))
+        scheduleNextPing()
+    }
+
+    private func scheduleIdleCheck(at deadline: NIODeadline) {
+        clocks.append(loop.assumeIsolated().scheduleTask(deadline: deadline) {
+            let due = self.lastActivity + TimeAmount(self.settings.idleTimeout)
+            if due <= .now() {
+                self.finish("idle for \(self.settings.idleTimeout)", close: (1001, "idle"))
+            } else {
+                self.scheduleIdleCheck(at: due)
+            }
+        })
+    }
+
+    private func scheduleNextPing() {
+        clocks.append(loop.assumeIsolated().scheduleTask(in: TimeAmount(settings.pingInterval)) {
+            guard self.pingsUnanswered < 2 else {
+                return self.finish("did not answer 2 pings", close: (1001, "ping timeout"))
+            }
+            self.pingsUnanswered += 1
+            self.send(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
+            self.context?.flush()
+            self.scheduleNextPing()
+        })
+    }
+
+    // MARK: Refused keysyms
+
+    private func noteRefused(_ keysyms: [UInt32]) {
+        for keysym in keysyms {
+            refused[keysym, default: 0] += 1
+            let refusal = ViewerKeysyms.refusal(keysym)?.rawValue ?? "unknown"
+            Counter(label: "kioskd_bridge_keysyms_refused_total", dimensions: [("class", refusal)]).increment()
+        }
+        guard !reportScheduled else { return }
+        let due = lastReport.map { $0 + .seconds(1) } ?? .now()
+        if due <= .now() { return reportRefused() }
+        reportScheduled = true
+        clocks.append(loop.assumeIsolated().scheduleTask(deadline: due) {
+            self.reportScheduled = false
+            self.reportRefused()
+        })
+    }
+
+    private func reportRefused() {
+        guard !refused.isEmpty else { return }
+        lastReport = .now()
+        onRefused?(refused)
+        refused = [:]
+    }
+
+    // MARK: The end
+
+    /// Ends the relay once: the viewer gets `close` (code, reason) when it is still there, the
+    /// VNC side is closed, and the totals go to whoever awaits them.
+    func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil) {
+        guard !ended else { return }
+        ended = true
+        // Before the viewer's close goes out: a client that has seen it finds the place free.
+        slot?.release()
+        slot = nil
+        totals.reason = reason
+        reportRefused()
+        for clock in clocks { clock.cancel() }
+        clocks = []
+        early = []
+        if let context, !inactive {
+            if let close {
+                var data = context.channel.allocator.buffer(capacity: 2 + 123)
+                data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
+                data.writeBytes(close.reason.utf8.prefix(123))
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            } else {
+                context.close(promise: nil)
+            }
+        }
+        vnc?.unlink()
+        vnc = nil
+        upstream?.close(promise: nil)
+        upstream = nil
+        done?.succeed(totals)
+        done = nil
+    }
+}
+
+@available(*, unavailable)
+extension ViewerHandler: Sendable {}
+
+/// An upgraded viewer: its event loop and the relay's handler, already in its pipeline so no
+/// frame is missed while the VNC side connects.
+struct ViewerConnection: Sendable {
+    let loop: any EventLoop
+    let handler: NIOLoopBound<ViewerHandler>
+
+    /// Closes the viewer with `code`: a full session, an unreachable VNC server, a shutdown (a
+    /// relay that has already ended is left as it is).
+    func refuse(_ reason: String, code: UInt16, _ text: String) {
+        let handler = self.handler
+        loop.execute { handler.value.finish(reason, close: (code, text)) }
+    }
+}

@@ -1,0 +1,164 @@
+import Essentials
+import FoundationEssentials
+import Kiosk
+import ViewerInput
+
+/// A JSON object body read strictly: unknown fields, wrong types and out-of-range values are
+/// refused with a message naming the field, before anything is stored.
+struct BodyFields {
+    let object: [String: JSONValue]
+
+    init(_ bytes: [UInt8], allowed: Set<String>) throws(APIError) {
+        if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+            object = [:]
+            return
+        }
+        let value: JSONValue
+        do {
+            value = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        } catch {
+            throw .badRequest("the body is not valid JSON")
+        }
+        guard case .object(let object) = value else { throw .badRequest("the body must be a JSON object") }
+        if let unknown = object.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw .badRequest("unknown field '\(unknown)' (allowed: \(allowed.sorted().joined(separator: ", ")))")
+        }
+        self.object = object
+    }
+
+    func string(_ name: String, maxLength: Int, required: Bool = false) throws(APIError) -> String? {
+        guard let value = object[name], value != .null else {
+            if required { throw .badRequest("field '\(name)' is required") }
+            return nil
+        }
+        guard let s = value.string else { throw .badRequest("field '\(name)' must be a string") }
+        guard !s.isEmpty, s.utf8.count <= maxLength else { throw .badRequest("field '\(name)' must be 1–\(maxLength) bytes") }
+        return s
+    }
+
+    func integer(_ name: String, _ range: ClosedRange<Int>) throws(APIError) -> Int? {
+        guard let value = object[name], value != .null else { return nil }
+        guard let n = value.number, n == n.rounded(), let i = Int(exactly: n) else { throw .badRequest("field '\(name)' must be a whole number") }
+        guard range.contains(i) else { throw .badRequest("field '\(name)' must be from \(range.lowerBound) to \(range.upperBound), got \(i)") }
+        return i
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_ name: String, _: T.Type) throws(APIError) -> T? where T.RawValue == String {
+        guard let s = try string(name, maxLength: 64) else { return nil }
+        guard let v = T(rawValue: s) else {
+            throw .badRequest("field '\(name)' must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), got '\(s)'")
+        }
+        return v
+    }
+
+    /// A JSON object field, re-encoded compactly; at most `maxBytes` once encoded.
+    func objectText(_ name: String, maxBytes: Int) throws(APIError) -> String? {
+        guard let value = object[name], value != .null else { return nil }
+        guard case .object = value else { throw .badRequest("field '\(name)' must be a JSON object") }
+        let text = Self.encode(value)
+        guard text.utf8.count <= maxBytes else { throw APIError(.contentTooLarge, "field_too_large", "field '\(name)' is \(text.utf8.count) bytes; at most \(maxBytes)") }
+        return text
+    }
+
+    static func encode(_ value: JSONValue) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? String(decoding: encoder.encode(value), as: UTF8.self)) ?? "null"
+    }
+}
+
+/// `POST /v1/tasks`.
+public struct CreateTask: Sendable, Equatable {
+    public var taskID: String?
+    public var url: String
+    public var width: Int?
+    public var height: Int?
+    public var input: ViewerRole?
+    public var timeoutSeconds: Int?
+    public var maxLifetimeSeconds: Int?
+    /// The caller's own JSON object (correlation ids and the like), kept with the task.
+    public var metadata: String?
+
+    static let fields: Set<String> = ["task_id", "url", "width", "height", "input", "timeout_s", "max_lifetime_s", "metadata"]
+
+    public init(taskID: String? = nil, url: String, width: Int? = nil, height: Int? = nil, input: ViewerRole? = nil,
+                timeoutSeconds: Int? = nil, maxLifetimeSeconds: Int? = nil, metadata: String? = nil) {
+        self.taskID = taskID
+        self.url = url
+        self.width = width
+        self.height = height
+        self.input = input
+        self.timeoutSeconds = timeoutSeconds
+        self.maxLifetimeSeconds = maxLifetimeSeconds
+        self.metadata = metadata
+    }
+
+    init(body: [UInt8]) throws(APIError) {
+        let f = try BodyFields(body, allowed: Self.fields)
+        taskID = try f.string("task_id", maxLength: SessionRules.idMaxBytes)
+        if let id = taskID, !SessionRules.isValidID(id) { throw .badRequest("field 'task_id' must be \(SessionRules.idRule)") }
+        url = try f.string("url", maxLength: SessionRules.urlMaxBytes, required: true)!
+        guard SessionRules.isValidURL(url) else { throw .badRequest("field 'url' must be \(SessionRules.urlRule)") }
+        width = try f.integer("width", SessionRules.width)
+        height = try f.integer("height", SessionRules.height)
+        input = try f.choice("input", ViewerRole.self)
+        timeoutSeconds = try f.integer("timeout_s", 1...3600)
+        maxLifetimeSeconds = try f.integer("max_lifetime_s", 10...7 * 86400)
+        metadata = try f.objectText("metadata", maxBytes: 16 * 1024)
+    }
+
+    /// The request as stored: sorted keys, only what was given, so a retry with the same
+    /// body compares equal and one with a different body does not.
+    var canonical: String {
+        var w = JSONWriter()
+        w.field("height", height.map(Int64.init))
+        w.field("input", input?.rawValue)
+        w.field("max_lifetime_s", maxLifetimeSeconds.map(Int64.init))
+        w.raw("metadata", metadata)
+        w.field("timeout_s", timeoutSeconds.map(Int64.init))
+        w.field("url", url)
+        w.field("width", width.map(Int64.init))
+        return w.text
+    }
+}
+
+/// `POST /v1/tasks/{id}/events`: what the API layer appends (agent steps and the like).
+struct AppendEvent {
+    let type: String
+    let data: String
+
+    init(body: [UInt8]) throws(APIError) {
+        let f = try BodyFields(body, allowed: ["type", "data"])
+        let type = try f.string("type", maxLength: 64, required: true)!
+        guard type.utf8.allSatisfy({ c in (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2E || c == 0x2D }) else {
+            throw .badRequest("field 'type' may hold only a–z, 0–9, '_', '.', '-'")
+        }
+        self.type = type
+        data = try f.objectText("data", maxBytes: 64 * 1024) ?? "{}"
+    }
+}
+
+/// The optional body of stop / complete / fail.
+struct EndRequest {
+    let reason: String?
+    let result: String?
+
+    init(body: [UInt8], allowResult: Bool) throws(APIError) {
+        let f = try BodyFields(body, allowed: allowResult ? ["reason", "result"] : ["reason"])
+        reason = try f.string("reason", maxLength: 1024)
+        result = allowResult ? try f.objectText("result", maxBytes: 64 * 1024) : nil
+    }
+}
+
+/// `POST /v1/tasks/{id}/viewer-token`.
+struct TokenRequest {
+    let role: ViewerRole
+    let ttl: Int
+
+    init(body: [UInt8]) throws(APIError) {
+        let f = try BodyFields(body, allowed: ["role", "ttl_s"])
+        guard let role = try f.choice("role", ViewerRole.self) else { throw .badRequest("field 'role' is required (view or control)") }
+        self.role = role
+        ttl = try f.integer("ttl_s", 10...3600) ?? 300
+    }
+}

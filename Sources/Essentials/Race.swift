@@ -1,0 +1,37 @@
+/// The one way kioskd races work against work or against the clock.
+///
+/// Runs the branches concurrently; the first to finish wins, with its value or its error, and
+/// the others are cancelled (and awaited: nothing outlives the call). Cancelling the caller
+/// cancels every branch, so the first to notice wins, usually with `CancellationError`.
+public func race<T: Sendable>(_ branches: @Sendable () async throws -> T...) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        for branch in branches { group.addTask { try await branch() } }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}
+
+/// The body's result, or `TimeoutError` once `duration` has passed (the body is then cancelled).
+public func withTimeout<T: Sendable>(
+    _ duration: Duration, _ what: @autoclosure () -> String, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    let description = what()
+    return try await race(body) {
+        try await Task.sleep(for: duration)
+        throw TimeoutError(duration: duration, what: description)
+    }
+}
+
+public struct TimeoutError: Error, CustomStringConvertible {
+    public let duration: Duration
+    public let what: String
+
+    public var description: String { "timed out after \(formatDuration(duration)) waiting for \(what)" }
+}
+
+/// "250 ms", "1.5 s", "30 s": durations in messages people read.
+public func formatDuration(_ d: Duration) -> String {
+    let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    if s >= 1 { return s == s.rounded() ? "\(Int(s)) s" : "\((s * 10).rounded() / 10) s" }
+    return "\(Int((s * 1000).rounded())) ms"
+}

@@ -1,0 +1,79 @@
+import Control
+import Essentials
+import Kiosk
+import Logging
+import Store
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The store and the control API as one child of the root, after the session manager: the
+/// store is opened and migrated, what a previous run left unfinished is marked interrupted,
+/// and the socket serves. Ready once the socket accepts connections.
+enum ControlChild {
+    static func spec(_ config: Config, environment: [String: String], sessions: SessionManager, published: OnceValue<TaskService>,
+                     metrics: @escaping @Sendable () -> [UInt8], logger: Logger, tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
+        ChildSpec(
+            id: "control",
+            kind: .task { context in
+                let location = try StoreLocation(url: config.storeLocation, environment: environment)
+                let store = try location.open(logger: logger)
+                do {
+                    try await store.migrate()
+                    let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: config.state.dir + "/viewer-token.key"))
+                    let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: config.tasks,
+                                              template: { id, request in settings(config, id: id, request) }, logger: logger)
+                    let interrupted = try await service.interruptUnfinished()
+                    published.set(service)
+                    let server = try server(config)
+                    let kind = if case .sqlite = location { "sqlite" } else { "postgres" }
+                    let routes = ControlRoutes(service: service, storeKind: kind, metrics: metrics, tree: tree)
+                    // The service's work and the socket end together: a stop cancels both.
+                    try await race({ await service.run() }, {
+                        if config.demo.enabled { try await DemoTask.start(service, sessions: sessions, config, logger: logger) }
+                        try await server.run(routes, logger: logger) {
+                            context.markReady("\(config.control.socket); store \(kind); \(interrupted.count) interrupted")
+                        }
+                    })
+                } catch {
+                    await store.close()
+                    throw error
+                }
+                await store.close()
+            },
+            restart: .permanent,
+            shutdown: .timeout(.seconds(5)),
+            readiness: .signaled,
+            readyTimeout: .seconds(30))
+    }
+
+    /// The host's session defaults with what the task asks for.
+    static func settings(_ config: Config, id: String, _ request: CreateTask) -> SessionSettings {
+        var s = SessionsChild.settings(config, id: id, url: request.url)
+        if let w = request.width { s.width = w }
+        if let h = request.height { s.height = h }
+        if let input = request.input { s.input = input }
+        return s
+    }
+
+    /// The socket's group and who may connect: by default root and kioskd's own uid, and
+    /// members (by primary gid) of the socket's group.
+    static func server(_ config: Config) throws -> ControlServer {
+        var group: UInt32?
+        if !config.control.group.isEmpty {
+            guard let entry = getgrnam(config.control.group) else {
+                throw DaemonError.setup(key: "control.group", message: "no group named \(config.control.group)")
+            }
+            group = entry.pointee.gr_gid
+        }
+        let uids = config.control.allowUIDs.values.isEmpty ? [0, geteuid()] : config.control.allowUIDs.values
+        let gids = config.control.allowGIDs.values.isEmpty ? [group ?? getegid()] : config.control.allowGIDs.values
+        let parent = String(config.control.socket.split(separator: "/").dropLast().joined(separator: "/"))
+        if let error = makeDirectories("/" + parent, mode: 0o755) {
+            throw DaemonError.setup(key: "control.socket", message: "cannot create /\(parent): \(error)")
+        }
+        return ControlServer(socketPath: config.control.socket, group: group, allowlist: PeerAllowlist(uids: Set(uids), gids: Set(gids)))
+    }
+}

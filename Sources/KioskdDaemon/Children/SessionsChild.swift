@@ -1,0 +1,46 @@
+import Display
+import Essentials
+import Kiosk
+import Logging
+import Supervision
+
+/// The session manager as a child of the root supervisor: ready once an earlier run's leftovers
+/// are swept; on stop, every session is stopped. (The demo is a task: `DemoTask`.)
+enum SessionsChild {
+    static func spec(_ config: Config, manager: SessionManager, logger: Logger) -> ChildSpec {
+        ChildSpec(
+            id: "sessions",
+            kind: .task { context in
+                try await manager.run { report in
+                    context.markReady("swept \(report.processes) processes, \(report.directories.count) directories")
+                }
+            },
+            restart: .permanent,
+            shutdown: .timeout(.seconds(20)),
+            readiness: .signaled,
+            readyTimeout: .seconds(90))
+    }
+
+    static func host(_ config: Config, logger: Logger) throws -> SessionHost {
+        SessionHost(sessionsDir: config.runtime.dir + "/sessions", recordsDir: config.state.dir + "/sessions",
+                    user: try SessionHost.sessionUser(named: config.sessions.user),
+                    displays: DisplayAllocator(range: config.sessions.displays, logger: logger),
+                    ports: PortAllocator(range: config.sessions.ports),
+                    portGuard: config.sessions.portGuard
+                        ? PortGuard(ports: config.sessions.ports, allowedUIDs: config.sessions.cdpAllowUIDs.values,
+                                    allowedGIDs: config.sessions.cdpAllowGIDs.values)
+                        : nil,
+                    logger: logger)
+    }
+
+    /// The configured session defaults. The grab list cannot fail here: the config loader
+    /// already refused a removal that is not in the default list.
+    static func settings(_ config: Config, id: String, url: String) -> SessionSettings {
+        SessionSettings(id: id, url: url, width: config.sessions.width, height: config.sessions.height,
+                        input: config.sessions.input, bridge: config.sessions.bridge,
+                        budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
+                        browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox,
+                        grabs: (try? GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove)) ?? GrabList.defaults,
+                        tabs: config.sessions.tabs)
+    }
+}

@@ -1,0 +1,344 @@
+import Display
+import Store
+import Kiosk
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+import ViewerInput
+#endif
+
+/// Every scalar configuration key: its path, what it means, how its text is checked and stored.
+/// The environment variable is derived from the path (`control.socket` → `KIOSKD_CONTROL_SOCKET`).
+struct ConfigKey: Sendable {
+    let path: String
+    let doc: String
+    let current: @Sendable (Config) -> String
+    let apply: @Sendable (String, inout Config) throws(ValueError) -> Void
+
+    var environmentVariable: String { ConfigSchema.environmentVariable(for: path) }
+}
+
+/// A value that does not fit its key; the loader adds which key and where.
+struct ValueError: Error, Equatable {
+    let message: String
+}
+
+enum ConfigSchema {
+    static func environmentVariable(for path: String) -> String {
+        "KIOSKD_" + path.uppercased().map { $0 == "." ? "_" : $0 }.map(String.init).joined()
+    }
+
+    /// `programs` is a list of tables, checked by `ProgramsParser`; its variable holds YAML.
+    static let programsKey = "programs"
+
+    static let keys: [ConfigKey] = [
+        key("control.socket", "Unix socket of the control API (HTTP/JSON).", \.control.socket, absolutePath),
+        key("control.group", "Group of the control socket (mode 0660): the API layer's user must be in it. Empty: kioskd's group.", \.control.group, groupName),
+        key("control.allow_uids", "Peer uids allowed on the control socket, comma-separated. Empty: root and kioskd's own uid.", \.control.allowUIDs, ids),
+        key("control.allow_gids", "Peer primary gids allowed on the control socket, comma-separated. Empty: the socket's group.", \.control.allowGIDs, ids),
+        key("tasks.max_sessions", "Tasks running at once on this host; more wait in queued.", \.tasks.maxSessions, integer(1...256)),
+        key("tasks.start_timeout", "Default timeout_s: how long a task may take to be running.", \.tasks.startTimeout, duration(min: .seconds(1))),
+        key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
+        key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),
+        key("public.listen", "host:port of the public listener (ALB health, VNC bridge, viewer page).", \.publicListener.listen, hostPort),
+        key("public.origins", "Origins allowed to open the viewer WebSocket and frame the viewer page, comma-separated (https://app.example.com), besides the listener's own, which always is.", \.publicListener.bridge.origins, origins),
+        key("public.ping_interval", "A WebSocket ping this often; a viewer that has not answered by the next one is closed.", \.publicListener.bridge.pingInterval, duration(min: .seconds(1))),
+        key("public.idle_timeout", "A viewer connection with no bytes either way for this long is closed.", \.publicListener.bridge.idleTimeout, duration(min: .seconds(1))),
+        key("public.max_lifetime", "The longest a viewer connection lives.", \.publicListener.bridge.maxLifetime, duration(min: .seconds(1))),
+        key("public.max_viewers", "Viewers at once per task.", \.publicListener.bridge.maxViewers, integer(1...1000)),
+        key("public.max_connections", "Connections open at once; beyond it the listener stops accepting until one closes. auto: half of what the open-file limit leaves after a quarter kept for the rest of kioskd (a larger number is lowered to that).", \.publicListener.bridge.maxConnections, automatic(integer(1...1_000_000))),
+        key("public.max_connections_per_ip", "Connections open at once from one address; more are answered 429. auto: a quarter of max_connections. Behind a load balancer, keep it above the viewers one of its addresses carries.", \.publicListener.bridge.maxConnectionsPerPeer, automatic(integer(1...1_000_000))),
+        key("public.header_timeout", "A request head must arrive within this of the connection's start or the previous answer (else 408); an idle kept-alive connection is closed then.", \.publicListener.bridge.headerTimeout, duration(min: .seconds(1))),
+        key("public.auth_timeout", "A connection that has not become a viewer WebSocket within this is closed (after its current answer).", \.publicListener.bridge.authTimeout, duration(min: .seconds(1))),
+        key("public.max_request_line", "Longest request line in bytes (the token rides in its query); longer is 414.", \.publicListener.bridge.maxRequestLine, integer(1024...1 << 20)),
+        key("public.max_header_bytes", "Most bytes of header fields in one request; more is 431.", \.publicListener.bridge.maxHeaderBytes, integer(4096...1 << 20)),
+        key("public.clipboard", "Let a control viewer's clipboard reach the session (never a view viewer's).", \.publicListener.bridge.clipboard, boolean),
+        key("public.tls.cert_file", "PEM certificate chain: serve HTTPS/WSS (direct exposure). Empty: plain HTTP behind a load balancer.", \.publicListener.tlsCertFile, optionalPath),
+        key("public.tls.key_file", "PEM private key for public.tls.cert_file.", \.publicListener.tlsKeyFile, optionalPath),
+        key("public.jwt.hs256_secret_file", "A file holding the identity provider's HS256 secret; empty: none.", \.publicListener.jwt.hs256SecretFile, optionalPath),
+        key("public.jwt.jwks_file", "A JWKS document (RS256/ES256 keys, e.g. Cognito's jwks.json saved locally); empty: none.", \.publicListener.jwt.jwksFile, optionalPath),
+        key("public.jwt.issuer", "The iss an identity-provider token must carry.", \.publicListener.jwt.issuer, text),
+        key("public.jwt.audience", "Must be in the token's aud, or be its client_id (Cognito access tokens).", \.publicListener.jwt.audience, text),
+        key("public.jwt.task_claim", "The claim naming the task a token is for.", \.publicListener.jwt.taskClaim, nonEmpty),
+        key("public.jwt.role_claim", "The claim naming the role (view or control; missing: view).", \.publicListener.jwt.roleClaim, nonEmpty),
+        key("public.jwt.any_task", "Accept a token without the task claim for any task (only if the API layer checks ownership).", \.publicListener.jwt.anyTask, boolean),
+        key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
+        key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
+        key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
+        key("log.level", "Lowest level logged: " + LogLevel.allCases.map(\.rawValue).joined(separator: ", ") + ".", \.log.level, choice(LogLevel.self)),
+        key("log.format", "auto (journal under systemd, text otherwise), journal, or text.", \.log.format, choice(LogFormat.self)),
+        key("supervisor.strategy", "Restart strategy of the programs group: one_for_one, one_for_all, rest_for_one.", \.supervisor.strategy, choice(Strategy.self)),
+        key("supervisor.max_restarts", "Restarts allowed within supervisor.period before the group gives up.", \.supervisor.maxRestarts, integer(0...10_000)),
+        key("supervisor.period", "Window for supervisor.max_restarts.", \.supervisor.period, duration(min: .milliseconds(1))),
+        key("supervisor.backoff.initial", "Delay before the second consecutive restart (the first is immediate).", \.supervisor.backoff.initial, duration(min: .zero)),
+        key("supervisor.backoff.multiplier", "Growth of the delay per further consecutive failure.", \.supervisor.backoff.multiplier, decimal(1...10)),
+        key("supervisor.backoff.max", "Longest delay between restarts.", \.supervisor.backoff.max, duration(min: .zero)),
+        key("supervisor.backoff.jitter", "Random spread of each delay, as a fraction (0.25 = ±25 %).", \.supervisor.backoff.jitter, decimal(0...1)),
+        key("supervisor.backoff.reset_after", "Running this long counts as stable: the failure count starts over.", \.supervisor.backoff.resetAfter, duration(min: .zero)),
+        key("shutdown.timeout", "Bound on an orderly stop (SIGTERM); whatever still runs after it is killed.", \.shutdown.timeout, duration(min: .milliseconds(100))),
+        key("sessions.user", "Unprivileged user the session programs run as when kioskd runs as root (Chromium's sandbox needs one).", \.sessions.user, userName),
+        key("sessions.displays", "X display numbers sessions may use (first-last).", \.sessions.displays, range(1...65535)),
+        key("sessions.ports", "Loopback TCP ports for the sessions' CDP and websockify (first-last).", \.sessions.ports, range(1024...65535)),
+        key("sessions.width", "Screen width in pixels.", \.sessions.width, integer(SessionRules.width)),
+        key("sessions.height", "Screen height in pixels.", \.sessions.height, integer(SessionRules.height)),
+        key("sessions.input", "What VNC viewers may do: control (keys, mouse, clicks) or view.", \.sessions.input, choice(ViewerRole.self)),
+        key("sessions.bridge", "How viewers reach x11vnc: builtin (kioskd's bridge) or websockify (a relay process per session).", \.sessions.bridge, choice(BridgeMode.self)),
+        key("sessions.max_restarts", "Restarts a session may spend per sessions.period (at each level of its tree) before it ends.", \.sessions.maxRestarts, integer(0...1000)),
+        key("sessions.period", "Window for sessions.max_restarts.", \.sessions.period, duration(min: .seconds(1))),
+        key("sessions.browser", "The Chromium binary (Debian's by default; not the /usr/bin/chromium wrapper).", \.sessions.browser, absolutePath),
+        key("sessions.sandbox", "Chromium's sandbox. false only if you must: a hostile page could then reach the host.", \.sessions.sandbox, boolean),
+        key("sessions.port_guard", "Refuse other local users' connections to the sessions' loopback ports (nftables; needs CAP_NET_ADMIN).", \.sessions.portGuard, boolean),
+        key("sessions.cdp.allow_uids", "Local users (agents) whose connections to a session's CDP port pass the port guard, besides root and kioskd's uid.", \.sessions.cdpAllowUIDs, ids),
+        key("sessions.cdp.allow_gids", "Primary groups whose connections to a session's CDP port pass the port guard.", \.sessions.cdpAllowGIDs, ids),
+        key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
+        key("sessions.lockdown.remove", "Default combinations the key grabber leaves to the browser, comma-separated (F5, Ctrl+R).", \.sessions.lockdownRemove, combos(inDefaults: true)),
+        key("sessions.lockdown.tabs", "Which tabs live besides the kiosk tab: agent (tabs a CDP client creates; the page's popups are closed) or kiosk_only (none).", \.sessions.tabs, choice(TabPolicy.self)),
+        key("demo.enabled", "Run one task with the daemon and print a viewer link (with a view token) and its CDP URL on standard output.", \.demo.enabled, boolean),
+        key("demo.url", "The demo task's page.", \.demo.url, pageURL),
+    ]
+
+    /// Keys that still work but are no longer documented: each maps onto its replacement and is
+    /// reported by `ConfigWarning`.
+    static let deprecatedKeys: [ConfigKey] = [
+        ConfigKey(path: "sessions.lockdown.close_extra_tabs", doc: "Replaced by sessions.lockdown.tabs (true: kiosk_only, false: agent).",
+                  current: { $0.sessions.tabs == .kioskOnly ? "true" : "false" },
+                  apply: { (text: String, config: inout Config) throws(ValueError) in
+                      config.sessions.tabs = try boolean(text) ? .kioskOnly : .agent
+                      config.deprecatedKeysUsed.append("sessions.lockdown.close_extra_tabs")
+                  }),
+    ]
+
+    static func key<T>(_ path: String, _ doc: String, _ field: WritableKeyPath<Config, T> & Sendable,
+                       _ parse: @escaping @Sendable (String) throws(ValueError) -> T) -> ConfigKey where T: ConfigRenderable {
+        ConfigKey(
+            path: path, doc: doc,
+            current: { $0[keyPath: field].rendered },
+            apply: { (text: String, config: inout Config) throws(ValueError) in config[keyPath: field] = try parse(text) })
+    }
+
+    // MARK: - Value parsers (shared by the file and the environment)
+
+    static func absolutePath(_ text: String) throws(ValueError) -> String {
+        guard text.hasPrefix("/") else { throw ValueError(message: "must be an absolute path, got \"\(text)\"") }
+        guard !text.contains("\0") else { throw ValueError(message: "must not contain NUL") }
+        return text
+    }
+
+    static func hostPort(_ text: String) throws(ValueError) -> HostPort {
+        let host: Substring, port: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw ValueError(message: "must be host:port, got \"\(text)\"") }
+            port = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw ValueError(message: "must be host:port (e.g. 0.0.0.0:8080), got \"\(text)\"") }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let number = Int(port), (1...65535).contains(number) else {
+            throw ValueError(message: "port must be 1–65535, got \"\(port)\"")
+        }
+        guard !host.isEmpty else { throw ValueError(message: "must name a host (0.0.0.0 for all interfaces), got \"\(text)\"") }
+        return HostPort(host: String(host), port: number)
+    }
+
+    static func storeURL(_ text: String) throws(ValueError) -> String {
+        if text.isEmpty { return text }
+        do {
+            _ = try StoreLocation(url: text)
+        } catch {
+            throw ValueError(message: error.description)
+        }
+        return text
+    }
+
+
+    /// Empty, or a group that exists on this host.
+    static func groupName(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty else { return text }
+        guard getgrnam(text) != nil else { throw ValueError(message: "no group named \"\(text)\" on this host") }
+        return text
+    }
+
+    /// Empty, or an absolute path.
+    static func optionalPath(_ text: String) throws(ValueError) -> String {
+        text.isEmpty ? text : try absolutePath(text)
+    }
+
+    static func text(_ text: String) throws(ValueError) -> String { text }
+
+    /// A page a session may open (`SessionRules`).
+    static func pageURL(_ text: String) throws(ValueError) -> String {
+        guard SessionRules.isValidURL(text) else { throw ValueError(message: "must be \(SessionRules.urlRule)") }
+        return text
+    }
+
+    /// Comma-separated origins: scheme://host[:port], no path.
+    static func origins(_ text: String) throws(ValueError) -> [String] {
+        var out: [String] = []
+        for part in text.split(separator: ",") {
+            let origin = part.filter { !$0.isWhitespace }
+            let rest = origin.hasPrefix("https://") ? origin.dropFirst(8) : origin.hasPrefix("http://") ? origin.dropFirst(7) : nil
+            guard let rest, !rest.isEmpty, !rest.contains("/") else {
+                throw ValueError(message: "each origin must be scheme://host[:port] with no path, got \"\(origin)\"")
+            }
+            out.append(origin)
+        }
+        return out
+    }
+
+    /// Comma-separated numeric ids.
+    static func ids(_ text: String) throws(ValueError) -> NumericIDs {
+        var out: [UInt32] = []
+        for part in text.split(separator: ",") {
+            let trimmed = part.filter { !$0.isWhitespace }
+            guard let id = UInt32(trimmed) else { throw ValueError(message: "must be numeric ids separated by commas, got \"\(part)\"") }
+            out.append(id)
+        }
+        return NumericIDs(values: out)
+    }
+
+    static func userName(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty, text != "root", text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw ValueError(message: "must be the name of an unprivileged user, got \"\(text)\"")
+        }
+        return text
+    }
+
+    static func nonEmpty(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty else { throw ValueError(message: "must not be empty") }
+        return text
+    }
+
+    static func boolean(_ text: String) throws(ValueError) -> Bool {
+        switch text.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw ValueError(message: "must be true or false, got \"\(text)\"")
+        }
+    }
+
+    /// A comma-separated list of combinations; `inDefaults`: each must be in the default list.
+    static func combos(inDefaults: Bool) -> @Sendable (String) throws(ValueError) -> [KeyCombo] {
+        { text throws(ValueError) in
+            var out: [KeyCombo] = []
+            for part in text.split(separator: ",") where !part.allSatisfy(\.isWhitespace) {
+                do throws(ComboError) {
+                    let combo = try KeyCombo(parsing: String(String(part.drop(while: \.isWhitespace).reversed()).drop(while: \.isWhitespace).reversed()))
+                    if inDefaults, !GrabList.defaults.contains(where: { $0.combo == combo }) { throw .notInList(combo.description) }
+                    out.append(combo)
+                } catch {
+                    throw ValueError(message: error.description)
+                }
+            }
+            return out
+        }
+    }
+
+    static func range(_ bounds: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> ClosedRange<Int> {
+        { (text: String) throws(ValueError) -> ClosedRange<Int> in
+            let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+            guard parts.count == 2, let low = Int(parts[0].filter { $0 != " " }), let high = Int(parts[1].filter { $0 != " " }),
+                  low <= high, bounds.contains(low), bounds.contains(high) else {
+                throw ValueError(message: "must be first-last within \(bounds.lowerBound)-\(bounds.upperBound), got \"\(text)\"")
+            }
+            return low...high
+        }
+    }
+
+    static func choice<T: RawRepresentable & CaseIterable & Sendable>(_: T.Type) -> @Sendable (String) throws(ValueError) -> T where T.RawValue == String {
+        { (text: String) throws(ValueError) -> T in
+            guard let value = T(rawValue: text) else {
+                throw ValueError(message: "must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    static func integer(_ range: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> Int {
+        { (text: String) throws(ValueError) -> Int in
+            guard let value = Int(text), range.contains(value) else {
+                throw ValueError(message: "must be a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    /// "auto" (nil: derived where it is used), or what `parse` accepts.
+    static func automatic<T>(_ parse: @escaping @Sendable (String) throws(ValueError) -> T) -> @Sendable (String) throws(ValueError) -> T? {
+        { (text: String) throws(ValueError) -> T? in
+            if text == "auto" { return nil }
+            do throws(ValueError) {
+                return try parse(text)
+            } catch {
+                let rest = error.message.hasPrefix("must be ") ? String(error.message.dropFirst(8)) : error.message
+                throw ValueError(message: "must be auto or \(rest)")
+            }
+        }
+    }
+
+    static func decimal(_ range: ClosedRange<Double>) -> @Sendable (String) throws(ValueError) -> Double {
+        { (text: String) throws(ValueError) -> Double in
+            guard let value = Double(text), range.contains(value) else {
+                throw ValueError(message: "must be a number from \(range.lowerBound.rendered) to \(range.upperBound.rendered), got \"\(text)\"")
+            }
+            return value
+        }
+    }
+
+    static func duration(min: Duration) -> @Sendable (String) throws(ValueError) -> Duration {
+        { (text: String) throws(ValueError) -> Duration in
+            let value = try parseDuration(text)
+            guard value >= min else { throw ValueError(message: "must be at least \(min.rendered), got \"\(text)\"") }
+            return value
+        }
+    }
+
+    static func parseDuration(_ text: String) throws(ValueError) -> Duration {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count)
+            // "5ms" must not be read as "5m" + "s".
+            if suffix == "s", number.hasSuffix("m") { continue }
+            if let value = Double(number), value >= 0, value.isFinite {
+                return .microseconds(Int64((value * scale * 1e6).rounded()))
+            }
+        }
+        throw ValueError(message: "must be a duration such as 500ms, 5s, 2m, 1h or 7d, got \"\(text)\"")
+    }
+}
+
+/// How a value is written back as configuration text (for `config defaults` and the docs test).
+protocol ConfigRenderable: SendableMetatype { var rendered: String { get } }
+
+extension String: ConfigRenderable { var rendered: String { self } }
+extension Int: ConfigRenderable { var rendered: String { String(self) } }
+extension Double: ConfigRenderable {
+    var rendered: String { self == rounded() ? String(Int(self)) : String(self) }
+}
+extension HostPort: ConfigRenderable { var rendered: String { description } }
+extension LogLevel: ConfigRenderable { var rendered: String { rawValue } }
+extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
+extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
+extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
+extension TabPolicy: ConfigRenderable { var rendered: String { rawValue } }
+extension ViewerRole: ConfigRenderable { var rendered: String { rawValue } }
+extension KeyCombo: ConfigRenderable { var rendered: String { description } }
+extension Array: ConfigRenderable where Element: ConfigRenderable { var rendered: String { map(\.rendered).joined(separator: ",") } }
+extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
+extension Optional: ConfigRenderable where Wrapped: ConfigRenderable { var rendered: String { map(\.rendered) ?? "auto" } }
+extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
+extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
+extension Duration: ConfigRenderable {
+    var rendered: String {
+        let (s, atto) = components
+        let ms = s * 1000 + atto / 1_000_000_000_000_000
+        if ms % 86_400_000 == 0 && ms > 0 { return "\(ms / 86_400_000)d" }
+        if ms % 3_600_000 == 0 && ms > 0 { return "\(ms / 3_600_000)h" }
+        if ms % 60_000 == 0 && ms > 0 { return "\(ms / 60_000)m" }
+        if ms % 1000 == 0 { return "\(ms / 1000)s" }
+        return "\(ms)ms"
+    }
+}

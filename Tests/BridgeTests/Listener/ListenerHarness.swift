@@ -1,0 +1,75 @@
+import Bridge
+import Control
+import Essentials
+import FoundationEssentials
+import Kiosk
+import KioskdTestSupport
+import Logging
+import Store
+import Supervision
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The public listener without sessions, for what it decides before a session is reached:
+/// connection limits, deadlines, refusals, tokens, headers. Tasks are written to the store as
+/// running; a viewer that gets through is relayed to a socket that does not exist.
+struct ListenerHarness {
+    let dir: String
+    let service: TaskService
+    let port: Int
+    let server: Task<Void, any Error>
+
+    init(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil) async throws {
+        dir = try makeTempDir("kioskd-listener-\(name)")
+        var logger = Logger(label: "test.listener")
+        logger.logLevel = .critical
+        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        try await store.migrate()
+        let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
+        service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: TaskLimits(),
+                              template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        _ = try await service.interruptUnfinished()
+        let nowhere = dir + "/no-x11vnc.sock"
+        let access = ViewerAccess(service: service, settings: settings, external: external) { _ in
+            BridgeTarget(vncSocket: nowhere, websockify: nil) {}
+        }
+        let server = PublicServer(access: access, settings: settings) { false }
+        let bound = OnceValue<Int>()
+        let service = self.service
+        self.server = Task { [logger] in try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }) }
+        port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+    }
+
+    func tearDown() async {
+        server.cancel()
+        _ = await server.result
+        removeTree(dir)
+    }
+
+    /// A task in the store as running, and a view token for it.
+    func runningTask(_ id: String) async throws -> String {
+        _ = try await service.store.create(TaskRecord(id: id, state: .running, request: "{}", createdAt: 1, updatedAt: 1),
+                                           event: NewEvent(type: "state_changed", time: 1))
+        return try await service.tokens.mint(task: id, role: .view, ttl: 300).token
+    }
+
+    /// `request` on a new connection; see `readAnswer`.
+    func exchange(_ request: String, timeout: Int = 10) throws -> RawAnswer {
+        let fd = try connectLoopback(port: port, timeout: timeout)
+        defer { close(fd) }
+        sendAll(fd, Array(request.utf8))
+        return readAnswer(fd)
+    }
+}
+
+/// Sessions are never started here.
+final class NoSessions: SessionProvider {
+    let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
+    func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
+        throw SessionError.failedToStart(id: settings.id, reason: "no sessions in this harness")
+    }
+    func stopSession(_ id: String, reason: String) async {}
+    func listSessions() async -> [SessionInfo] { [] }
+}
