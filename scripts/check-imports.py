@@ -16,9 +16,9 @@ if len(section) != 2:
     sys.exit("check-imports: docs/ARCHITECTURE.md has no '## Allowed imports' section")
 allowed = {}
 for line in section[1].splitlines():
-    m = re.match(r"\|\s*`([A-Za-z]+)`\s*\|\s*([^|]*)\|", line)
+    m = re.match(r"\|\s*`([A-Za-z0-9]+)`\s*\|\s*([^|]*)\|", line)
     if m:
-        allowed[m.group(1)] = {w for w in re.findall(r"`([A-Za-z]+)`", m.group(2))}
+        allowed[m.group(1)] = {w for w in re.findall(r"`([A-Za-z0-9]+)`", m.group(2))}
     elif allowed and not line.startswith("|"):
         break
 
@@ -30,7 +30,7 @@ for target in targets:
         continue
     for path in sorted((root / "Sources" / target).rglob("*.swift")):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            m = re.match(r"\s*(?:@testable\s+|@_exported\s+)?import\s+(?:struct\s+|enum\s+|class\s+|func\s+)?([A-Za-z_]+)", line)
+            m = re.match(r"\s*(?:@testable\s+|@_exported\s+)?import\s+(?:struct\s+|enum\s+|class\s+|func\s+)?([A-Za-z0-9_]+)", line)
             if m and m.group(1) in targets and m.group(1) != target and m.group(1) not in allowed[target]:
                 problems.append(f"{path.relative_to(root)}:{n}: {target} may not import {m.group(1)} "
                                 f"(allowed: {', '.join(sorted(allowed[target])) or 'no kioskd target'})")

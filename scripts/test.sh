@@ -12,6 +12,9 @@ trap 'rm -rf "$unit_dir"' EXIT
 sed "s|/usr/local/bin/kioskd|$(swift build --show-bin-path)/kioskd|" systemd/kioskd.service >"$unit_dir/kioskd.service"
 systemd-analyze verify "$unit_dir/kioskd.service"
 
+echo "[test] imports: every target imports only what docs/ARCHITECTURE.md allows"
+python3 scripts/check-imports.py
+
 echo "[test] swift test"
 # One suite at a time: most suites boot real Chromium sessions, and on CI's two cores suites
 # side by side starved each other's readiness waits (timeouts, not failures of what they test).

@@ -13,12 +13,10 @@ import NIOWebSocket
 
 /// The public listener's connections: HTTP/1.1 with a WebSocket upgrade, as Hummingbird's
 /// upgrade channel does, with one difference that matters to browsers: a refused upgrade is
-/// answered by the HTTP router (the same checks: 401/403/404/503 with a JSON body), where
-/// Hummingbird's channel answers a bare 400 that a browser only sees as close code 1006.
-/// Connections get TCP_NODELAY.
-///
-/// NIO consumes the request of a refused upgrade, so the refusal's answer is written here, from
-/// the error `decide` gave.
+/// answered with its status and JSON body (401/403/404/503, the error `decide` gave), where
+/// Hummingbird's channel answers a bare 400 that a browser only sees as close code 1006. NIO
+/// consumes the request of a refused upgrade, so that answer is written here, not by the
+/// router. Connections get TCP_NODELAY.
 ///
 /// The pipeline is NIO's upgradable HTTP server pipeline, assembled here rather than by
 /// `configureUpgradableHTTPServerPipeline` so the request-line limit and the `RequestGuard`
