@@ -41,13 +41,14 @@ func benchSessions(count: Int) async throws -> SessionResults {
         let events = manager.events.subscribe()
         let stages = Recorder<(String, Double)>()
         let t0 = monotonic()
-        let watcher = Task {
+        // Cancelled and awaited at the end of this iteration.
+        async let _: Void = {
             for await (_, event) in events {
                 guard case .supervision(let e) = event else { continue }
                 if case .ready(let child, _) = e.kind { stages.record((child, monotonic() - t0)) }
                 if case .spawned(let child, _) = e.kind { stages.record((child + " spawned", monotonic() - t0)) }
             }
-        }
+        }()
         let session = try await manager.create(SessionSettings(id: "bench-\(i)", url: page, width: 1280, height: 800))
         var start = SessionStart()
         start.ready = monotonic() - t0
@@ -62,7 +63,6 @@ func benchSessions(count: Int) async throws -> SessionResults {
             results.pssKiB = pids.map(pssKiB).reduce(0, +)
         }
         await session.stop(reason: "bench")
-        watcher.cancel()
     }
     await manager.stopAll(reason: "bench over")
     return results

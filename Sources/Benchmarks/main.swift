@@ -130,7 +130,7 @@ func benchKioskd(child: String, kills: Int) async throws -> Latencies {
         spec: SupervisorSpec(strategy: .oneForOne, intensity: Intensity(maxRestarts: kills * 2, period: .seconds(3600)), backoff: .none,
                              children: [ChildSpec(id: "child", kind: .process(ProcessSpec(executable: child)))]),
         events: bus, logger: Logger(label: "bench"))
-    let run = Task { await sup.run() }
+    async let run = sup.run()
     var iterator = events.makeAsyncIterator()
     func next(_ match: (SupervisionEvent.Kind) -> Bool) async -> SupervisionEvent {
         while let e = await iterator.next() {
@@ -153,7 +153,7 @@ func benchKioskd(child: String, kills: Int) async throws -> Latencies {
         result.restart.append(seconds(ready.time - t0))
     }
     sup.shutdown()
-    _ = await run.value
+    _ = await run
     return result
 }
 

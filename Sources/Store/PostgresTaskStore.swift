@@ -25,6 +25,7 @@ public final class PostgresTaskStore: TaskStore {
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.client = client
         self.logger = logger
+        // The pool's own loop, for as long as the store is open: `close()` cancels and awaits it.
         runner = Task { await client.run() }
     }
 

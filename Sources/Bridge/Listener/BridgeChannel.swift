@@ -70,6 +70,7 @@ struct BridgeChannel: HTTPChannelHandler {
                 maxFrameSize: maxFrameSize,
                 shouldUpgrade: { channel, head in
                     let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
+                    // NIO's upgrader asks through a future; the decision is async (token, store).
                     promise.completeWithTask {
                         guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
                             refusal.withLockedValue { $0 = APIError(.badRequest, "invalid_request", "malformed upgrade request") }

@@ -23,7 +23,8 @@ public struct CDPEvent: Sendable {
 public final class CDPConnection: Sendable {
     private struct State {
         var nextID = 1
-        var pending: [Int: CheckedContinuation<JSONValue, any Error>] = [:]
+        /// Each command's answer, by id, until it arrives or the connection ends.
+        var pending: [Int: OnceValue<Result<JSONValue, CDPError>>] = [:]
         var closed: String?
     }
     private let state = Mutex(State())
@@ -74,32 +75,24 @@ public final class CDPConnection: Sendable {
     public func send(_ method: String, _ params: JSONValue = [:], session: String? = nil) async throws -> JSONValue {
         var message: [String: JSONValue] = ["method": .string(method), "params": params]
         if let session { message["sessionId"] = .string(session) }
+        // Registered before it is sent: the answer can only come after.
+        let answer = OnceValue<Result<JSONValue, CDPError>>()
         let id: Int = try state.withLock { s in
             if let why = s.closed { throw CDPError(description: why) }
             defer { s.nextID += 1 }
+            s.pending[s.nextID] = answer
             return s.nextID
         }
+        defer { _ = state.withLock { $0.pending.removeValue(forKey: id) } }
         message["id"] = .number(Double(id))
         let text = String(decoding: try JSONEncoder().encode(JSONValue.object(message)), as: UTF8.self)
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<JSONValue, any Error>) in
-                let closed: String? = state.withLock { s in
-                    if let why = s.closed { return why }
-                    s.pending[id] = c
-                    return nil
-                }
-                if let closed { return c.resume(throwing: CDPError(description: closed)) }
-                Task {
-                    do { try await self.writer.write(.text(text)) } catch { self.fail(id, CDPError(description: "cannot send \(method): \(error)")) }
-                }
-            }
-        } onCancel: {
-            fail(id, CancellationError())
+        do {
+            try await writer.write(.text(text))
+        } catch {
+            throw CDPError(description: "cannot send \(method): \(error)")
         }
-    }
-
-    private func fail(_ id: Int, _ error: any Error) {
-        state.withLock { $0.pending.removeValue(forKey: id) }?.resume(throwing: error)
+        // Cancellable: a cancelled caller stops waiting; a late answer finds no one and is dropped.
+        return try await answer.wait().get()
     }
 
     private struct Envelope: Decodable {
@@ -118,11 +111,11 @@ public final class CDPConnection: Sendable {
     private func receive(_ text: String) {
         guard let envelope = try? JSONDecoder().decode(Envelope.self, from: Data(text.utf8)) else { return }
         if let id = envelope.id {
-            guard let c = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
+            guard let answer = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
             if let failure = envelope.error {
-                c.resume(throwing: CDPError(description: failure.message + (failure.code.map { " (\($0))" } ?? "")))
+                answer.set(.failure(CDPError(description: failure.message + (failure.code.map { " (\($0))" } ?? ""))))
             } else {
-                c.resume(returning: envelope.result ?? .null)
+                answer.set(.success(envelope.result ?? .null))
             }
         } else if let method = envelope.method {
             eventSink.yield(CDPEvent(method: method, params: envelope.params ?? .null, sessionID: envelope.sessionId))
@@ -130,12 +123,12 @@ public final class CDPConnection: Sendable {
     }
 
     private func close(_ why: String) {
-        let waiting = state.withLock { s -> [CheckedContinuation<JSONValue, any Error>] in
+        let waiting = state.withLock { s -> [OnceValue<Result<JSONValue, CDPError>>] in
             if s.closed == nil { s.closed = why }
             defer { s.pending = [:] }
             return Array(s.pending.values)
         }
-        for c in waiting { c.resume(throwing: CDPError(description: why)) }
+        for answer in waiting { answer.set(.failure(CDPError(description: why))) }
         eventSink.finish()
     }
 }
