@@ -19,7 +19,14 @@ public struct SessionFixture: Sendable {
     public let manager: SessionManager
     public let recorder = Recorder<(session: String, event: SessionEvent)>(describe: { "\($0.session): \($0.event)" })
 
-    public init(_ name: String = "kioskd-session") async throws {
+    private init(dir: String, manager: SessionManager) {
+        self.dir = dir
+        self.manager = manager
+    }
+
+    /// A fixture for `body`: its events are recorded beside the body until it ends; then every
+    /// session is stopped and the directory removed.
+    public static func with<T>(_ name: String = "kioskd-session", _ body: (SessionFixture) async throws -> T) async throws -> T {
         for (path, package) in [(Xvfb.executable, "xvfb"), (Openbox.executable, "openbox"), (X11VNC.executable, "x11vnc"),
                                 (Chromium.executable, "chromium"), (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
@@ -27,19 +34,22 @@ public struct SessionFixture: Sendable {
         guard access("/etc/chromium/policies/managed/kioskd.json", R_OK) == 0 else {
             throw TestFailure("Chromium's kiosk policies are not installed: run scripts/setup.sh (installs config/chromium-policies)")
         }
-        dir = try makeTempDir(name)
+        let dir = try makeTempDir(name)
+        defer { removeTree(dir) }
         let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records",
                                user: try SessionHost.sessionUser(named: sessionUserName),
                                displays: hostDisplays, ports: hostPorts, logger: { var l = Logger(label: "test"); l.logLevel = .debug; return l }())
-        manager = SessionManager(host: host)
-        let stream = manager.events.subscribe()
-        let recorder = self.recorder
-        Task { for await e in stream { recorder.record(e) } }
-    }
-
-    public func tearDown() async {
-        await manager.stopAll(reason: "test over")
-        removeTree(dir)
+        let f = SessionFixture(dir: dir, manager: SessionManager(host: host))
+        // Subscribed before the body starts anything, so no event is missed.
+        let stream = f.manager.events.subscribe()
+        do {
+            let result = try await withBackground({ for await e in stream { f.recorder.record(e) } }) { try await body(f) }
+            await f.manager.stopAll(reason: "test over")
+            return result
+        } catch {
+            await f.manager.stopAll(reason: "test over")
+            throw error
+        }
     }
 
     /// Waits for a supervision event of one session's child.

@@ -12,172 +12,174 @@ import Glibc
 @Suite("Kiosk sessions", .serialized)
 struct SessionTests {
     @Test func aSessionBootsShowsItsPageAndCDPDrivesItWhileThePoliciesBlockEscapes() async throws {
-        let f = try await SessionFixture()
-        _ = try await f.manager.start()
-        let session = try await f.manager.create(SessionSettings(id: "boot", url: testPage("kiosk"), width: 800, height: 600))
-        let info = await session.info()
-        #expect(info.state == .ready)
-        #expect(Set(info.pids.keys).isSuperset(of: ["xvfb", "openbox", "x11vnc", "chromium"]))
-        #expect(info.pids["websockify"] == nil, "no websockify in builtin bridge mode")
+        try await SessionFixture.with { f in
+            _ = try await f.manager.start()
+            let session = try await f.manager.create(SessionSettings(id: "boot", url: testPage("kiosk"), width: 800, height: 600))
+            let info = await session.info()
+            #expect(info.state == .ready)
+            #expect(Set(info.pids.keys).isSuperset(of: ["xvfb", "openbox", "x11vnc", "chromium"]))
+            #expect(info.pids["websockify"] == nil, "no websockify in builtin bridge mode")
 
-        // Every program runs as the session user, never as root.
-        let user = try #require(try SessionHost.sessionUser(named: sessionUserName))
-        for (child, pid) in info.pids {
-            var st = stat()
-            #expect(stat("/proc/\(pid)", &st) == 0 && st.st_uid == user.uid, "\(child) runs as the session user")
-        }
+            // Every program runs as the session user, never as root.
+            let user = try #require(try SessionHost.sessionUser(named: sessionUserName))
+            for (child, pid) in info.pids {
+                var st = stat()
+                #expect(stat("/proc/\(pid)", &st) == 0 && st.st_uid == user.uid, "\(child) runs as the session user")
+            }
 
-        let (first, second, computed, blocked) = try await withPage(info) { cdp, page in
-            let first = try await evaluate(cdp, page, loadedTitle)
-            try await cdp.send("Page.navigate", ["url": .string(testPage("second"))], session: page)
-            let second = try await evaluate(cdp, page, loadedTitle)
-            let computed = try await evaluate(cdp, page, "String(6 * 7)")
-            // The managed policies block what would escape the kiosk; CDP is still attached. A
-            // tab left on a browser page (chrome://version's error page) is sent home by the watch.
-            var blocked: [String: String] = [:]
+            let (first, second, computed, blocked) = try await withPage(info) { cdp, page in
+                let first = try await evaluate(cdp, page, loadedTitle)
+                try await cdp.send("Page.navigate", ["url": .string(testPage("second"))], session: page)
+                let second = try await evaluate(cdp, page, loadedTitle)
+                let computed = try await evaluate(cdp, page, "String(6 * 7)")
+                // The managed policies block what would escape the kiosk; CDP is still attached. A
+                // tab left on a browser page (chrome://version's error page) is sent home by the watch.
+                var blocked: [String: String] = [:]
+                let mark = f.recorder.count
+                for url in ["chrome://version", "file:///etc/passwd"] {
+                    blocked[url] = try await cdp.send("Page.navigate", ["url": .string(url)], session: page)["errorText"]?.string ?? "not blocked"
+                }
+                try await f.waitForBrowser("the tab sent home from chrome://version", session: "boot", after: mark) {
+                    if case .returnedHome(_, let from) = $0 { from.hasPrefix("chrome://version") } else { false }
+                }
+                try await cdp.send("Page.navigate", ["url": .string(testPage("third"))], session: page)
+                _ = try await evaluate(cdp, page, loadedTitle)
+                return (first, second, computed, blocked)
+            }
+            #expect(first == "kiosk" && second == "second" && computed == "42")
+            for (url, error) in blocked { #expect(error == "net::ERR_BLOCKED_BY_ADMINISTRATOR", "\(url) is blocked") }
+
+            // The display shows the page: the screen's centre has the page's colour once it is
+            // painted (loaded is not yet painted: retried until a deadline).
+            let shot = f.dir + "/shot.png", out = f.dir + "/pixel.txt"
+            let env = ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority", "PATH": "/usr/bin:/bin"]
+            let importer = try systemProgram("/usr/bin/import", package: "imagemagick")
+            var pixel = ""
+            let deadline = ContinuousClock.now + .seconds(10)
+            while pixel != "srgb(200,30,30)" && ContinuousClock.now < deadline {
+                #expect(try await runToExit(importer, ["-window", "root", shot], environment: env) == 0)
+                #expect(try await runToExit("/usr/bin/convert", [shot, "-format", "%[pixel:p{400,300}]", "info:" + out], environment: env) == 0)
+                pixel = try readText(out)
+            }
+            #expect(pixel == "srgb(200,30,30)", "the kiosk window fills the screen with the page")
+
+            // A crashed tab ("Aw, Snap": the browser process lives on) is seen and reloaded.
             let mark = f.recorder.count
-            for url in ["chrome://version", "file:///etc/passwd"] {
-                blocked[url] = try await cdp.send("Page.navigate", ["url": .string(url)], session: page)["errorText"]?.string ?? "not blocked"
+            try await withPage(info) { cdp, page in
+                _ = try? await cdp.send("Page.crash", session: page)
             }
-            try await f.waitForBrowser("the tab sent home from chrome://version", session: "boot", after: mark) {
-                if case .returnedHome(_, let from) = $0 { from.hasPrefix("chrome://version") } else { false }
-            }
-            try await cdp.send("Page.navigate", ["url": .string(testPage("third"))], session: page)
-            _ = try await evaluate(cdp, page, loadedTitle)
-            return (first, second, computed, blocked)
-        }
-        #expect(first == "kiosk" && second == "second" && computed == "42")
-        for (url, error) in blocked { #expect(error == "net::ERR_BLOCKED_BY_ADMINISTRATOR", "\(url) is blocked") }
+            try await f.waitForBrowser("the tab crash", session: "boot", after: mark) { if case .tabCrashed = $0 { true } else { false } }
+            try await f.waitForBrowser("the reload", session: "boot", after: mark) { if case .tabReloaded = $0 { true } else { false } }
+            let title = try await withPage(info) { cdp, page in try await evaluate(cdp, page, loadedTitle) }
+            #expect(title == "third", "the reloaded tab shows its page again")
 
-        // The display shows the page: the screen's centre has the page's colour once it is
-        // painted (loaded is not yet painted: retried until a deadline).
-        let shot = f.dir + "/shot.png", out = f.dir + "/pixel.txt"
-        let env = ["DISPLAY": info.display, "XAUTHORITY": info.directory + "/Xauthority", "PATH": "/usr/bin:/bin"]
-        let importer = try systemProgram("/usr/bin/import", package: "imagemagick")
-        var pixel = ""
-        let deadline = ContinuousClock.now + .seconds(10)
-        while pixel != "srgb(200,30,30)" && ContinuousClock.now < deadline {
-            #expect(try await runToExit(importer, ["-window", "root", shot], environment: env) == 0)
-            #expect(try await runToExit("/usr/bin/convert", [shot, "-format", "%[pixel:p{400,300}]", "info:" + out], environment: env) == 0)
-            pixel = try readText(out)
+            let end = await session.stop(reason: "done")
+            #expect(end == SessionEnd(reason: "done", failed: false))
+            #expect(access(info.directory, F_OK) != 0, "the session's directory is gone")
+            for (child, pid) in info.pids { #expect(!isAlive(pid), "\(child) is gone") }
+            #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(info.directory)").isEmpty, "no process of the session is left")
         }
-        #expect(pixel == "srgb(200,30,30)", "the kiosk window fills the screen with the page")
-
-        // A crashed tab ("Aw, Snap": the browser process lives on) is seen and reloaded.
-        let mark = f.recorder.count
-        try await withPage(info) { cdp, page in
-            _ = try? await cdp.send("Page.crash", session: page)
-        }
-        try await f.waitForBrowser("the tab crash", session: "boot", after: mark) { if case .tabCrashed = $0 { true } else { false } }
-        try await f.waitForBrowser("the reload", session: "boot", after: mark) { if case .tabReloaded = $0 { true } else { false } }
-        let title = try await withPage(info) { cdp, page in try await evaluate(cdp, page, loadedTitle) }
-        #expect(title == "third", "the reloaded tab shows its page again")
-
-        let end = await session.stop(reason: "done")
-        #expect(end == SessionEnd(reason: "done", failed: false))
-        #expect(access(info.directory, F_OK) != 0, "the session's directory is gone")
-        for (child, pid) in info.pids { #expect(!isAlive(pid), "\(child) is gone") }
-        #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(info.directory)").isEmpty, "no process of the session is left")
-        await f.tearDown()
     }
 
     @Test func killedProgramsComeBackAndOnlyWhatDependsOnThemRestarts() async throws {
-        let f = try await SessionFixture()
-        _ = try await f.manager.start()
-        let session = try await f.manager.create(SessionSettings(id: "kills", url: testPage("kills"), width: 800, height: 600))
-        let before = await session.info()
+        try await SessionFixture.with { f in
+            _ = try await f.manager.start()
+            let session = try await f.manager.create(SessionSettings(id: "kills", url: testPage("kills"), width: 800, height: 600))
+            let before = await session.info()
 
-        // Chromium: only Chromium restarts; CDP answers again at the same URL; the watch reattaches.
-        var mark = f.recorder.count
-        kill(try #require(before.pids["chromium"]), SIGKILL)
-        try await f.waitFor("chromium back", session: "kills", after: mark) { $0 == .ready(child: "chromium", detail: "HTTP/1.1 200 OK") }
-        try await f.waitForBrowser("the watch reattached", session: "kills", after: mark) { if case .attached = $0 { true } else { false } }
-        let afterBrowser = await session.info()
-        #expect(afterBrowser.pids["chromium"] != before.pids["chromium"])
-        for child in ["xvfb", "openbox", "x11vnc"] { #expect(afterBrowser.pids[child] == before.pids[child], "\(child) untouched") }
-        #expect(afterBrowser.cdpURL == before.cdpURL)
-        #expect(try await withPage(afterBrowser) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == "kills")
+            // Chromium: only Chromium restarts; CDP answers again at the same URL; the watch reattaches.
+            var mark = f.recorder.count
+            kill(try #require(before.pids["chromium"]), SIGKILL)
+            try await f.waitFor("chromium back", session: "kills", after: mark) { $0 == .ready(child: "chromium", detail: "HTTP/1.1 200 OK") }
+            try await f.waitForBrowser("the watch reattached", session: "kills", after: mark) { if case .attached = $0 { true } else { false } }
+            let afterBrowser = await session.info()
+            #expect(afterBrowser.pids["chromium"] != before.pids["chromium"])
+            for child in ["xvfb", "openbox", "x11vnc"] { #expect(afterBrowser.pids[child] == before.pids[child], "\(child) untouched") }
+            #expect(afterBrowser.cdpURL == before.cdpURL)
+            #expect(try await withPage(afterBrowser) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == "kills")
 
-        // x11vnc: only x11vnc restarts.
-        mark = f.recorder.count
-        kill(try #require(before.pids["x11vnc"]), SIGKILL)
-        try await f.waitFor("x11vnc back", session: "kills", after: mark) { $0 == .ready(child: "x11vnc", detail: "RFB 003.008") }
-        let afterVNC = await session.info()
-        #expect(afterVNC.pids["x11vnc"] != before.pids["x11vnc"])
-        for child in ["xvfb", "openbox", "chromium"] { #expect(afterVNC.pids[child] == afterBrowser.pids[child], "\(child) untouched") }
+            // x11vnc: only x11vnc restarts.
+            mark = f.recorder.count
+            kill(try #require(before.pids["x11vnc"]), SIGKILL)
+            try await f.waitFor("x11vnc back", session: "kills", after: mark) { $0 == .ready(child: "x11vnc", detail: "RFB 003.008") }
+            let afterVNC = await session.info()
+            #expect(afterVNC.pids["x11vnc"] != before.pids["x11vnc"])
+            for child in ["xvfb", "openbox", "chromium"] { #expect(afterVNC.pids[child] == afterBrowser.pids[child], "\(child) untouched") }
 
-        // Xvfb: every X client died with it; the whole session is rebuilt in order.
-        mark = f.recorder.count
-        kill(try #require(before.pids["xvfb"]), SIGKILL)
-        try await f.waitFor("the session rebuilt", session: "kills", after: mark) { $0 == .ready(child: "clients", detail: "") }
-        let order = f.recorder.items.dropFirst(mark).compactMap { e -> String? in
-            guard e.session == "kills", case .supervision(let s) = e.event, case .ready(let child, _) = s.kind,
-                  ["xvfb", "openbox", "clients"].contains(child) else { return nil }
-            return child
+            // Xvfb: every X client died with it; the whole session is rebuilt in order.
+            mark = f.recorder.count
+            kill(try #require(before.pids["xvfb"]), SIGKILL)
+            try await f.waitFor("the session rebuilt", session: "kills", after: mark) { $0 == .ready(child: "clients", detail: "") }
+            let order = f.recorder.items.dropFirst(mark).compactMap { e -> String? in
+                guard e.session == "kills", case .supervision(let s) = e.event, case .ready(let child, _) = s.kind,
+                      ["xvfb", "openbox", "clients"].contains(child) else { return nil }
+                return child
+            }
+            #expect(order == ["xvfb", "openbox", "clients"])
+            let rebuilt = await session.info()
+            for child in ["xvfb", "openbox", "x11vnc", "chromium"] { #expect(rebuilt.pids[child] != afterVNC.pids[child], "\(child) restarted") }
+            #expect(rebuilt.display == before.display, "the session keeps its display")
+            #expect(try await withPage(rebuilt) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == "kills")
+            for pid in before.pids.values { #expect(!isAlive(pid)) }
+
+            let end = await session.stop(reason: "done")
+            #expect(end == SessionEnd(reason: "done", failed: false))
+            #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(rebuilt.directory)").isEmpty, "no process of the session is left")
+            #expect(access(rebuilt.directory, F_OK) != 0)
         }
-        #expect(order == ["xvfb", "openbox", "clients"])
-        let rebuilt = await session.info()
-        for child in ["xvfb", "openbox", "x11vnc", "chromium"] { #expect(rebuilt.pids[child] != afterVNC.pids[child], "\(child) restarted") }
-        #expect(rebuilt.display == before.display, "the session keeps its display")
-        #expect(try await withPage(rebuilt) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == "kills")
-        for pid in before.pids.values { #expect(!isAlive(pid)) }
-
-        let end = await session.stop(reason: "done")
-        #expect(end == SessionEnd(reason: "done", failed: false))
-        #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(rebuilt.directory)").isEmpty, "no process of the session is left")
-        #expect(access(rebuilt.directory, F_OK) != 0)
-        await f.tearDown()
     }
 
     @Test func threeSessionsRunSideBySideAndACrashLoopEndsOnlyItsOwn() async throws {
-        let f = try await SessionFixture()
-        _ = try await f.manager.start()
-        // A browser that works until the marker exists, then fails at once: a crash loop.
-        let marker = f.dir + "/broken", wrapper = f.dir + "/browser"
-        let script = "#!/bin/sh\n[ -e \(marker) ] && { echo 'cannot start: marker present' >&2; exit 3; }\nexec \(Chromium.executable) \"$@\"\n"
-        #expect(writeText(wrapper, script, mode: 0o755))
+        let infos = try await SessionFixture.with { f in
+            _ = try await f.manager.start()
+            // A browser that works until the marker exists, then fails at once: a crash loop.
+            let marker = f.dir + "/broken", wrapper = f.dir + "/browser"
+            let script = "#!/bin/sh\n[ -e \(marker) ] && { echo 'cannot start: marker present' >&2; exit 3; }\nexec \(Chromium.executable) \"$@\"\n"
+            #expect(writeText(wrapper, script, mode: 0o755))
 
-        async let a = f.manager.create(SessionSettings(id: "a", url: testPage("a"), width: 800, height: 600))
-        async let b = f.manager.create(SessionSettings(id: "b", url: testPage("b"), width: 800, height: 600, bridge: .websockify))
-        async let c = f.manager.create(SessionSettings(id: "c", url: testPage("c"), width: 800, height: 600,
-                                                       budget: Intensity(maxRestarts: 1, period: .seconds(60)), browserExecutable: wrapper))
-        let sessions = try await [a, b, c]
-        let infos = await f.manager.list()
-        #expect(infos.map(\.id) == ["a", "b", "c"])
-        #expect(Set(infos.map(\.display)).count == 3, "distinct displays")
-        let ports = infos.flatMap { [Int($0.cdpURL.split(separator: ":").last!)!] + ($0.websockifyPort.map { [$0] } ?? []) }
-        #expect(Set(ports).count == ports.count, "distinct ports")
-        #expect(Set(infos.map(\.vncSocket)).count == 3, "distinct VNC sockets")
-        #expect(infos[1].websockifyPort != nil && infos[1].pids["websockify"] != nil, "websockify runs in its bridge mode")
-        await #expect(throws: SessionError.duplicate("a")) { try await f.manager.create(SessionSettings(id: "a")) }
-        await #expect(throws: SessionError.self) { try await f.manager.create(SessionSettings(id: "../etc", width: 10)) }
+            async let a = f.manager.create(SessionSettings(id: "a", url: testPage("a"), width: 800, height: 600))
+            async let b = f.manager.create(SessionSettings(id: "b", url: testPage("b"), width: 800, height: 600, bridge: .websockify))
+            async let c = f.manager.create(SessionSettings(id: "c", url: testPage("c"), width: 800, height: 600,
+                                                           budget: Intensity(maxRestarts: 1, period: .seconds(60)), browserExecutable: wrapper))
+            let sessions = try await [a, b, c]
+            let infos = await f.manager.list()
+            #expect(infos.map(\.id) == ["a", "b", "c"])
+            #expect(Set(infos.map(\.display)).count == 3, "distinct displays")
+            let ports = infos.flatMap { [Int($0.cdpURL.split(separator: ":").last!)!] + ($0.websockifyPort.map { [$0] } ?? []) }
+            #expect(Set(ports).count == ports.count, "distinct ports")
+            #expect(Set(infos.map(\.vncSocket)).count == 3, "distinct VNC sockets")
+            #expect(infos[1].websockifyPort != nil && infos[1].pids["websockify"] != nil, "websockify runs in its bridge mode")
+            await #expect(throws: SessionError.duplicate("a")) { try await f.manager.create(SessionSettings(id: "a")) }
+            await #expect(throws: SessionError.self) { try await f.manager.create(SessionSettings(id: "../etc", width: 10)) }
 
-        // websockify relays x11vnc: an HTTP upgrade with the session's secret answers 101 and
-        // then RFB; without it, or with another session's, 403 before x11vnc is reached.
-        let wsPort = try #require(infos[1].websockifyPort), secret = try #require(sessions[1].websockifySecret)
-        let greeting = try await websocketGreeting(port: wsPort, authorization: "Bearer \(secret)")
-        #expect(greeting.hasPrefix("HTTP/1.1 101"), "websockify upgraded: \(greeting)")
-        for authorization in [nil, "Bearer \(String(secret.reversed()))", "Basic \(secret)"] {
-            let refused = try await websocketGreeting(port: wsPort, authorization: authorization)
-            #expect(refused.hasPrefix("HTTP/1.1 403") && !refused.contains("RFB"), "no secret, no upgrade: \(refused)")
+            // websockify relays x11vnc: an HTTP upgrade with the session's secret answers 101 and
+            // then RFB; without it, or with another session's, 403 before x11vnc is reached.
+            let wsPort = try #require(infos[1].websockifyPort), secret = try #require(sessions[1].websockifySecret)
+            let greeting = try await websocketGreeting(port: wsPort, authorization: "Bearer \(secret)")
+            #expect(greeting.hasPrefix("HTTP/1.1 101"), "websockify upgraded: \(greeting)")
+            for authorization in [nil, "Bearer \(String(secret.reversed()))", "Basic \(secret)"] {
+                let refused = try await websocketGreeting(port: wsPort, authorization: authorization)
+                #expect(refused.hasPrefix("HTTP/1.1 403") && !refused.contains("RFB"), "no secret, no upgrade: \(refused)")
+            }
+
+            // Session c's browser starts failing: its budget runs out and only c ends.
+            #expect(writeText(marker, "", mode: 0o644))
+            kill(try #require(infos[2].pids["chromium"]), SIGKILL)
+            let end = await sessions[2].ended()
+            #expect(end.failed)
+            #expect(end.reason.contains("restart budget spent") && end.reason.contains("chromium"), "\(end.reason)")
+            #expect(access(infos[2].directory, F_OK) != 0, "the failed session's directory is gone")
+            for pid in infos[2].pids.values { #expect(!isAlive(pid)) }
+            #expect(await f.manager.session("c") == nil)
+
+            for (session, info) in zip(sessions.prefix(2), infos.prefix(2)) {
+                #expect(await session.info().state == .ready)
+                for (child, pid) in info.pids { #expect(isAlive(pid), "\(info.id)/\(child) untouched") }
+                #expect(try await withPage(info) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == info.id)
+            }
+            return infos
         }
-
-        // Session c's browser starts failing: its budget runs out and only c ends.
-        #expect(writeText(marker, "", mode: 0o644))
-        kill(try #require(infos[2].pids["chromium"]), SIGKILL)
-        let end = await sessions[2].ended()
-        #expect(end.failed)
-        #expect(end.reason.contains("restart budget spent") && end.reason.contains("chromium"), "\(end.reason)")
-        #expect(access(infos[2].directory, F_OK) != 0, "the failed session's directory is gone")
-        for pid in infos[2].pids.values { #expect(!isAlive(pid)) }
-        #expect(await f.manager.session("c") == nil)
-
-        for (session, info) in zip(sessions.prefix(2), infos.prefix(2)) {
-            #expect(await session.info().state == .ready)
-            for (child, pid) in info.pids { #expect(isAlive(pid), "\(info.id)/\(child) untouched") }
-            #expect(try await withPage(info) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == info.id)
-        }
-        await f.tearDown()
+        // Checked once the fixture has stopped every session.
         for info in infos { #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(info.directory)").isEmpty) }
     }
 
