@@ -63,36 +63,46 @@ struct ControlHarness {
     let sessions: FakeSessions
     let service: TaskService
     let client: ControlClient
-    let server: Task<Void, any Error>
 
-    init(limits: TaskLimits = TaskLimits(), allow: PeerAllowlist? = nil, store: (any TaskStore)? = nil, dir: String? = nil) async throws {
-        let dir = try dir ?? makeTempDir("kioskd-control")
-        self.dir = dir
-        let store = try store ?? SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+    /// A harness for `body`. The service and its socket run beside the body and are cancelled
+    /// and awaited once it ends; then the store is closed, and the directory removed unless the
+    /// caller gave it. Nothing stops the tasks: to a later harness on the same `dir`, the end of
+    /// this one is the daemon dying.
+    static func with<T>(limits: TaskLimits = TaskLimits(), allow: PeerAllowlist? = nil, dir given: String? = nil,
+                        _ body: (ControlHarness) async throws -> T) async throws -> T {
+        let dir = try given ?? makeTempDir("kioskd-control")
+        defer { if given == nil { removeTree(dir) } }
+        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        do {
+            let result = try await serve(store, dir: dir, limits: limits, allow: allow, body)
+            await store.close()
+            return result
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    private static func serve<T>(_ store: any TaskStore, dir: String, limits: TaskLimits, allow: PeerAllowlist?,
+                                 _ body: (ControlHarness) async throws -> T) async throws -> T {
         try await store.migrate()
-        self.store = store
-        sessions = FakeSessions()
+        let sessions = FakeSessions()
         var logger = Logger(label: "test.control")
         logger.logLevel = .warning
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
-        service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits,
-                              template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits,
+                                  template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
         _ = try await service.interruptUnfinished()
         let socket = dir + "/control.sock"
         let control = ControlServer(socketPath: socket, group: nil, allowlist: allow ?? PeerAllowlist(uids: [getuid()], gids: []))
         let routes = ControlRoutes(service: service, storeKind: "sqlite") { TreeNode(id: "kioskd", kind: "supervisor", status: "running") }
         let ready = OnceValue<Void>()
-        let service = self.service
-        server = Task { [logger] in try await race({ await service.run() }, { try await control.run(routes, logger: logger) { ready.set(()) } }) }
-        try await withTimeout(.seconds(10), "the control socket") { try await ready.wait() }
-        client = ControlClient(socketPath: socket)
-    }
-
-    func tearDown() async {
-        server.cancel()
-        _ = await server.result
-        await store.close()
-        removeTree(dir)
+        return try await withBackground({ [logger] in
+            try await race({ await service.run() }, { try await control.run(routes, logger: logger) { ready.set(()) } })
+        }) {
+            try await withTimeout(.seconds(10), "the control socket") { try await ready.wait() }
+            return try await body(ControlHarness(dir: dir, store: store, sessions: sessions, service: service, client: ControlClient(socketPath: socket)))
+        }
     }
 
     /// The parsed JSON of an answer.
