@@ -23,33 +23,49 @@ struct BridgeHarness {
     let manager: SessionManager
     let service: TaskService
     let port: Int
-    let server: Task<Void, any Error>
 
-    /// `portGuard`: the sessions' ports refuse other local users (its own narrow port range, so
-    /// other suites' loopback servers never fall in it while it is installed).
-    init(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil,
-         tls: NIOSSLContext? = nil, portGuard: Bool = false) async throws {
+    /// A harness for `body`: the listener and the service run beside it and are cancelled and
+    /// awaited once it ends; then every session is stopped, the store closed and the directory
+    /// removed. `portGuard`: the sessions' ports refuse other local users (its own narrow port
+    /// range, so other suites' loopback servers never fall in it while it is installed).
+    static func with<T>(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, external: ExternalTokens? = nil,
+                        tls: NIOSSLContext? = nil, portGuard: Bool = false, _ body: (BridgeHarness) async throws -> T) async throws -> T {
         for (path, package) in [(Xvfb.executable, "xvfb"), (X11VNC.executable, "x11vnc"), (Chromium.executable, "chromium"),
                                 (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
         }
         guard access("/usr/share/novnc/vnc.html", R_OK) == 0 else { throw TestFailure("noVNC is missing: install the Debian package 'novnc' (scripts/setup.sh does)") }
-        dir = try makeTempDir("kioskd-bridge-\(name)")
+        let dir = try makeTempDir("kioskd-bridge-\(name)")
+        defer { removeTree(dir) }
         var logger = Logger(label: "test.bridge")
         logger.logLevel = .warning
         let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
                                displays: Self.displays, ports: portGuard ? Self.guardedPorts : Self.ports,
                                portGuard: portGuard ? PortGuard(ports: Self.guardedRange) : nil, logger: logger)
-        manager = SessionManager(host: host)
-        _ = try await manager.start()
+        let manager = SessionManager(host: host)
         let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        do {
+            let result = try await serve(manager, store, dir: dir, settings: settings, bridge: bridge, external: external, tls: tls, logger: logger, body)
+            await manager.stopAll(reason: "test over")
+            await store.close()
+            return result
+        } catch {
+            await manager.stopAll(reason: "test over")
+            await store.close()
+            throw error
+        }
+    }
+
+    private static func serve<T>(_ manager: SessionManager, _ store: any TaskStore, dir: String, settings: BridgeSettings, bridge: BridgeMode,
+                                 external: ExternalTokens?, tls: NIOSSLContext?, logger: Logger,
+                                 _ body: (BridgeHarness) async throws -> T) async throws -> T {
+        _ = try await manager.start()
         try await store.migrate()
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
-        service = TaskService(store: store, sessions: manager, tokens: tokens, limits: TaskLimits(),
-                              template: { id, request in SessionSettings(id: id, url: request.url, width: 800, height: 600, bridge: bridge) },
-                              logger: logger)
+        let service = TaskService(store: store, sessions: manager, tokens: tokens, limits: TaskLimits(),
+                                  template: { id, request in SessionSettings(id: id, url: request.url, width: 800, height: 600, bridge: bridge) },
+                                  logger: logger)
         _ = try await service.interruptUnfinished()
-        let manager = self.manager
         let access = ViewerAccess(service: service, settings: settings, external: external) { id in
             guard let session = await manager.session(id) else { return nil }
             let info = await session.info()
@@ -59,9 +75,12 @@ struct BridgeHarness {
         }
         let server = PublicServer(access: access, settings: settings, tls: tls) { false }
         let bound = OnceValue<Int>()
-        let service = self.service
-        self.server = Task { [logger] in try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }) }
-        port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+        return try await withBackground({
+            try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })
+        }) {
+            let port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+            return try await body(BridgeHarness(dir: dir, manager: manager, service: service, port: port))
+        }
     }
 
     /// One allocator of each kind for every harness of the test process: suites run in
@@ -73,26 +92,6 @@ struct BridgeHarness {
     /// kernel's ephemeral ports, so no loopback server of another suite is in it.
     static let guardedRange = 31950...31979
     static let guardedPorts = PortAllocator(range: guardedRange)
-
-    /// A harness for `body`, torn down (awaited) however the body ends.
-    static func with(_ name: String, settings: BridgeSettings = BridgeSettings(), bridge: BridgeMode = .builtin, portGuard: Bool = false,
-                     _ body: (BridgeHarness) async throws -> Void) async throws {
-        let h = try await BridgeHarness(name, settings: settings, bridge: bridge, portGuard: portGuard)
-        do {
-            try await body(h)
-        } catch {
-            await h.tearDown()
-            throw error
-        }
-        await h.tearDown()
-    }
-
-    func tearDown() async {
-        server.cancel()
-        _ = await server.result
-        await manager.stopAll(reason: "test over")
-        removeTree(dir)
-    }
 
     /// A running task (a real session) and a token for it.
     func task(_ id: String, url: String, role: ViewerRole = .view) async throws -> (info: SessionInfo, token: String) {

@@ -27,89 +27,89 @@ struct BridgeTests {
     let viewerConfiguration = WebSocketClientConfiguration(maxFrameSize: 1 << 24)
 
     @Test func everyRefusalIsAStatusWithAJSONBodyBeforeTheUpgrade() async throws {
-        let h = try await BridgeHarness("auth")
-        defer { Task { await h.tearDown() } }
-        let (_, token) = try await h.task("a1", url: Self.red)
-        let other = try await h.service.tokens.mint(task: "elsewhere", role: .view, ttl: 60).token
-        let expired = try await h.service.tokens.mint(task: "a1", role: .view, ttl: 10, now: Date().addingTimeInterval(-3600)).token
-        _ = try await h.service.store.create(TaskRecord(id: "waiting", state: .queued, request: "{}", createdAt: 1, updatedAt: 1),
-                                             event: NewEvent(type: "state_changed", time: 1))
-        let waiting = try await h.service.tokens.mint(task: "waiting", role: .view, ttl: 60).token
-        let nobody = try await h.service.tokens.mint(task: "nobody", role: .view, ttl: 60).token
-        let cases: [(String, String?, Int, String)] = [
-            ("task_id=a1", nil, 401, "token_missing"),
-            ("task_id=a1&token=forged.token.here", nil, 401, "token_invalid"),
-            ("task_id=a1&token=\(expired)", nil, 401, "token_invalid"),
-            ("task_id=a1&token=\(other)", nil, 403, "token_other_task"),
-            ("task_id=a1&token=\(token)&role=control", nil, 403, "token_other_role"),
-            ("task_id=a1&token=\(token)", "https://evil.example", 403, "origin_not_allowed"),
-            ("task_id=nobody&token=\(nobody)", nil, 404, "task_not_found"),
-            ("task_id=waiting&token=\(waiting)", nil, 503, "session_not_ready"),
-            ("token=\(token)", nil, 400, "invalid_request"),
-        ]
-        for (query, origin, status, code) in cases {
-            let answer = try h.upgrade(query, origin: origin)
-            close(answer.fd)
-            #expect(answer.status == status, "\(query.prefix(40)): \(answer.text.prefix(200))")
-            #expect(answer.text.contains(#""code":"\#(code)""#) && answer.text.contains("application/json"), "\(answer.text)")
-            let tokenText = query.split(separator: "token=").dropFirst().first.map(String.init) ?? ""
-            #expect(tokenText.count < 20 || !answer.text.contains(tokenText), "the token is never echoed")
+        try await BridgeHarness.with("auth") { h in
+            let (_, token) = try await h.task("a1", url: Self.red)
+            let other = try await h.service.tokens.mint(task: "elsewhere", role: .view, ttl: 60).token
+            let expired = try await h.service.tokens.mint(task: "a1", role: .view, ttl: 10, now: Date().addingTimeInterval(-3600)).token
+            _ = try await h.service.store.create(TaskRecord(id: "waiting", state: .queued, request: "{}", createdAt: 1, updatedAt: 1),
+                                                 event: NewEvent(type: "state_changed", time: 1))
+            let waiting = try await h.service.tokens.mint(task: "waiting", role: .view, ttl: 60).token
+            let nobody = try await h.service.tokens.mint(task: "nobody", role: .view, ttl: 60).token
+            let cases: [(String, String?, Int, String)] = [
+                ("task_id=a1", nil, 401, "token_missing"),
+                ("task_id=a1&token=forged.token.here", nil, 401, "token_invalid"),
+                ("task_id=a1&token=\(expired)", nil, 401, "token_invalid"),
+                ("task_id=a1&token=\(other)", nil, 403, "token_other_task"),
+                ("task_id=a1&token=\(token)&role=control", nil, 403, "token_other_role"),
+                ("task_id=a1&token=\(token)", "https://evil.example", 403, "origin_not_allowed"),
+                ("task_id=nobody&token=\(nobody)", nil, 404, "task_not_found"),
+                ("task_id=waiting&token=\(waiting)", nil, 503, "session_not_ready"),
+                ("token=\(token)", nil, 400, "invalid_request"),
+            ]
+            for (query, origin, status, code) in cases {
+                let answer = try h.upgrade(query, origin: origin)
+                close(answer.fd)
+                #expect(answer.status == status, "\(query.prefix(40)): \(answer.text.prefix(200))")
+                #expect(answer.text.contains(#""code":"\#(code)""#) && answer.text.contains("application/json"), "\(answer.text)")
+                let tokenText = query.split(separator: "token=").dropFirst().first.map(String.init) ?? ""
+                #expect(tokenText.count < 20 || !answer.text.contains(tokenText), "the token is never echoed")
+            }
+            // Accepted: same origin, and the session_id spelling; `binary` is echoed only when offered.
+            let ok = try h.upgrade("session_id=a1&token=\(token)", origin: "http://127.0.0.1:\(h.port)", protocols: "binary")
+            close(ok.fd)
+            #expect(ok.status == 101 && ok.text.lowercased().contains("sec-websocket-protocol: binary"), "\(ok.text)")
+            let plain = try h.upgrade("task_id=a1&token=\(token)")
+            close(plain.fd)
+            #expect(plain.status == 101 && !plain.text.lowercased().contains("sec-websocket-protocol"))
+            // Ended tasks are gone.
+            _ = try await h.service.command("a1", .cancel, reason: "done")
+            let ended = try h.upgrade("task_id=a1&token=\(token)")
+            close(ended.fd)
+            #expect(ended.status == 404 && ended.text.contains("task_ended"))
         }
-        // Accepted: same origin, and the session_id spelling; `binary` is echoed only when offered.
-        let ok = try h.upgrade("session_id=a1&token=\(token)", origin: "http://127.0.0.1:\(h.port)", protocols: "binary")
-        close(ok.fd)
-        #expect(ok.status == 101 && ok.text.lowercased().contains("sec-websocket-protocol: binary"), "\(ok.text)")
-        let plain = try h.upgrade("task_id=a1&token=\(token)")
-        close(plain.fd)
-        #expect(plain.status == 101 && !plain.text.lowercased().contains("sec-websocket-protocol"))
-        // Ended tasks are gone.
-        _ = try await h.service.command("a1", .cancel, reason: "done")
-        let ended = try h.upgrade("task_id=a1&token=\(token)")
-        close(ended.fd)
-        #expect(ended.status == 404 && ended.text.contains("task_ended"))
     }
 
     @Test func theViewRoleCannotTypeOrClickWhileTheControlRoleCan() async throws {
-        let h = try await BridgeHarness("roles")
-        defer { Task { await h.tearDown() } }
-        // Modifier-only keys are ignored: the lockdown's self-test presses them at boot.
-        let page = "data:text/html,<title>untouched</title><body style='margin:0;height:100vh' "
-            + "onkeydown=\"if(event.key.length==1)document.title='typed:'+event.key\" onmousedown=\"document.title='clicked'\"></body>"
-        let (info, viewToken) = try await h.task("r1", url: page)
-        // Ready means the browser answers; the kiosk page may still be replacing about:blank.
-        #expect(try await waitForPage(info, url: "data:text/html") == "untouched")
-        let controlToken = try await h.service.tokens.mint(task: "r1", role: .control, ttl: 60).token
+        try await BridgeHarness.with("roles") { h in
+            // Modifier-only keys are ignored: the lockdown's self-test presses them at boot.
+            let page = "data:text/html,<title>untouched</title><body style='margin:0;height:100vh' "
+                + "onkeydown=\"if(event.key.length==1)document.title='typed:'+event.key\" onmousedown=\"document.title='clicked'\"></body>"
+            let (info, viewToken) = try await h.task("r1", url: page)
+            // Ready means the browser answers; the kiosk page may still be replacing about:blank.
+            #expect(try await waitForPage(info, url: "data:text/html") == "untouched")
+            let controlToken = try await h.service.tokens.mint(task: "r1", role: .control, ttl: 60).token
 
-        try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(viewToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
-            var viewer = WSViewer(inbound, outbound)
-            let size = try await viewer.handshake()
-            try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x61, 4, 0, 0, 0, 0, 0, 0, 0x61])   // 'a' down, up
-            try await viewer.send([5, 1, 1, 0x90, 1, 0x2C, 5, 0, 1, 0x90, 1, 0x2C])           // click at 400,300
-            try await viewer.send([6, 0, 0, 0, 0, 0, 0, 6] + Array("secret".utf8))           // clipboard
-            try await viewer.roundTrip(size)
-            try await outbound.close(.normalClosure, reason: nil)
-        }
-        #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "untouched", "the view role changed the page")
+            try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(viewToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+                var viewer = WSViewer(inbound, outbound)
+                let size = try await viewer.handshake()
+                try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x61, 4, 0, 0, 0, 0, 0, 0, 0x61])   // 'a' down, up
+                try await viewer.send([5, 1, 1, 0x90, 1, 0x2C, 5, 0, 1, 0x90, 1, 0x2C])           // click at 400,300
+                try await viewer.send([6, 0, 0, 0, 0, 0, 0, 6] + Array("secret".utf8))           // clipboard
+                try await viewer.roundTrip(size)
+                try await outbound.close(.normalClosure, reason: nil)
+            }
+            #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "untouched", "the view role changed the page")
 
-        // The page itself reports the next typed character: a promise set up before the key is
-        // sent, awaited after (not polled).
-        #expect(try await withPage(info) { cdp, s in
-            try await evaluate(cdp, s, "window.typed = new Promise(r => addEventListener('keydown', e => { if (e.key.length == 1) r(e.key) })); 'armed'")
-        } == "armed")
-        try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(controlToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
-            var viewer = WSViewer(inbound, outbound)
-            let size = try await viewer.handshake()
-            try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x62, 4, 0, 0, 0, 0, 0, 0, 0x62])   // 'b'
-            try await viewer.roundTrip(size)
-            try await outbound.close(.normalClosure, reason: nil)
+            // The page itself reports the next typed character: a promise set up before the key is
+            // sent, awaited after (not polled).
+            #expect(try await withPage(info) { cdp, s in
+                try await evaluate(cdp, s, "window.typed = new Promise(r => addEventListener('keydown', e => { if (e.key.length == 1) r(e.key) })); 'armed'")
+            } == "armed")
+            try await WebSocketClient.connect(url: h.url + "?task_id=r1&token=\(controlToken)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+                var viewer = WSViewer(inbound, outbound)
+                let size = try await viewer.handshake()
+                try await viewer.send([4, 1, 0, 0, 0, 0, 0, 0x62, 4, 0, 0, 0, 0, 0, 0, 0x62])   // 'b'
+                try await viewer.roundTrip(size)
+                try await outbound.close(.normalClosure, reason: nil)
+            }
+            #expect(try await withTimeout(.seconds(10), "the control role's key to reach the page") {
+                try await withPage(info) { cdp, s in try await evaluate(cdp, s, "window.typed") }
+            } == "b")
+            #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "typed:b")
+            let events = try await h.service.store.events("r1", after: 0, limit: 500)
+            #expect(events.filter { $0.type == "viewer_connected" }.count == 2 && events.filter { $0.type == "viewer_disconnected" }.count == 2)
+            #expect(events.contains { $0.type == "viewer_disconnected" && $0.data.contains(#""role":"control""#) })
         }
-        #expect(try await withTimeout(.seconds(10), "the control role's key to reach the page") {
-            try await withPage(info) { cdp, s in try await evaluate(cdp, s, "window.typed") }
-        } == "b")
-        #expect(try await withPage(info) { cdp, s in try await evaluate(cdp, s, "document.title") } == "typed:b")
-        let events = try await h.service.store.events("r1", after: 0, limit: 500)
-        #expect(events.filter { $0.type == "viewer_connected" }.count == 2 && events.filter { $0.type == "viewer_disconnected" }.count == 2)
-        #expect(events.contains { $0.type == "viewer_disconnected" && $0.data.contains(#""role":"control""#) })
     }
 
     @Test func deadPeersAreClosedAndTextOrOversizedMessagesRefused() async throws {
@@ -117,43 +117,43 @@ struct BridgeTests {
         settings.pingInterval = .seconds(1)
         settings.maxFrameSize = 64 * 1024
         settings.maxViewers = 2
-        let h = try await BridgeHarness("liveness", settings: settings)
-        defer { Task { await h.tearDown() } }
-        let (_, token) = try await h.task("l1", url: Self.red)
+        try await BridgeHarness.with("liveness", settings: settings) { h in
+            let (_, token) = try await h.task("l1", url: Self.red)
 
-        // Upgraded, then silent: it never answers a ping, so the bridge closes it after two.
-        let silent = try h.upgrade("task_id=l1&token=\(token)")
-        #expect(silent.status == 101)
-        let started = ContinuousClock.now
-        let frames = serverFrames(silent.fd)
-        close(silent.fd)
-        #expect(frames.filter { $0.opcode == 9 }.count == 2, "two pings, then the close: \(frames.map(\.opcode))")
-        #expect(closeOf(frames).map { $0 == (1001, "ping timeout") } == true, "\(String(describing: closeOf(frames)))")
-        #expect(ContinuousClock.now - started < .seconds(8), "a dead peer is dropped within a few ping intervals")
+            // Upgraded, then silent: it never answers a ping, so the bridge closes it after two.
+            let silent = try h.upgrade("task_id=l1&token=\(token)")
+            #expect(silent.status == 101)
+            let started = ContinuousClock.now
+            let frames = serverFrames(silent.fd)
+            close(silent.fd)
+            #expect(frames.filter { $0.opcode == 9 }.count == 2, "two pings, then the close: \(frames.map(\.opcode))")
+            #expect(closeOf(frames).map { $0 == (1001, "ping timeout") } == true, "\(String(describing: closeOf(frames)))")
+            #expect(ContinuousClock.now - started < .seconds(8), "a dead peer is dropped within a few ping intervals")
 
-        // The viewer limit (2): two open, the third refused before the upgrade.
-        let first = try h.upgrade("task_id=l1&token=\(token)"), second = try h.upgrade("task_id=l1&token=\(token)")
-        try await waitUntil("two viewers counted", on: h.service.appended) {
-            try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_connected" }.count >= 3
-        }
-        let third = try h.upgrade("task_id=l1&token=\(token)")
-        #expect(third.status == 503 && third.text.contains("viewer_limit"), "\(third.text)")
-        for fd in [first.fd, second.fd, third.fd] { close(fd) }
-        try await waitUntil("the two viewers to leave", on: h.service.appended) {
-            try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_disconnected" }.count >= 3
-        }
+            // The viewer limit (2): two open, the third refused before the upgrade.
+            let first = try h.upgrade("task_id=l1&token=\(token)"), second = try h.upgrade("task_id=l1&token=\(token)")
+            try await waitUntil("two viewers counted", on: h.service.appended) {
+                try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_connected" }.count >= 3
+            }
+            let third = try h.upgrade("task_id=l1&token=\(token)")
+            #expect(third.status == 503 && third.text.contains("viewer_limit"), "\(third.text)")
+            for fd in [first.fd, second.fd, third.fd] { close(fd) }
+            try await waitUntil("the two viewers to leave", on: h.service.appended) {
+                try await h.service.store.events("l1", after: 0, limit: 500).filter { $0.type == "viewer_disconnected" }.count >= 3
+            }
 
-        let text = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", logger: quiet) { inbound, outbound, _ in
-            try await outbound.write(.text("hello"))
-            for try await _ in inbound {}
+            let text = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", logger: quiet) { inbound, outbound, _ in
+                try await outbound.write(.text("hello"))
+                for try await _ in inbound {}
+            }
+            #expect(text?.closeCode == .unacceptableData, "a text frame is refused with 1003: \(String(describing: text))")
+            let big = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", configuration: .init(maxFrameSize: 1 << 20),
+                                                        logger: quiet) { inbound, outbound, _ in
+                try await outbound.write(.binary(ByteBuffer(repeating: 3, count: 200 * 1024)))
+                for try await _ in inbound {}
+            }
+            #expect(big?.closeCode == .messageTooLarge, "an oversized message is refused with 1009: \(String(describing: big))")
         }
-        #expect(text?.closeCode == .unacceptableData, "a text frame is refused with 1003: \(String(describing: text))")
-        let big = try await WebSocketClient.connect(url: h.url + "?task_id=l1&token=\(token)", configuration: .init(maxFrameSize: 1 << 20),
-                                                    logger: quiet) { inbound, outbound, _ in
-            try await outbound.write(.binary(ByteBuffer(repeating: 3, count: 200 * 1024)))
-            for try await _ in inbound {}
-        }
-        #expect(big?.closeCode == .messageTooLarge, "an oversized message is refused with 1009: \(String(describing: big))")
     }
 
     /// x11vnc stopped (SIGSTOP: busy in the extreme, it accepts nothing and greets no one): a
@@ -202,94 +202,94 @@ struct BridgeTests {
         var settings = BridgeSettings()
         settings.idleTimeout = idle
         settings.maxLifetime = lifetime
-        let h = try await BridgeHarness(name, settings: settings)
-        defer { Task { await h.tearDown() } }
-        let (_, token) = try await h.task("t-\(name)", url: Self.red)
-        let viewer = try h.upgrade("task_id=t-\(name)&token=\(token)")
-        #expect(viewer.status == 101)
-        let frames = serverFrames(viewer.fd)
-        close(viewer.fd)
-        #expect(frames.first.map { $0.opcode == 2 && $0.payload == Array("RFB 003.008\n".utf8) } == true, "the greeting came first")
-        #expect(closeOf(frames).map { $0 == (1001, reason) } == true, "\(String(describing: closeOf(frames)))")
-        try await waitUntil("the disconnect event", on: h.service.appended) {
-            try await h.service.store.events("t-\(name)", after: 0, limit: 100).contains { $0.type == "viewer_disconnected" }
+        try await BridgeHarness.with(name, settings: settings) { h in
+            let (_, token) = try await h.task("t-\(name)", url: Self.red)
+            let viewer = try h.upgrade("task_id=t-\(name)&token=\(token)")
+            #expect(viewer.status == 101)
+            let frames = serverFrames(viewer.fd)
+            close(viewer.fd)
+            #expect(frames.first.map { $0.opcode == 2 && $0.payload == Array("RFB 003.008\n".utf8) } == true, "the greeting came first")
+            #expect(closeOf(frames).map { $0 == (1001, reason) } == true, "\(String(describing: closeOf(frames)))")
+            try await waitUntil("the disconnect event", on: h.service.appended) {
+                try await h.service.store.events("t-\(name)", after: 0, limit: 100).contains { $0.type == "viewer_disconnected" }
+            }
         }
     }
 
     @Test func noVNCInARealBrowserShowsTheKioskThroughTheBridge() async throws {
-        let h = try await BridgeHarness("novnc")
-        defer { Task { await h.tearDown() } }
-        let (_, token) = try await h.task("shown", url: Self.red)
-        // The viewer's browser is another kiosk session, pointed at the viewer page.
-        let viewer = try await h.manager.create(SessionSettings(id: "viewer", url: "http://127.0.0.1:\(h.port)/viewer?task_id=shown&token=\(token)",
-                                                                width: 800, height: 600))
-        let info = await viewer.info()
-        // noVNC draws into a canvas: a promise in the page checks it on every animation frame
-        // (the browser's own paint signal), then lets two more frames reach the screen.
-        _ = try await waitForPage(info, url: "http://127.0.0.1:\(h.port)/novnc/")
-        let painted = """
-            new Promise(resolve => {
-              const check = () => {
-                const c = document.querySelector('canvas');
-                if (c && c.width > 0) {
-                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                  let hits = 0;
-                  for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
-                  if (hits * 4 > d.length / 4) return requestAnimationFrame(() => requestAnimationFrame(() => resolve('painted')));
-                }
-                requestAnimationFrame(check);
-              };
-              check();
-            })
-            """
-        #expect(try await withTimeout(.seconds(30), "noVNC's canvas to show the kiosk's colour") {
-            try await withPage(info) { cdp, s in try await evaluate(cdp, s, painted) }
-        } == "painted")
-        let shot = h.dir + "/viewer.ppm"
-        let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],
-                                     environment: ["PATH": "/usr/bin:/bin", "XAUTHORITY": info.directory + "/Xauthority"])
-        #expect(rc == 0)
-        let pixels = readSmallFileBytes(shot, limit: 8 << 20) ?? []
-        #expect(Self.share(of: (200, 30, 30), in: pixels) > 0.25, "the viewer's screen shows the kiosk's colour")
-        let events = try await h.service.store.events("shown", after: 0, limit: 500)
-        #expect(events.contains { $0.type == "viewer_connected" && $0.data.contains(#""role":"view""#) })
+        try await BridgeHarness.with("novnc") { h in
+            let (_, token) = try await h.task("shown", url: Self.red)
+            // The viewer's browser is another kiosk session, pointed at the viewer page.
+            let viewer = try await h.manager.create(SessionSettings(id: "viewer", url: "http://127.0.0.1:\(h.port)/viewer?task_id=shown&token=\(token)",
+                                                                    width: 800, height: 600))
+            let info = await viewer.info()
+            // noVNC draws into a canvas: a promise in the page checks it on every animation frame
+            // (the browser's own paint signal), then lets two more frames reach the screen.
+            _ = try await waitForPage(info, url: "http://127.0.0.1:\(h.port)/novnc/")
+            let painted = """
+                new Promise(resolve => {
+                  const check = () => {
+                    const c = document.querySelector('canvas');
+                    if (c && c.width > 0) {
+                      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                      let hits = 0;
+                      for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
+                      if (hits * 4 > d.length / 4) return requestAnimationFrame(() => requestAnimationFrame(() => resolve('painted')));
+                    }
+                    requestAnimationFrame(check);
+                  };
+                  check();
+                })
+                """
+            #expect(try await withTimeout(.seconds(30), "noVNC's canvas to show the kiosk's colour") {
+                try await withPage(info) { cdp, s in try await evaluate(cdp, s, painted) }
+            } == "painted")
+            let shot = h.dir + "/viewer.ppm"
+            let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],
+                                         environment: ["PATH": "/usr/bin:/bin", "XAUTHORITY": info.directory + "/Xauthority"])
+            #expect(rc == 0)
+            let pixels = readSmallFileBytes(shot, limit: 8 << 20) ?? []
+            #expect(Self.share(of: (200, 30, 30), in: pixels) > 0.25, "the viewer's screen shows the kiosk's colour")
+            let events = try await h.service.store.events("shown", after: 0, limit: 500)
+            #expect(events.contains { $0.type == "viewer_connected" && $0.data.contains(#""role":"view""#) })
+        }
     }
 
     @Test func theIdentityProvidersJWTsAreAcceptedWithTheirClaimsChecked() async throws {
         let secret = Array("an-idp-shared-secret-of-32-bytes".utf8)
         let external = try await ExternalTokens(ExternalTokenSettings(hs256Secret: secret, issuer: "https://idp.example", audience: "kioskd-app"))
-        let h = try await BridgeHarness("jwt", external: external)
-        defer { Task { await h.tearDown() } }
-        _ = try await h.task("j1", url: Self.red)
-        let keys = JWTKeyCollection()
-        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
-        let later = JSONValue.number(Date().timeIntervalSince1970 + 600)
-        let good: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": later, "kioskd_task": "j1", "kioskd_role": "control"]
-        func token(_ claims: [String: JSONValue]) async throws -> String { try await keys.sign(ExternalClaims(claims)) }
-        var cognito = good
-        cognito["aud"] = nil
-        cognito["client_id"] = "kioskd-app"
-        cognito["token_use"] = "access"
-        let cases: [([String: JSONValue], Int)] = [
-            (good, 101), (cognito, 101),
-            (good.merging(["iss": "https://other.example"]) { $1 }, 401),
-            (good.merging(["exp": .number(Date().timeIntervalSince1970 - 60)]) { $1 }, 401),
-            (good.merging(["aud": "someone-else"]) { $1 }, 401),
-            (good.merging(["kioskd_task": "j2"]) { $1 }, 403),
-            (good.filter { $0.key != "kioskd_task" }, 401),
-            (cognito.merging(["token_use": "refresh"]) { $1 }, 401),
-        ]
-        for (claims, status) in cases {
-            let answer = try h.upgrade("task_id=j1&token=\(try await token(claims))")
-            close(answer.fd)
-            #expect(answer.status == status, "\(claims): \(answer.text.prefix(160))")
+        try await BridgeHarness.with("jwt", external: external) { h in
+            _ = try await h.task("j1", url: Self.red)
+            let keys = JWTKeyCollection()
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+            let later = JSONValue.number(Date().timeIntervalSince1970 + 600)
+            let good: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": later, "kioskd_task": "j1", "kioskd_role": "control"]
+            func token(_ claims: [String: JSONValue]) async throws -> String { try await keys.sign(ExternalClaims(claims)) }
+            var cognito = good
+            cognito["aud"] = nil
+            cognito["client_id"] = "kioskd-app"
+            cognito["token_use"] = "access"
+            let cases: [([String: JSONValue], Int)] = [
+                (good, 101), (cognito, 101),
+                (good.merging(["iss": "https://other.example"]) { $1 }, 401),
+                (good.merging(["exp": .number(Date().timeIntervalSince1970 - 60)]) { $1 }, 401),
+                (good.merging(["aud": "someone-else"]) { $1 }, 401),
+                (good.merging(["kioskd_task": "j2"]) { $1 }, 403),
+                (good.filter { $0.key != "kioskd_task" }, 401),
+                (cognito.merging(["token_use": "refresh"]) { $1 }, 401),
+            ]
+            for (claims, status) in cases {
+                let answer = try h.upgrade("task_id=j1&token=\(try await token(claims))")
+                close(answer.fd)
+                #expect(answer.status == status, "\(claims): \(answer.text.prefix(160))")
+            }
+            // Signed with another key: refused.
+            let stranger = JWTKeyCollection()
+            await stranger.add(hmac: HMACKey(from: Array("not-the-shared-secret-0123456789".utf8)), digestAlgorithm: .sha256)
+            let forged = try h.upgrade("task_id=j1&token=\(try await stranger.sign(ExternalClaims(good)))")
+            close(forged.fd)
+            #expect(forged.status == 401)
         }
-        // Signed with another key: refused.
-        let stranger = JWTKeyCollection()
-        await stranger.add(hmac: HMACKey(from: Array("not-the-shared-secret-0123456789".utf8)), digestAlgorithm: .sha256)
-        let forged = try h.upgrade("task_id=j1&token=\(try await stranger.sign(ExternalClaims(good)))")
-        close(forged.fd)
-        #expect(forged.status == 401)
     }
 
     @Test func anES256KeyFromAJWKSDocumentIsAccepted() async throws {
@@ -297,21 +297,21 @@ struct BridgeTests {
         guard let point = signing.publicKey.parameters else { throw TestFailure("no public key parameters") }
         let jwks = #"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"idp-1","x":"\#(point.x)","y":"\#(point.y)"}]}"#
         let external = try await ExternalTokens(ExternalTokenSettings(jwks: jwks, issuer: "https://idp.example", audience: "kioskd-app"))
-        let h = try await BridgeHarness("jwks", external: external)
-        defer { Task { await h.tearDown() } }
-        _ = try await h.task("e1", url: Self.red)
-        let keys = JWTKeyCollection()
-        await keys.add(ecdsa: signing, kid: "idp-1")
-        let claims: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(Date().timeIntervalSince1970 + 600),
-                                           "kioskd_task": "e1"]
-        let accepted = try h.upgrade("task_id=e1&token=\(try await keys.sign(ExternalClaims(claims), kid: "idp-1"))")
-        close(accepted.fd)
-        #expect(accepted.status == 101, "\(accepted.text.prefix(200))")
-        let otherKey = JWTKeyCollection()
-        await otherKey.add(ecdsa: ES256PrivateKey(), kid: "idp-1")
-        let refused = try h.upgrade("task_id=e1&token=\(try await otherKey.sign(ExternalClaims(claims), kid: "idp-1"))")
-        close(refused.fd)
-        #expect(refused.status == 401)
+        try await BridgeHarness.with("jwks", external: external) { h in
+            _ = try await h.task("e1", url: Self.red)
+            let keys = JWTKeyCollection()
+            await keys.add(ecdsa: signing, kid: "idp-1")
+            let claims: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(Date().timeIntervalSince1970 + 600),
+                                               "kioskd_task": "e1"]
+            let accepted = try h.upgrade("task_id=e1&token=\(try await keys.sign(ExternalClaims(claims), kid: "idp-1"))")
+            close(accepted.fd)
+            #expect(accepted.status == 101, "\(accepted.text.prefix(200))")
+            let otherKey = JWTKeyCollection()
+            await otherKey.add(ecdsa: ES256PrivateKey(), kid: "idp-1")
+            let refused = try h.upgrade("task_id=e1&token=\(try await otherKey.sign(ExternalClaims(claims), kid: "idp-1"))")
+            close(refused.fd)
+            #expect(refused.status == 401)
+        }
     }
 
     @Test func withACertificateTheListenerServesHTTPSAndWSS() async throws {
@@ -324,42 +324,42 @@ struct BridgeTests {
         let chain = try NIOSSLCertificate.fromPEMFile(dir + "/cert.pem").map { NIOSSLCertificateSource.certificate($0) }
         let context = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain,
                                                                                  privateKey: .privateKey(try NIOSSLPrivateKey(file: dir + "/key.pem", format: .pem))))
-        let h = try await BridgeHarness("tls", tls: context)
-        defer { Task { await h.tearDown() } }
-        let (_, token) = try await h.task("t1", url: Self.red)
-        let curl = try systemProgram("/usr/bin/curl", package: "curl")
-        #expect(try await runToExit(curl, ["-sf", "--cacert", dir + "/cert.pem", "-o", dir + "/health", "https://127.0.0.1:\(h.port)/health"],
-                                    environment: ["PATH": "/usr/bin:/bin"]) == 0)
-        #expect(try readText(dir + "/health") == #"{"status":"healthy"}"#)
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .file(dir + "/cert.pem")
-        // By name: TLS's SNI carries no IP address.
-        try await WebSocketClient.connect(url: "wss://localhost:\(h.port)/api/v1/vnc/ws?task_id=t1&token=\(token)", configuration: viewerConfiguration,
-                                          tlsConfiguration: tls, logger: quiet) { inbound, outbound, _ in
-            var viewer = WSViewer(inbound, outbound)
-            #expect(try await viewer.handshake().width == 800)
-            try await outbound.close(.normalClosure, reason: nil)
+        try await BridgeHarness.with("tls", tls: context) { h in
+            let (_, token) = try await h.task("t1", url: Self.red)
+            let curl = try systemProgram("/usr/bin/curl", package: "curl")
+            #expect(try await runToExit(curl, ["-sf", "--cacert", dir + "/cert.pem", "-o", dir + "/health", "https://127.0.0.1:\(h.port)/health"],
+                                        environment: ["PATH": "/usr/bin:/bin"]) == 0)
+            #expect(try readText(dir + "/health") == #"{"status":"healthy"}"#)
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .file(dir + "/cert.pem")
+            // By name: TLS's SNI carries no IP address.
+            try await WebSocketClient.connect(url: "wss://localhost:\(h.port)/api/v1/vnc/ws?task_id=t1&token=\(token)", configuration: viewerConfiguration,
+                                              tlsConfiguration: tls, logger: quiet) { inbound, outbound, _ in
+                var viewer = WSViewer(inbound, outbound)
+                #expect(try await viewer.handshake().width == 800)
+                try await outbound.close(.normalClosure, reason: nil)
+            }
+            let plain = try h.upgrade("task_id=t1&token=\(token)")
+            close(plain.fd)
+            #expect(plain.status != 101, "plain HTTP is not served on a TLS listener")
         }
-        let plain = try h.upgrade("task_id=t1&token=\(token)")
-        close(plain.fd)
-        #expect(plain.status != 101, "plain HTTP is not served on a TLS listener")
     }
 
     @Test func websockifyModeRelaysThroughTheSessionsWebsockify() async throws {
-        let h = try await BridgeHarness("websockify", bridge: .websockify)
-        defer { Task { await h.tearDown() } }
-        let (info, token) = try await h.task("w1", url: Self.red)
-        #expect(info.websockifyPort != nil)
-        try await WebSocketClient.connect(url: h.url + "?task_id=w1&token=\(token)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
-            var viewer = WSViewer(inbound, outbound)
-            let size = try await viewer.handshake()
-            #expect(size.width == 800 && size.height == 600)
-            try await viewer.roundTrip(size)
-            try await outbound.close(.normalClosure, reason: nil)
+        try await BridgeHarness.with("websockify", bridge: .websockify) { h in
+            let (info, token) = try await h.task("w1", url: Self.red)
+            #expect(info.websockifyPort != nil)
+            try await WebSocketClient.connect(url: h.url + "?task_id=w1&token=\(token)", configuration: viewerConfiguration, logger: quiet) { inbound, outbound, _ in
+                var viewer = WSViewer(inbound, outbound)
+                let size = try await viewer.handshake()
+                #expect(size.width == 800 && size.height == 600)
+                try await viewer.roundTrip(size)
+                try await outbound.close(.normalClosure, reason: nil)
+            }
+            let bad = try h.upgrade("task_id=w1&token=nope")
+            close(bad.fd)
+            #expect(bad.status == 401, "the same auth in websockify mode")
         }
-        let bad = try h.upgrade("task_id=w1&token=nope")
-        close(bad.fd)
-        #expect(bad.status == 401, "the same auth in websockify mode")
     }
 
     /// The share of pixels of a binary PPM (P6, 8-bit) within ±12 of `rgb`.

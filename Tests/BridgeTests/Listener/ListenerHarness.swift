@@ -19,17 +19,32 @@ struct ListenerHarness {
     let dir: String
     let service: TaskService
     let port: Int
-    let server: Task<Void, any Error>
 
-    init(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil) async throws {
-        dir = try makeTempDir("kioskd-listener-\(name)")
+    /// A harness for `body`: the listener and the service run beside it and are cancelled and
+    /// awaited once it ends; then the store is closed and the directory removed.
+    static func with<T>(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil,
+                        _ body: (ListenerHarness) async throws -> T) async throws -> T {
+        let dir = try makeTempDir("kioskd-listener-\(name)")
+        defer { removeTree(dir) }
+        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
+        do {
+            let result = try await serve(store, dir: dir, settings: settings, external: external, body)
+            await store.close()
+            return result
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    private static func serve<T>(_ store: any TaskStore, dir: String, settings: BridgeSettings, external: ExternalTokens?,
+                                 _ body: (ListenerHarness) async throws -> T) async throws -> T {
         var logger = Logger(label: "test.listener")
         logger.logLevel = .critical
-        let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
         try await store.migrate()
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
-        service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: TaskLimits(),
-                              template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        let service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: TaskLimits(),
+                                  template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
         _ = try await service.interruptUnfinished()
         let nowhere = dir + "/no-x11vnc.sock"
         let access = ViewerAccess(service: service, settings: settings, external: external) { _ in
@@ -37,15 +52,12 @@ struct ListenerHarness {
         }
         let server = PublicServer(access: access, settings: settings) { false }
         let bound = OnceValue<Int>()
-        let service = self.service
-        self.server = Task { [logger] in try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } }) }
-        port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
-    }
-
-    func tearDown() async {
-        server.cancel()
-        _ = await server.result
-        removeTree(dir)
+        return try await withBackground({ [logger] in
+            try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })
+        }) {
+            let port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
+            return try await body(ListenerHarness(dir: dir, service: service, port: port))
+        }
     }
 
     /// A task in the store as running, and a view token for it.

@@ -28,110 +28,110 @@ struct ListenerTests {
         ("100 KB token", "GET /api/v1/vnc/ws?task_id=t&token=<100000> HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long"),
     ])
     func aBadRequestIsAnsweredWithItsStatusAndJSONThenClosed(name: String, request: String, status: Int, code: String) async throws {
-        let h = try await ListenerHarness("bad")
-        defer { Task { await h.tearDown() } }
-        // <n>: n bytes of filler.
-        var text = request
-        if let open = text.firstIndex(of: "<"), let close = text.firstIndex(of: ">"), let n = Int(text[text.index(after: open)..<close]) {
-            text.replaceSubrange(open...close, with: String(repeating: "a", count: n))
+        try await ListenerHarness.with("bad") { h in
+            // <n>: n bytes of filler.
+            var text = request
+            if let open = text.firstIndex(of: "<"), let close = text.firstIndex(of: ">"), let n = Int(text[text.index(after: open)..<close]) {
+                text.replaceSubrange(open...close, with: String(repeating: "a", count: n))
+            }
+            let answer = try h.exchange(text)
+            #expect(answer.status == status, "\(name): \(answer)")
+            #expect(answer.code == code && answer.header("Content-Type") == "application/json", "\(name): \(answer)")
+            #expect(answer.closed, "\(name): the connection is closed after the answer")
+            let health = try h.exchange(Self.healthThenClose)
+            #expect(health.status == 200, "the listener still serves: \(health)")
         }
-        let answer = try h.exchange(text)
-        #expect(answer.status == status, "\(name): \(answer)")
-        #expect(answer.code == code && answer.header("Content-Type") == "application/json", "\(name): \(answer)")
-        #expect(answer.closed, "\(name): the connection is closed after the answer")
-        let health = try h.exchange(Self.healthThenClose)
-        #expect(health.status == 200, "the listener still serves: \(health)")
     }
 
     @Test func aHalfSentRequestOrASilentConnectionIsAnswered408AtTheHeaderDeadline() async throws {
         var settings = BridgeSettings()
         settings.headerTimeout = .seconds(1)
-        let h = try await ListenerHarness("header-deadline", settings: settings)
-        defer { Task { await h.tearDown() } }
-        for (what, request) in [("half-sent", "GET /health HTTP/1.1\r\nHost: x\r\n"), ("silent", "")] {
-            let answer = try h.exchange(request)
-            #expect(answer.status == 408 && answer.code == "request_timeout" && answer.closed, "\(what): \(answer)")
-        }
-        // A head dripped a byte at a time still has to be whole by the deadline.
-        let drip = try connectLoopback(port: h.port)
-        defer { close(drip) }
-        sendAll(drip, Array("GET /health HTTP/1.1\r\nX-Slow: ".utf8))
-        let dripping = Task.detached {
-            for _ in 0..<50 {
-                try await Task.sleep(for: .milliseconds(200))
-                guard send(drip, "a", 1, Int32(MSG_NOSIGNAL)) == 1 else { return }
+        try await ListenerHarness.with("header-deadline", settings: settings) { h in
+            for (what, request) in [("half-sent", "GET /health HTTP/1.1\r\nHost: x\r\n"), ("silent", "")] {
+                let answer = try h.exchange(request)
+                #expect(answer.status == 408 && answer.code == "request_timeout" && answer.closed, "\(what): \(answer)")
             }
+            // A head dripped a byte at a time still has to be whole by the deadline.
+            let drip = try connectLoopback(port: h.port)
+            defer { close(drip) }
+            sendAll(drip, Array("GET /health HTTP/1.1\r\nX-Slow: ".utf8))
+            let dripping = Task.detached {
+                for _ in 0..<50 {
+                    try await Task.sleep(for: .milliseconds(200))
+                    guard send(drip, "a", 1, Int32(MSG_NOSIGNAL)) == 1 else { return }
+                }
+            }
+            let dripped = readAnswer(drip)
+            dripping.cancel()
+            _ = await dripping.result
+            #expect(dripped.status == 408 && dripped.closed, "\(dripped)")
+            // Kept alive after an answer, then idle: closed without another answer.
+            let fd = try connectLoopback(port: h.port)
+            defer { close(fd) }
+            sendAll(fd, Array(Self.health.utf8))
+            #expect(readAnswer(fd, untilComplete: true).status == 200)
+            let idle = readAnswer(fd)
+            #expect(idle.closed && idle.text.isEmpty, "\(idle)")
         }
-        let dripped = readAnswer(drip)
-        dripping.cancel()
-        _ = await dripping.result
-        #expect(dripped.status == 408 && dripped.closed, "\(dripped)")
-        // Kept alive after an answer, then idle: closed without another answer.
-        let fd = try connectLoopback(port: h.port)
-        defer { close(fd) }
-        sendAll(fd, Array(Self.health.utf8))
-        #expect(readAnswer(fd, untilComplete: true).status == 200)
-        let idle = readAnswer(fd)
-        #expect(idle.closed && idle.text.isEmpty, "\(idle)")
     }
 
     @Test func aConnectionThatNeverBecomesAViewerIsClosedAtTheAuthDeadline() async throws {
         var settings = BridgeSettings()
         settings.authTimeout = .seconds(1)
         settings.headerTimeout = .seconds(30)
-        let h = try await ListenerHarness("auth-deadline", settings: settings)
-        defer { Task { await h.tearDown() } }
-        let answer = try h.exchange("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        #expect(answer.status == 408 && answer.code == "connection_timeout" && answer.closed, "\(answer)")
+        try await ListenerHarness.with("auth-deadline", settings: settings) { h in
+            let answer = try h.exchange("GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            #expect(answer.status == 408 && answer.code == "connection_timeout" && answer.closed, "\(answer)")
+        }
     }
 
     @Test func anAddressOverItsLimitIsAnswered429UntilOneOfItsConnectionsCloses() async throws {
         var settings = BridgeSettings()
         settings.maxConnectionsPerPeer = 2
-        let h = try await ListenerHarness("per-peer", settings: settings)
-        defer { Task { await h.tearDown() } }
-        // Two kept alive, each answered: both counted.
-        let held = try (0..<2).map { _ in try connectLoopback(port: h.port) }
-        defer { held.forEach { close($0) } }
-        for fd in held {
-            sendAll(fd, Array(Self.health.utf8))
-            #expect(readAnswer(fd, untilComplete: true).status == 200)
+        try await ListenerHarness.with("per-peer", settings: settings) { h in
+            // Two kept alive, each answered: both counted.
+            let held = try (0..<2).map { _ in try connectLoopback(port: h.port) }
+            defer { held.forEach { close($0) } }
+            for fd in held {
+                sendAll(fd, Array(Self.health.utf8))
+                #expect(readAnswer(fd, untilComplete: true).status == 200)
+            }
+            let third = try h.exchange(Self.healthThenClose)
+            #expect(third.status == 429 && third.code == "too_many_connections" && third.closed, "\(third)")
+            // One leaves (the listener's close is the signal); its place is free again. The count
+            // is given back as the listener closes, so a retry or two may still meet the old count.
+            shutdown(held[0], Int32(SHUT_WR))
+            #expect(readAnswer(held[0]).closed)
+            var next = try h.exchange(Self.healthThenClose)
+            for _ in 0..<20 where next.status == 429 { next = try h.exchange(Self.healthThenClose) }
+            #expect(next.status == 200, "\(next)")
         }
-        let third = try h.exchange(Self.healthThenClose)
-        #expect(third.status == 429 && third.code == "too_many_connections" && third.closed, "\(third)")
-        // One leaves (the listener's close is the signal); its place is free again. The count
-        // is given back as the listener closes, so a retry or two may still meet the old count.
-        shutdown(held[0], Int32(SHUT_WR))
-        #expect(readAnswer(held[0]).closed)
-        var next = try h.exchange(Self.healthThenClose)
-        for _ in 0..<20 where next.status == 429 { next = try h.exchange(Self.healthThenClose) }
-        #expect(next.status == 200, "\(next)")
     }
 
     @Test func atTheTotalLimitTheListenerStopsAcceptingUntilAConnectionCloses() async throws {
         var settings = BridgeSettings()
         settings.maxConnections = 2
         settings.maxConnectionsPerPeer = 2
-        let h = try await ListenerHarness("total", settings: settings)
-        defer { Task { await h.tearDown() } }
-        let held = try (0..<2).map { _ in try connectLoopback(port: h.port) }
-        defer { held.forEach { close($0) } }
-        for fd in held {
-            sendAll(fd, Array(Self.health.utf8))
-            #expect(readAnswer(fd, untilComplete: true).status == 200)
+        try await ListenerHarness.with("total", settings: settings) { h in
+            let held = try (0..<2).map { _ in try connectLoopback(port: h.port) }
+            defer { held.forEach { close($0) } }
+            for fd in held {
+                sendAll(fd, Array(Self.health.utf8))
+                #expect(readAnswer(fd, untilComplete: true).status == 200)
+            }
+            // The third waits in the backlog: not accepted, so not answered…
+            let waiting = try connectLoopback(port: h.port, timeout: 1)
+            defer { close(waiting) }
+            sendAll(waiting, Array(Self.health.utf8))
+            let early = readAnswer(waiting, untilComplete: true)
+            #expect(early.text.isEmpty && !early.closed, "answered over the limit: \(early)")
+            // …until one of the two closes.
+            shutdown(held[0], Int32(SHUT_WR))
+            #expect(readAnswer(held[0]).closed)
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(waiting, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            #expect(readAnswer(waiting, untilComplete: true).status == 200)
         }
-        // The third waits in the backlog: not accepted, so not answered…
-        let waiting = try connectLoopback(port: h.port, timeout: 1)
-        defer { close(waiting) }
-        sendAll(waiting, Array(Self.health.utf8))
-        let early = readAnswer(waiting, untilComplete: true)
-        #expect(early.text.isEmpty && !early.closed, "answered over the limit: \(early)")
-        // …until one of the two closes.
-        shutdown(held[0], Int32(SHUT_WR))
-        #expect(readAnswer(held[0]).closed)
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(waiting, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        #expect(readAnswer(waiting, untilComplete: true).status == 200)
     }
 
     @Test func theOpenFileLimitBoundsTheConnectionLimits() {
@@ -151,87 +151,87 @@ struct ListenerTests {
     }
 
     @Test func aWebSocketUpgradeWithAnotherVersionOrNoKeyGetsAJSONRefusal() async throws {
-        let h = try await ListenerHarness("ws-version")
-        defer { Task { await h.tearDown() } }
-        let token = try await h.runningTask("v1")
-        let upgrade = "GET /api/v1/vnc/ws?task_id=v1&token=\(token) HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        let eight = try h.exchange(upgrade + "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        #expect(eight.status == 426 && eight.code == "websocket_version" && eight.header("Sec-WebSocket-Version") == "13", "\(eight)")
-        let keyless = try h.exchange(upgrade + "Sec-WebSocket-Version: 13\r\n\r\n")
-        #expect(keyless.status == 400 && keyless.code == "invalid_request", "\(keyless)")
+        try await ListenerHarness.with("ws-version") { h in
+            let token = try await h.runningTask("v1")
+            let upgrade = "GET /api/v1/vnc/ws?task_id=v1&token=\(token) HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            let eight = try h.exchange(upgrade + "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            #expect(eight.status == 426 && eight.code == "websocket_version" && eight.header("Sec-WebSocket-Version") == "13", "\(eight)")
+            let keyless = try h.exchange(upgrade + "Sec-WebSocket-Version: 13\r\n\r\n")
+            #expect(keyless.status == 400 && keyless.code == "invalid_request", "\(keyless)")
+        }
     }
 
     @Test func noVNCFilesNeverRedirectOffTheirPrefixOrLoseTheirNameAndCarryTheirHeaders() async throws {
         var settings = BridgeSettings()
         settings.origins = ["https://app.example.com"]
-        let h = try await ListenerHarness("novnc", settings: settings)
-        defer { Task { await h.tearDown() } }
-        for path in ["/novnc/app", "/novnc//app", "/novnc", "/novnc/app/ui.js%00.html"] {
-            let answer = try h.exchange("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            #expect(answer.status == 404 && answer.header("Location") == nil, "\(path): \(answer)")
+        try await ListenerHarness.with("novnc", settings: settings) { h in
+            for path in ["/novnc/app", "/novnc//app", "/novnc", "/novnc/app/ui.js%00.html"] {
+                let answer = try h.exchange("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                #expect(answer.status == 404 && answer.header("Location") == nil, "\(path): \(answer)")
+            }
+            let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(page.status == 200 && page.header("Content-Type")?.hasPrefix("text/html") == true, "\(page.head)")
+            let policy = page.header("Content-Security-Policy") ?? ""
+            #expect(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'self' https://app.example.com"), "\(policy)")
+            #expect(page.header("X-Content-Type-Options") == "nosniff")
+            #expect(page.header("X-Frame-Options") == nil, "the configured origin may frame the page; frame-ancestors says so")
+            let script = try h.exchange("GET /novnc/app/ui.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(script.status == 200 && script.header("Content-Type")?.contains("javascript") == true, "\(script.head)")
+            #expect(script.header("X-Content-Type-Options") == "nosniff" && script.header("Content-Security-Policy") != nil)
         }
-        let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        #expect(page.status == 200 && page.header("Content-Type")?.hasPrefix("text/html") == true, "\(page.head)")
-        let policy = page.header("Content-Security-Policy") ?? ""
-        #expect(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'self' https://app.example.com"), "\(policy)")
-        #expect(page.header("X-Content-Type-Options") == "nosniff")
-        #expect(page.header("X-Frame-Options") == nil, "the configured origin may frame the page; frame-ancestors says so")
-        let script = try h.exchange("GET /novnc/app/ui.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        #expect(script.status == 200 && script.header("Content-Type")?.contains("javascript") == true, "\(script.head)")
-        #expect(script.header("X-Content-Type-Options") == "nosniff" && script.header("Content-Security-Policy") != nil)
     }
 
     @Test func withoutOtherOriginsTheViewerPageMayOnlyBeFramedByItsOwn() async throws {
-        let h = try await ListenerHarness("frames")
-        defer { Task { await h.tearDown() } }
-        let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        #expect(page.header("X-Frame-Options") == "SAMEORIGIN" && page.header("Content-Security-Policy")?.hasSuffix("frame-ancestors 'self'") == true,
-                "\(page.head)")
+        try await ListenerHarness.with("frames") { h in
+            let page = try h.exchange("GET /novnc/vnc.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(page.header("X-Frame-Options") == "SAMEORIGIN" && page.header("Content-Security-Policy")?.hasSuffix("frame-ancestors 'self'") == true,
+                    "\(page.head)")
+        }
     }
 
     @Test func theListenersOwnOriginIsAllowedBesidesTheConfiguredOnes() async throws {
         var settings = BridgeSettings()
         settings.origins = ["https://app.example.com"]
-        let h = try await ListenerHarness("origins", settings: settings)
-        defer { Task { await h.tearDown() } }
-        let token = try await h.runningTask("o1")
-        for (origin, status) in [("http://127.0.0.1:\(h.port)", 101), ("https://app.example.com", 101), ("https://evil.example", 403),
-                                 ("http://127.0.0.1:1", 403)] {
-            let answer = try h.exchange("GET /api/v1/vnc/ws?task_id=o1&token=\(token) HTTP/1.1\r\nHost: 127.0.0.1:\(h.port)\r\n"
-                + "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                + "Origin: \(origin)\r\n\r\n", timeout: 5)
-            #expect(answer.status == status, "\(origin): \(answer)")
+        try await ListenerHarness.with("origins", settings: settings) { h in
+            let token = try await h.runningTask("o1")
+            for (origin, status) in [("http://127.0.0.1:\(h.port)", 101), ("https://app.example.com", 101), ("https://evil.example", 403),
+                                     ("http://127.0.0.1:1", 403)] {
+                let answer = try h.exchange("GET /api/v1/vnc/ws?task_id=o1&token=\(token) HTTP/1.1\r\nHost: 127.0.0.1:\(h.port)\r\n"
+                    + "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    + "Origin: \(origin)\r\n\r\n", timeout: 5)
+                #expect(answer.status == status, "\(origin): \(answer)")
+            }
         }
     }
 
     @Test func tokensThatAreNotValidYetAreRefusedWithinALittleSkew() async throws {
         let secret = Array("an-idp-shared-secret-of-32-bytes".utf8)
         let external = try await ExternalTokens(ExternalTokenSettings(hs256Secret: secret, issuer: "https://idp.example", audience: "kioskd-app"))
-        let h = try await ListenerHarness("not-yet", external: external)
-        defer { Task { await h.tearDown() } }
-        _ = try await h.runningTask("n1")
-        func viewer(_ token: String) throws -> Int {
-            try h.exchange("GET /viewer?task_id=n1&token=\(token) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status
-        }
-        let now = Date()
-        let later = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(3600)).token
-        let skewed = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(30)).token
-        #expect(try viewer(later) == 401, "kioskd's own token, issued an hour ahead")
-        #expect(try viewer(skewed) == 303, "30 s ahead is clock skew")
+        try await ListenerHarness.with("not-yet", external: external) { h in
+            _ = try await h.runningTask("n1")
+            func viewer(_ token: String) throws -> Int {
+                try h.exchange("GET /viewer?task_id=n1&token=\(token) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status
+            }
+            let now = Date()
+            let later = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(3600)).token
+            let skewed = try await h.service.tokens.mint(task: "n1", role: .view, ttl: 600, now: now.addingTimeInterval(30)).token
+            #expect(try viewer(later) == 401, "kioskd's own token, issued an hour ahead")
+            #expect(try viewer(skewed) == 303, "30 s ahead is clock skew")
 
-        let keys = JWTKeyCollection()
-        await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
-        let base: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(now.timeIntervalSince1970 + 7200),
-                                         "kioskd_task": "n1"]
-        let cases: [(String, [String: JSONValue], Int)] = [
-            ("nbf in an hour", ["nbf": .number(now.timeIntervalSince1970 + 3600)], 401),
-            ("iat in an hour", ["iat": .number(now.timeIntervalSince1970 + 3600)], 401),
-            ("nbf in 30 s", ["nbf": .number(now.timeIntervalSince1970 + 30)], 303),
-            ("nbf and iat past", ["nbf": .number(now.timeIntervalSince1970 - 60), "iat": .number(now.timeIntervalSince1970 - 60)], 303),
-        ]
-        for (what, claims, status) in cases {
-            let token = try await keys.sign(ExternalClaims(base.merging(claims) { $1 }))
-            #expect(try viewer(token) == status, "\(what)")
+            let keys = JWTKeyCollection()
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+            let base: [String: JSONValue] = ["iss": "https://idp.example", "aud": "kioskd-app", "exp": .number(now.timeIntervalSince1970 + 7200),
+                                             "kioskd_task": "n1"]
+            let cases: [(String, [String: JSONValue], Int)] = [
+                ("nbf in an hour", ["nbf": .number(now.timeIntervalSince1970 + 3600)], 401),
+                ("iat in an hour", ["iat": .number(now.timeIntervalSince1970 + 3600)], 401),
+                ("nbf in 30 s", ["nbf": .number(now.timeIntervalSince1970 + 30)], 303),
+                ("nbf and iat past", ["nbf": .number(now.timeIntervalSince1970 - 60), "iat": .number(now.timeIntervalSince1970 - 60)], 303),
+            ]
+            for (what, claims, status) in cases {
+                let token = try await keys.sign(ExternalClaims(base.merging(claims) { $1 }))
+                #expect(try viewer(token) == status, "\(what)")
+            }
         }
     }
 }
