@@ -22,7 +22,8 @@ public final class PostgresFixture: Sendable {
         self.supervisor = supervisor
     }
 
-    /// One server per test process, started on first use.
+    /// One server per test process, started on first use. A `Task`, not a scope: it is shared
+    /// by every test of the process and outlives them all.
     public static let shared = Task { try await PostgresFixture.start(durable: false) }
 
     /// `durable: false` turns fsync off (tests); the benchmark measures with PostgreSQL's defaults.
@@ -58,6 +59,7 @@ public final class PostgresFixture: Sendable {
         let supervisor = try Supervisor(name: "pg", spec: SupervisorSpec(strategy: .oneForOne, intensity: Intensity(maxRestarts: 0, period: .seconds(1)),
                                                                          children: [postgres]),
                                         events: EventBus(), logger: logger)
+        // Unscoped: the server outlives this call, until `stop()` or the process ends.
         Task { _ = await supervisor.run() }
         try await supervisor.waitReady()
         return PostgresFixture(port: port, directory: root, bin: bin, supervisor: supervisor)

@@ -65,6 +65,7 @@ public final class EventRecorder: Sendable {
 
     public init(_ bus: EventBus) {
         let stream = bus.subscribe()
+        // Unscoped: suites make recorders in their init, where no scope can hold it; it only records.
         Task { [recorder] in
             for await event in stream { recorder.record(event) }
         }

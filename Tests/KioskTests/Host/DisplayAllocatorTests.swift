@@ -114,7 +114,8 @@ struct DisplayAllocatorTests {
         let sup = try Supervisor(name: "session", spec: SupervisorSpec(strategy: .restForOne, children: [
             Xvfb.childSpec(Xvfb.Settings(display: display, authFile: auth, width: 800, height: 600)),
         ]), events: bus, logger: Logger(label: "test"))
-        let run = Task { await sup.run() }
+        // Scoped: however the test ends, the supervisor is cancelled (its Xvfb killed) and awaited.
+        async let outcome = sup.run()
         try await sup.waitReady()
         #expect(recorder.events.contains { $0.kind == .ready(child: "xvfb", detail: "\(display)") }, "ready when -displayfd says so")
         #expect(xvfb == "/usr/bin/Xvfb")
@@ -133,7 +134,7 @@ struct DisplayAllocatorTests {
         #expect(access("/tmp/.X11-unix/X\(display)", F_OK) == 0)
 
         sup.shutdown()
-        _ = await run.value
+        _ = await outcome
         // Checked while the display is still ours: once released, a parallel test may take it.
         #expect(await others.state(of: display) == .free, "Xvfb removes its socket on SIGTERM")
         await hostDisplays.release(display)

@@ -40,6 +40,7 @@ struct ProcessSupervisionTests {
 
     /// Runs `sup` in the background; returns the task that yields its outcome.
     func launch(_ sup: Supervisor) -> Task<SupervisorStateMachine.Outcome, Never> {
+        // A handle, not a scope: each test checks the outcome, awaited by `stopAndWait` or `run.value`.
         Task { await sup.run() }
     }
 
