@@ -358,16 +358,17 @@ func frameRoundTrips(_ connect: () -> any BenchLink, rounds: Int) -> [Double] {
     }
 }
 
-/// One real kiosk session (a static page), as SessionBench boots them.
-func benchSession() async throws -> (SessionManager, SessionInfo, String) {
-    let dir = try makeTempDir("kioskd-bench-vnc")
-    var logger = Logger(label: "bench")
+/// One real kiosk session showing `page`, as SessionBench boots them, on displays of its own.
+func benchSession(_ id: String, page: String, width: Int = 1280, height: Int = 800,
+                  displays: ClosedRange<Int>) async throws -> (SessionManager, SessionInfo, String) {
+    let dir = try makeTempDir("kioskd-bench-\(id)")
+    var logger = Logger(label: "bench.\(id)")
     logger.logLevel = .error
     let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
-                           displays: DisplayAllocator(range: 950...999, logger: logger), ports: PortAllocator(range: 42000...42999), logger: logger)
+                           displays: DisplayAllocator(range: displays, logger: logger), ports: PortAllocator(range: 42000...42999), logger: logger)
     let manager = SessionManager(host: host)
     _ = try await manager.start()
-    let session = try await manager.create(SessionSettings(id: "vnc", url: "data:text/html,<body style='background:rgb(20,120,200)'>", width: 1280, height: 800))
+    let session = try await manager.create(SessionSettings(id: id, url: page, width: width, height: height))
     return (manager, await session.info(), dir)
 }
 
@@ -375,7 +376,7 @@ func printX11VNC() async throws {
     let connects = 20, rounds = 5, perRound = 100
     print("\nWhat a viewer feels through a real x11vnc (one session; x11vnc \(X11VNC.pacing.joined(separator: " ")); \(connects) connects; "
         + "\(rounds) interleaved rounds of \(perRound) 1×1 update requests per path)")
-    let (manager, info, dir) = try await benchSession()
+    let (manager, info, dir) = try await benchSession("vnc", page: "data:text/html,<body style='background:rgb(20,120,200)'>", displays: 950...999)
     defer { removeTree(dir) }
     let secretFile = dir + "/secret"
     let secret = randomBytes(32)

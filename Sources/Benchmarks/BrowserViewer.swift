@@ -14,15 +14,8 @@ struct BrowserViewer {
 
     /// A session showing `page` (the bridge's origin, so its Origin check passes).
     static func start(page: String) async throws -> BrowserViewer {
-        let dir = try makeTempDir("kioskd-bench-browser")
-        var logger = Logger(label: "bench.browser")
-        logger.logLevel = .error
-        let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
-                               displays: DisplayAllocator(range: 850...899, logger: logger), ports: PortAllocator(range: 42000...42999), logger: logger)
-        let manager = SessionManager(host: host)
-        _ = try await manager.start()
-        let session = try await manager.create(SessionSettings(id: "bench-viewer", url: page, width: 800, height: 600))
-        return BrowserViewer(manager: manager, info: await session.info(), dir: dir)
+        let (manager, info, dir) = try await benchSession("bench-viewer", page: page, width: 800, height: 600, displays: 850...899)
+        return BrowserViewer(manager: manager, info: info, dir: dir)
     }
 
     /// MiB/s the page receives from `url` after the RFB greeting, over `bytes` bytes.
