@@ -215,12 +215,11 @@ struct ServeTests {
     }
 
     /// The repository's root, for docs/examples and the venv scripts/setup.sh --tests makes.
-    static let repository = String(#filePath.split(separator: "/").dropLast(3).joined(separator: "/")).withLeadingSlash
 
     /// The tests' venv Python (scripts/setup.sh --tests installs httpx and playwright there) and
     /// a daemon whose sessions use `displays` and `ports`, its control socket serving.
     func pythonAndDaemon(displays: String, ports: String) async throws -> (python: String, daemon: DaemonProcess) {
-        let python = Self.repository + "/.build/venv/bin/python3"
+        let python = repositoryRoot + "/.build/venv/bin/python3"
         guard access(python, X_OK) == 0 else { throw TestFailure("no \(python): run scripts/setup.sh --tests (it installs httpx and playwright from PyPI there)") }
         let daemon = try start(try config("  []", extra: "sessions:\n  displays: \(displays)\n  ports: \(ports)\n"))
         try await daemon.log.wait(for: "the control socket", timeout: .seconds(60)) { $0.contains("kioskd/control: ready") }
@@ -231,7 +230,7 @@ struct ServeTests {
         defer { removeTree(dir) }
         let (python, daemon) = try await pythonAndDaemon(displays: "850-899", ports: "42000-42999")
         let output = dir + "/example.out"
-        let status = try await runToExit(python, [Self.repository + "/docs/examples/kioskd_client.py", "--socket", dir + "/run/control.sock",
+        let status = try await runToExit(python, [repositoryRoot + "/docs/examples/kioskd_client.py", "--socket", dir + "/run/control.sock",
                                                   "--url", "data:text/html,<title>py</title>python"],
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(90), output: output)
         #expect(status == 0, "\((try? readText(output)) ?? "")")
@@ -258,7 +257,7 @@ struct ServeTests {
         defer { removeTree(dir) }
         let (python, daemon) = try await pythonAndDaemon(displays: "950-969", ports: "39000-39999")
         let output = dir + "/agent.out"
-        let status = try await runToExit(python, [Self.repository + "/Tests/KioskdDaemonTests/playwright_agent.py", dir + "/run/control.sock"],
+        let status = try await runToExit(python, [repositoryRoot + "/Tests/KioskdDaemonTests/playwright_agent.py", dir + "/run/control.sock"],
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": dir], timeout: .seconds(180), output: output)
         let printed = (try? readText(output)) ?? ""
         #expect(status == 0, "\(printed)")
@@ -305,8 +304,4 @@ struct ServeTests {
         second.signal(SIGTERM)
         #expect(try await second.waitExit() == 0, "\(second.stderr)")
     }
-}
-
-extension String {
-    var withLeadingSlash: String { hasPrefix("/") ? self : "/" + self }
 }

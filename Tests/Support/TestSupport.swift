@@ -102,6 +102,17 @@ public func builtProduct(_ name: String) throws -> String {
 }
 
 /// A program the tests need from the system: a missing one fails and names the package.
+/// The repository's root: the nearest folder above this file that holds Package.swift, so a
+/// test file may move between folders.
+public let repositoryRoot: String = {
+    var path = #filePath
+    while let slash = path.lastIndex(of: "/"), !path.isEmpty {
+        path = String(path[..<slash])
+        if access(path + "/Package.swift", F_OK) == 0 { return path }
+    }
+    fatalError("no Package.swift above \(#filePath)")
+}()
+
 public func systemProgram(_ path: String, package: String) throws -> String {
     guard access(path, X_OK) == 0 else {
         throw TestFailure("\(path) is missing: install the Debian package '\(package)' (scripts/setup.sh does)")

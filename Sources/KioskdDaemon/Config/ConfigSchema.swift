@@ -325,8 +325,16 @@ extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
 extension TabPolicy: ConfigRenderable { var rendered: String { rawValue } }
 extension ViewerRole: ConfigRenderable { var rendered: String { rawValue } }
-extension KeyCombo: ConfigRenderable { var rendered: String { description } }
-extension Array: ConfigRenderable where Element: ConfigRenderable { var rendered: String { map(\.rendered).joined(separator: ",") } }
+/// An element of a list key, and how its list is written back (as the documentation writes it).
+protocol ConfigListItem: ConfigRenderable { static var listSeparator: String { get } }
+extension String: ConfigListItem { static var listSeparator: String { "," } }
+extension KeyCombo: ConfigListItem {
+    var rendered: String { description }
+    static var listSeparator: String { ", " }
+}
+extension Array: ConfigRenderable where Element: ConfigListItem {
+    var rendered: String { map(\.rendered).joined(separator: Element.listSeparator) }
+}
 extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
 extension Optional: ConfigRenderable where Wrapped: ConfigRenderable { var rendered: String { map(\.rendered) ?? "auto" } }
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }

@@ -5,12 +5,6 @@ import Testing
 import Yams
 @testable import KioskdDaemon
 
-let repositoryRoot: String = {
-    var path = #filePath
-    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
-    return path
-}()
-
 @Suite("Configuration")
 struct ConfigTests {
     func load(_ yaml: String, env: [String: String] = [:]) throws -> Config {
