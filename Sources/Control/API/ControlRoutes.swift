@@ -24,7 +24,10 @@ public struct ControlRoutes: Sendable {
         self.tree = tree
     }
 
-    public func router(allowlist: PeerAllowlist) -> Router<ControlContext> {
+    public func router(allowlist: PeerAllowlist) -> Router<ControlContext> { table(allowlist: allowlist).router }
+
+    /// The router with every route, and what was registered (openapi.json documents exactly that).
+    func table(allowlist: PeerAllowlist) -> MethodTable {
         let router = Router(context: ControlContext.self)
         router.middlewares.add(JSONErrors())
         router.middlewares.add(PeerCheck(allowlist: allowlist))
@@ -81,15 +84,8 @@ public struct ControlRoutes: Sendable {
             return json(TaskJSON.task(task), status: created ? .created : .ok)
         }
         routes.get("/v1/tasks") { request, _ in
-            let states = try query(request, "state", as: String.self).map { text throws(APIError) in
-                try Set(text.split(separator: ",").map { name throws(APIError) in
-                    guard let s = TaskState(rawValue: String(name)) else {
-                        throw APIError.badRequest("state must be among \(TaskState.allCases.map(\.rawValue).joined(separator: ", ")), got '\(name)'")
-                    }
-                    return s
-                })
-            }
-            let limit = try query(request, "limit", as: Int.self, 1...1000) ?? 100
+            let states = try query(request, "state", as: String.self).map { text throws(APIError) in try QueryRules.states(text) }
+            let limit = try query(request, "limit", as: Int.self, QueryRules.taskLimit) ?? QueryRules.taskLimitDefault
             return json(JSONWriter.array(try await service.store.tasks(states: states, limit: limit).map(TaskJSON.task)))
         }
         routes.get("/v1/tasks/{id}") { _, context in
@@ -109,14 +105,14 @@ public struct ControlRoutes: Sendable {
         }
         routes.get("/v1/tasks/{id}/events") { request, context in
             let id = try context.parameters.require("id")
-            var since = try query(request, "since", as: Int.self, 0...Int.max) ?? 0
+            var since = try query(request, "since", as: Int.self, QueryRules.since) ?? 0
             if let resume = request.headers[HTTPField.Name("Last-Event-ID")!], let n = Int(resume), n >= 0 { since = n }
             if request.headers[.accept]?.contains("text/event-stream") == true {
                 _ = try await service.task(id)
                 return stream(id, after: Int64(since))
             }
-            let limit = try query(request, "limit", as: Int.self, 1...1000) ?? 500
-            let wait = try query(request, "wait", as: Int.self, 0...25).map { Duration.seconds($0) }
+            let limit = try query(request, "limit", as: Int.self, QueryRules.eventLimit) ?? QueryRules.eventLimitDefault
+            let wait = try query(request, "wait", as: Int.self, QueryRules.eventWaitSeconds).map { Duration.seconds($0) }
             let events = try await service.events(id, since: Int64(since), limit: limit, wait: wait)
             return json(JSONWriter.array(events.map(TaskJSON.event)))
         }
@@ -131,7 +127,7 @@ public struct ControlRoutes: Sendable {
             return json(w.text, status: .created)
         }
         routes.refuseOtherMethods()
-        return router
+        return routes
     }
 
     /// Server-sent events: each stored event as `id: seq`, `event: type`, `data: {…}`; a comment

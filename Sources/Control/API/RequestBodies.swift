@@ -1,6 +1,7 @@
 import Essentials
 import FoundationEssentials
 import Kiosk
+import Store
 import ViewerInput
 
 /// A JSON object body read strictly: unknown fields, wrong types and out-of-range values are
@@ -26,13 +27,27 @@ struct BodyFields {
         self.object = object
     }
 
+    /// A non-empty string of at most `maxLength` UTF-8 bytes.
     func string(_ name: String, maxLength: Int, required: Bool = false) throws(APIError) -> String? {
+        guard let s = try anyString(name, required: required) else { return nil }
+        guard !s.isEmpty, s.utf8.count <= maxLength else { throw .badRequest("field '\(name)' must be 1–\(maxLength) bytes") }
+        return s
+    }
+
+    /// A non-empty string of at most `maxCharacters` Unicode code points: what JSON Schema's
+    /// `maxLength` counts, for free text (its bytes are at most 4 × that).
+    func text(_ name: String, maxCharacters: Int) throws(APIError) -> String? {
+        guard let s = try anyString(name, required: false) else { return nil }
+        guard !s.isEmpty, s.unicodeScalars.count <= maxCharacters else { throw .badRequest("field '\(name)' must be 1–\(maxCharacters) characters") }
+        return s
+    }
+
+    private func anyString(_ name: String, required: Bool) throws(APIError) -> String? {
         guard let value = object[name], value != .null else {
             if required { throw .badRequest("field '\(name)' is required") }
             return nil
         }
         guard let s = value.string else { throw .badRequest("field '\(name)' must be a string") }
-        guard !s.isEmpty, s.utf8.count <= maxLength else { throw .badRequest("field '\(name)' must be 1–\(maxLength) bytes") }
         return s
     }
 
@@ -80,6 +95,12 @@ public struct CreateTask: Sendable, Equatable {
     public var metadata: String?
 
     static let fields: Set<String> = ["task_id", "url", "width", "height", "input", "timeout_s", "max_lifetime_s", "metadata"]
+    /// `timeout_s`: how long the task may take to be running.
+    static let timeoutSeconds = 1...3600
+    /// `max_lifetime_s`: from creation, at most a week.
+    static let maxLifetimeSeconds = 10...7 * 86400
+    /// `metadata`, re-encoded compactly with sorted keys; more is 413 field_too_large.
+    static let metadataMaxBytes = 16 * 1024
 
     public init(taskID: String? = nil, url: String, width: Int? = nil, height: Int? = nil, input: ViewerRole? = nil,
                 timeoutSeconds: Int? = nil, maxLifetimeSeconds: Int? = nil, metadata: String? = nil) {
@@ -102,9 +123,9 @@ public struct CreateTask: Sendable, Equatable {
         width = try f.integer("width", SessionRules.width)
         height = try f.integer("height", SessionRules.height)
         input = try f.choice("input", ViewerRole.self)
-        timeoutSeconds = try f.integer("timeout_s", 1...3600)
-        maxLifetimeSeconds = try f.integer("max_lifetime_s", 10...7 * 86400)
-        metadata = try f.objectText("metadata", maxBytes: 16 * 1024)
+        timeoutSeconds = try f.integer("timeout_s", Self.timeoutSeconds)
+        maxLifetimeSeconds = try f.integer("max_lifetime_s", Self.maxLifetimeSeconds)
+        metadata = try f.objectText("metadata", maxBytes: Self.metadataMaxBytes)
     }
 
     /// The request as stored: sorted keys, only what was given, so a retry with the same
@@ -127,14 +148,20 @@ struct AppendEvent {
     let type: String
     let data: String
 
+    /// `type`: 1–64 of a–z, 0–9, '_', '.', '-' (ASCII, so bytes and characters alike).
+    static let typeMaxBytes = 64
+    static let typePattern = "^[a-z0-9_.-]{1,\(typeMaxBytes)}$"
+    /// `data`, re-encoded compactly with sorted keys; more is 413 field_too_large.
+    static let dataMaxBytes = 64 * 1024
+
     init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: ["type", "data"])
-        let type = try f.string("type", maxLength: 64, required: true)!
+        let type = try f.string("type", maxLength: Self.typeMaxBytes, required: true)!
         guard type.utf8.allSatisfy({ c in (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2E || c == 0x2D }) else {
             throw .badRequest("field 'type' may hold only a–z, 0–9, '_', '.', '-'")
         }
         self.type = type
-        data = try f.objectText("data", maxBytes: 64 * 1024) ?? "{}"
+        data = try f.objectText("data", maxBytes: Self.dataMaxBytes) ?? "{}"
     }
 }
 
@@ -143,10 +170,15 @@ struct EndRequest {
     let reason: String?
     let result: String?
 
+    /// `reason`: free text, 1–1024 characters (Unicode code points, as JSON Schema counts).
+    static let reasonMaxCharacters = 1024
+    /// `result` (complete only), re-encoded compactly with sorted keys; more is 413 field_too_large.
+    static let resultMaxBytes = 64 * 1024
+
     init(body: [UInt8], allowResult: Bool) throws(APIError) {
         let f = try BodyFields(body, allowed: allowResult ? ["reason", "result"] : ["reason"])
-        reason = try f.string("reason", maxLength: 1024)
-        result = allowResult ? try f.objectText("result", maxBytes: 64 * 1024) : nil
+        reason = try f.text("reason", maxCharacters: Self.reasonMaxCharacters)
+        result = allowResult ? try f.objectText("result", maxBytes: Self.resultMaxBytes) : nil
     }
 }
 
@@ -155,10 +187,39 @@ struct TokenRequest {
     let role: ViewerRole
     let ttl: Int
 
+    /// `ttl_s`: the token's lifetime.
+    static let ttlSeconds = 10...3600
+    static let ttlDefault = 300
+
     init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: ["role", "ttl_s"])
         guard let role = try f.choice("role", ViewerRole.self) else { throw .badRequest("field 'role' is required (view or control)") }
         self.role = role
-        ttl = try f.integer("ttl_s", 10...3600) ?? 300
+        ttl = try f.integer("ttl_s", Self.ttlSeconds) ?? Self.ttlDefault
+    }
+}
+
+/// The query parameters' ranges and defaults.
+enum QueryRules {
+    /// `GET /v1/tasks?limit=`.
+    static let taskLimit = 1...1000
+    static let taskLimitDefault = 100
+    /// `GET /v1/tasks/{id}/events?limit=`.
+    static let eventLimit = 1...1000
+    static let eventLimitDefault = 500
+    /// `GET /v1/tasks/{id}/events?wait=`: seconds a long poll may hold the request.
+    static let eventWaitSeconds = 0...25
+    /// `GET /v1/tasks/{id}/events?since=`: an event seq (int64).
+    static let since = 0...Int.max
+    /// `GET /v1/tasks?state=`: comma-separated task states (OpenAPI: an array, style form,
+    /// explode false). Empty is the empty list (no task matches); an empty item is an error.
+    static func states(_ text: String) throws(APIError) -> Set<TaskState> {
+        guard !text.isEmpty else { return [] }
+        return try Set(text.split(separator: ",", omittingEmptySubsequences: false).map { name throws(APIError) in
+            guard let s = TaskState(rawValue: String(name)) else {
+                throw APIError.badRequest("state must be among \(TaskState.allCases.map(\.rawValue).joined(separator: ", ")), got '\(name)'")
+            }
+            return s
+        })
     }
 }
