@@ -36,8 +36,8 @@ struct BodyFields {
 
     /// A non-empty string of at most `maxCharacters` Unicode code points: what JSON Schema's
     /// `maxLength` counts, for free text (its bytes are at most 4 × that).
-    func text(_ name: String, maxCharacters: Int) throws(APIError) -> String? {
-        guard let s = try anyString(name, required: false) else { return nil }
+    func text(_ name: String, maxCharacters: Int, required: Bool = false) throws(APIError) -> String? {
+        guard let s = try anyString(name, required: required) else { return nil }
         guard !s.isEmpty, s.unicodeScalars.count <= maxCharacters else { throw .badRequest("field '\(name)' must be 1–\(maxCharacters) characters") }
         return s
     }
@@ -118,7 +118,7 @@ public struct CreateTask: Sendable, Equatable {
         let f = try BodyFields(body, allowed: Self.fields)
         taskID = try f.string("task_id", maxLength: SessionRules.idMaxBytes)
         if let id = taskID, !SessionRules.isValidID(id) { throw .badRequest("field 'task_id' must be \(SessionRules.idRule)") }
-        url = try f.string("url", maxLength: SessionRules.urlMaxBytes, required: true)!
+        url = try f.text("url", maxCharacters: SessionRules.urlMaxLength, required: true)!
         guard SessionRules.isValidURL(url) else { throw .badRequest("field 'url' must be \(SessionRules.urlRule)") }
         width = try f.integer("width", SessionRules.width)
         height = try f.integer("height", SessionRules.height)

@@ -18,13 +18,16 @@ public enum SessionRules {
     }
 
     /// The page a kiosk opens: a web page, or an inline or blank one. No file:, chrome: or
-    /// javascript: URL: each would open the host or the browser to the viewer.
-    public static let urlMaxBytes = 8192
+    /// javascript: URL: each would open the host or the browser to the viewer. Its length is
+    /// counted in code points, as JSON Schema's `maxLength` counts.
+    public static let urlMaxLength = 8192
     public static let urlSchemes = ["http://", "https://", "about:", "data:"]
     public static let urlPattern = "^(https?://|about:|data:)"
-    public static let urlRule = "an http(s), about: or data: URL of at most 8192 bytes"
+    public static let urlRule = "an http(s), about: or data: URL of at most 8192 characters"
 
+    /// The scheme is compared byte by byte: as Characters, a combining mark right after it would
+    /// merge with its last character and hide it.
     public static func isValidURL(_ url: String) -> Bool {
-        !url.isEmpty && url.utf8.count <= urlMaxBytes && urlSchemes.contains { url.hasPrefix($0) }
+        !url.isEmpty && url.unicodeScalars.count <= urlMaxLength && urlSchemes.contains { url.utf8.starts(with: $0.utf8) }
     }
 }

@@ -155,8 +155,8 @@ struct OpenAPIDocumentTests {
         #expect(range(p["timeout_s"]) == CreateTask.timeoutSeconds)
         #expect(range(p["max_lifetime_s"]) == CreateTask.maxLifetimeSeconds)
         #expect(p["url"]["pattern"].string == SessionRules.urlPattern)
-        #expect(p["url"]["maxLength"].int == SessionRules.urlMaxBytes && p["url"]["minLength"].int == 1)
-        #expect(p["url"]["description"].string?.contains("\(SessionRules.urlMaxBytes) bytes") == true)
+        #expect(p["url"]["maxLength"].int == SessionRules.urlMaxLength && p["url"]["minLength"].int == 1)
+        #expect(p["url"]["description"].string?.contains("\(SessionRules.urlMaxLength) characters") == true)
         #expect(Set(p["input"]["enum"].strings) == Set(ViewerRole.allCases.map(\.rawValue)))
         #expect(p["metadata"]["description"].string?.contains("\(CreateTask.metadataMaxBytes) bytes") == true)
         // An optional field given as null is one left out: the document says so, the parser does so.
@@ -168,21 +168,16 @@ struct OpenAPIDocumentTests {
         // The url's pattern and bounds say what isValidURL does.
         let url = p["url"]
         for sample in ["http://x", "https://example.com/a?b#c", "about:blank", "data:text/html,<p>", "", "file:///etc/passwd", "javascript:alert(1)",
-                       "chrome://settings", "HTTP://x", " https://x", "https:/x", "https://" + String(repeating: "a", count: SessionRules.urlMaxBytes - 8),
-                       "https://" + String(repeating: "a", count: SessionRules.urlMaxBytes - 7), "https://例え.jp/"] {
+                       "chrome://settings", "HTTP://x", " https://x", "https:/x", "https://" + String(repeating: "a", count: SessionRules.urlMaxLength - 8),
+                       "https://" + String(repeating: "a", count: SessionRules.urlMaxLength - 7), "https://例え.jp/"] {
             #expect(accepts(url, sample) == ((try? CreateTask(body: body(["url": sample]))) != nil), "url \(sample.prefix(40).debugDescription)")
         }
-        // Two disagreements that live in SessionRules.isValidURL (not the document): it compares
-        // the scheme by Characters, so a combining mark or emoji modifier right after "about:"
-        // fails it; and it counts UTF-8 bytes, where JSON Schema's maxLength counts code points.
-        withKnownIssue("SessionRules.isValidURL: hasPrefix compares grapheme clusters, not the scheme's bytes") {
-            for sample in ["about:\u{1F3FB}", "https://\u{301}x"] {
-                #expect(accepts(url, sample) == ((try? CreateTask(body: body(["url": sample]))) != nil), "url \(sample.debugDescription)")
-            }
-        }
-        withKnownIssue("SessionRules.urlMaxBytes counts UTF-8 bytes; the document's maxLength counts code points") {
-            let sample = "https://" + String(repeating: "é", count: SessionRules.urlMaxBytes / 2)
-            #expect(accepts(url, sample) == ((try? CreateTask(body: body(["url": sample]))) != nil), "url of \(sample.unicodeScalars.count) code points, \(sample.utf8.count) bytes")
+        // The scheme is compared by bytes (a combining mark or emoji modifier right after it
+        // must not hide it) and the length in code points, as the document's maxLength counts.
+        for sample in ["about:\u{1F3FB}", "https://\u{301}x", "https://" + String(repeating: "é", count: SessionRules.urlMaxLength - 8),
+                       "https://" + String(repeating: "é", count: SessionRules.urlMaxLength - 7)] {
+            #expect(accepts(url, sample) == ((try? CreateTask(body: body(["url": sample]))) != nil),
+                    "url of \(sample.unicodeScalars.count) code points, \(sample.utf8.count) bytes: \(sample.prefix(12).debugDescription)")
         }
     }
 
