@@ -230,7 +230,7 @@ struct ServeTests {
         defer { removeTree(dir) }
         let (python, daemon) = try await pythonAndDaemon(displays: "850-899", ports: "42000-42999")
         let output = dir + "/example.out"
-        let status = try await runToExit(python, [repositoryRoot + "/docs/examples/kioskd_client.py", "--socket", dir + "/run/control.sock",
+        let status = try await runToExit(python, [repositoryRoot + "/clients/python/examples/walkthrough.py", "--socket", dir + "/run/control.sock",
                                                   "--url", "data:text/html,<title>py</title>python"],
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(90), output: output)
         #expect(status == 0, "\((try? readText(output)) ?? "")")
