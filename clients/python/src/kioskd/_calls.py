@@ -27,8 +27,9 @@ MAX_WAIT_S = 25
 SSE_KEEPALIVE_S = 15
 """The daemon writes a comment this often on an idle stream."""
 
-# An error answer worth repeating an idempotent request for: the store was briefly away.
-_RETRY_CODES = frozenset({"store_unavailable"})
+# Error answers worth repeating an idempotent request for: the store was briefly away, or the
+# daemon is stopping (systemd starts it again; an event stream then resumes where it was).
+_RETRY_CODES = frozenset({"store_unavailable", "shutting_down"})
 
 OPERATIONS: dict[str, str] = {
     "health": "health",

@@ -207,7 +207,13 @@ class Kioskd:
                                 yield event
                 # The daemon ends the stream once the task is final; make sure nothing is
                 # left (an event stored after the final state is fetched by the next round).
-                task = self.get_task(task_id)
+                try:
+                    task = self.get_task(task_id)
+                except KioskdError as e:
+                    # The daemon went away as it ended the stream (a restart): reconnect.
+                    if not calls.retryable(e):
+                        raise
+                    raise _Retry(e) from None
                 if task.state.final and task.last_event <= last:
                     return
                 continue

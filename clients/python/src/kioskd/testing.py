@@ -69,9 +69,12 @@ class KioskdProcess:
 
     def start(self, timeout: float = 60.0) -> "KioskdProcess":
         """Starts `kioskd serve` and returns once its control socket answers GET /v1/health
-        and its public listener GET /health."""
+        and its public listener GET /health. After `stop()`, starts it again on the same
+        directory, store and port (a restart)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("kioskd is running: stop() it first")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "KIOSKD_LOG_FORMAT": "text"}
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([self.binary, "serve", "--config", self.config_path], env=env,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
