@@ -171,6 +171,12 @@ public actor Session {
 
         do {
             try await supervisor.waitReady()
+        } catch is CancellationError {
+            // The caller gave up (kioskd is stopping): the tree stops in order, and the session
+            // gives back what it took before this returns.
+            supervisor.shutdown()
+            _ = await session.runner?.value
+            throw CancellationError()
         } catch {
             let reason = "\(error)"
             _ = await session.runner?.value

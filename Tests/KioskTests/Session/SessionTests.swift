@@ -1,3 +1,4 @@
+import Essentials
 import Kiosk
 import KioskdTestSupport
 import Logging
@@ -181,6 +182,30 @@ struct SessionTests {
         }
         // Checked once the fixture has stopped every session.
         for info in infos { #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(info.directory)").isEmpty) }
+    }
+
+    /// kioskd stopping while a session boots: the caller's cancellation stops the tree in order
+    /// and the session gives back everything before `create` returns (it once waited forever).
+    @Test(.timeLimit(.minutes(1))) func aStartGivenUpStopsItsTreeAndLeavesNothing() async throws {
+        try await SessionFixture.with { f in
+            _ = try await f.manager.start()
+            let mark = f.recorder.count
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await #expect(throws: CancellationError.self) {
+                        try await f.manager.create(SessionSettings(id: "given-up", url: testPage("given-up"), width: 800, height: 600))
+                    }
+                }
+                // Given up once its X server is up, while the programs after it still start.
+                try await f.waitFor("xvfb ready", session: "given-up", after: mark) { if case .ready("xvfb", _) = $0 { true } else { false } }
+                group.cancelAll()
+                try await group.waitForAll()
+            }
+            #expect(await f.manager.session("given-up") == nil)
+            #expect(await f.manager.list().isEmpty)
+            #expect(processesWithEnvironment(containing: "KIOSKD_SESSION=\(f.dir)/sessions/").isEmpty, "no program of it is left")
+            #expect(directoryEntries(f.dir + "/sessions").isEmpty, "its directory is gone")
+        }
     }
 
     @Test func theSweeperRemovesWhatADeadRunLeft() async throws {
