@@ -84,7 +84,9 @@ public enum X11VNC {
                                        onLine: onLine)),
             restart: .permanent,
             shutdown: .timeout(.seconds(2)),
-            readiness: .unixSocket(path: s.socket, banner: banner),
+            // The probe speaks RFB first, as a viewer does, so libvncserver greets it at once
+            // instead of sniffing a silent client for 100 ms (docs/notes/cgroups-and-cold-start.md).
+            readiness: .unixSocket(path: s.socket, banner: banner, hello: banner + "\n"),
             readyTimeout: .seconds(10))
     }
 }

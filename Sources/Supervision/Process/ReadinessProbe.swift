@@ -5,15 +5,19 @@ import Essentials
 import Glibc
 #endif
 
-/// What "started" means for a child. Probes that must retry (connect, GET, file) back off from
-/// 5 ms to 100 ms between attempts; the others wait on the event itself.
+/// What "started" means for a child. Probes that must retry back off from 5 ms to 10 ms between
+/// connects and GETs (a refused connect costs microseconds, a late one up to a server's own
+/// accept pace) and to 100 ms between looks for a file or a custom check; the others wait on the
+/// event itself.
 public enum ReadinessProbe: Sendable {
     /// The child writes a line to its notify fd (`ProcessSpec.notifyFD`); the line is the detail.
     case notifyFD
     /// A TCP connect to host:port succeeds (and the server's first bytes start with `banner`).
     case tcp(host: String, port: Int, banner: String? = nil)
-    /// A connect to a Unix socket succeeds (and the first bytes start with `banner`).
-    case unixSocket(path: String, banner: String? = nil)
+    /// A connect to a Unix socket succeeds (and the first bytes start with `banner`). `hello` is
+    /// sent right after connecting: an RFB server (libvncserver) waits 100 ms for a silent client
+    /// to speak (WebSocket/TLS sniffing) before it greets.
+    case unixSocket(path: String, banner: String? = nil, hello: String? = nil)
     /// `GET path` on host:port answers with a 2xx status.
     case http(host: String, port: Int, path: String)
     /// A file exists, written since this incarnation was launched (a file left by the previous
@@ -30,7 +34,7 @@ public enum ReadinessProbe: Sendable {
         switch self {
         case .notifyFD: "a line on its notify fd"
         case .tcp(let h, let p, let b): "tcp \(h):\(p)" + (b.map { " greeting with \"\($0)\"" } ?? "")
-        case .unixSocket(let path, let b): "unix socket \(path)" + (b.map { " greeting with \"\($0)\"" } ?? "")
+        case .unixSocket(let path, let b, _): "unix socket \(path)" + (b.map { " greeting with \"\($0)\"" } ?? "")
         case .http(let h, let p, let path): "GET http://\(h):\(p)\(path) answering 2xx"
         case .file(let path): "file \(path) to appear"
         case .logLine(let text): "an output line containing \"\(text)\""
@@ -58,15 +62,15 @@ func awaitReadiness(_ probe: ReadinessProbe, since launch: timespec, instance: P
         guard let taskReady else { throw ProbeFailure(description: "the signaled probe needs a task child") }
         return try await taskReady.wait()
     case .tcp(let host, let port, let banner):
-        return try await retrying { try await blocking { try connectProbe(.tcp(host, port), banner: banner) } }
-    case .unixSocket(let path, let banner):
-        return try await retrying { try await blocking { try connectProbe(.unix(path), banner: banner) } }
+        return try await retrying(upTo: .milliseconds(10)) { try await blocking { try connectProbe(.tcp(host, port), banner: banner, hello: nil) } }
+    case .unixSocket(let path, let banner, let hello):
+        return try await retrying(upTo: .milliseconds(10)) { try await blocking { try connectProbe(.unix(path), banner: banner, hello: hello) } }
     case .http(let host, let port, let path):
-        return try await retrying { try await blocking { try httpProbe(host: host, port: port, path: path) } }
+        return try await retrying(upTo: .milliseconds(10)) { try await blocking { try httpProbe(host: host, port: port, path: path) } }
     case .file(let path):
-        return try await retrying { modified(path, since: launch) ? path : nil }
+        return try await retrying(upTo: .milliseconds(100)) { modified(path, since: launch) ? path : nil }
     case .custom(let check):
-        return try await retrying { try await check() ? "" : nil }
+        return try await retrying(upTo: .milliseconds(100)) { try await check() ? "" : nil }
     }
 }
 
@@ -84,13 +88,13 @@ private func modified(_ path: String, since launch: timespec) -> Bool {
     return m.tv_sec > launch.tv_sec || (m.tv_sec == launch.tv_sec && m.tv_nsec >= launch.tv_nsec)
 }
 
-private func retrying(_ attempt: () async throws -> String?) async throws -> String {
+private func retrying(upTo longest: Duration, _ attempt: () async throws -> String?) async throws -> String {
     var pause = Duration.milliseconds(5)
     while true {
         try Task.checkCancellation()
         if let detail = try await attempt() { return detail }
         try await Task.sleep(for: pause)
-        pause = min(pause * 2, .milliseconds(100))
+        pause = min(pause * 2, longest)
     }
 }
 
@@ -106,11 +110,18 @@ private enum Endpoint {
     case unix(String)
 }
 
-/// Connects with a short timeout; returns nil while the peer is not there yet.
-private func connectProbe(_ endpoint: Endpoint, banner: String?) throws -> String? {
+/// Connects with a short timeout; returns nil while the peer is not there yet. A greeting gets a
+/// second: x11vnc accepts only every 200 ms while it has no client, so a probe that gave up
+/// sooner paid that wait again on its next connect.
+private func connectProbe(_ endpoint: Endpoint, banner: String?, hello: String?) throws -> String? {
     guard let fd = connectSocket(endpoint) else { return nil }
     defer { close(fd) }
     guard let banner else { return "connected" }
+    setTimeouts(fd, receive: .seconds(1))
+    if let hello {
+        let bytes = Array(hello.utf8)
+        guard bytes.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else { return nil }
+    }
     let expected = Array(banner.utf8)
     var got: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 256)
@@ -204,10 +215,11 @@ private func connectSocket(_ endpoint: Endpoint) -> Int32? {
     }
 }
 
-private func setTimeouts(_ fd: Int32) {
-    var tv = timeval(tv_sec: 0, tv_usec: 250_000)
+private func setTimeouts(_ fd: Int32, receive: Duration = .milliseconds(250)) {
+    var send = timeval(tv_sec: 0, tv_usec: 250_000)
+    var tv = timeval(tv_sec: Int(receive.components.seconds), tv_usec: Int(receive.components.attoseconds / 1_000_000_000_000))
     _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send, socklen_t(MemoryLayout<timeval>.size))
 }
 
 extension String {

@@ -29,6 +29,13 @@ struct SpecTests {
             return
         }
         #expect(p.rlimits == [ResourceLimit(.nofile, soft: 8192)], "a huge NOFILE makes each connect take minutes")
+        let spec = X11VNC.childSpec(.init(display: 42, authFile: "/a", socket: "/s/vnc.sock", input: .control), credentials: nil, environment: [:])
+        guard case .unixSocket(let path, let banner, let hello)? = spec.readiness else {
+            Issue.record("x11vnc is ready when its socket greets")
+            return
+        }
+        #expect(path == "/s/vnc.sock" && banner == "RFB 003.008")
+        #expect(hello == "RFB 003.008\n", "a silent probe waits out libvncserver's 100 ms sniffing")
     }
 
     @Test func chromiumIsAKioskWithItsOwnProfileAndCDPOnLoopbackAndTheSandboxStaysOn() {

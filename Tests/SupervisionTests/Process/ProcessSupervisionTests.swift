@@ -280,6 +280,38 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    /// A server that greets only once its client has spoken (libvncserver makes a silent client
+    /// wait 100 ms): the probe's `hello` gets the greeting; without it the probe never does.
+    @Test func aUnixSocketProbeSpeaksFirstWhenToldTo() async throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        let python = try systemProgram("/usr/bin/python3", package: "python3")
+        let server = """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
+            while True:
+                c, _ = s.accept()
+                if c.recv(64).startswith(b"RFB 003.008"): c.sendall(b"RFB 003.008\\n")
+                c.close()
+            """
+        func greeter(_ id: String, hello: String?) -> ChildSpec {
+            ChildSpec(id: id, kind: .process(ProcessSpec(executable: python, arguments: ["-c", server, dir + "/\(id).sock"])),
+                      readiness: .unixSocket(path: dir + "/\(id).sock", banner: "RFB 003.008", hello: hello), readyTimeout: .seconds(3))
+        }
+        let spoken = try supervisor(.oneForOne, [greeter("spoken", hello: "RFB 003.008\n")])
+        let run = launch(spoken)
+        try await spoken.waitReady()
+        #expect(try await ready("spoken") == "RFB 003.008")
+        _ = await stopAndWait(spoken, run)
+
+        let silent = try supervisor(.oneForOne, [greeter("silent", hello: nil)], name: "silent")
+        guard case .failedToStart(_, let reason) = await silent.run() else {
+            Issue.record("a silent probe must not get this server's greeting")
+            return
+        }
+        #expect(reason.contains("not ready within 3 s"), "\(reason)")
+    }
+
     @Test func aFileLeftByThePreviousIncarnationDoesNotMakeTheNextOneReady() async throws {
         let dir = try makeTempDir()
         defer { removeTree(dir) }
