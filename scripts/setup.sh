@@ -29,6 +29,7 @@ PACKAGES=(
   "novnc:/usr/share/novnc/vnc.html"        # the viewer page
   "imagemagick:/usr/bin/import"            # screenshots of a session's display (demo, tests)
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # pages render text
+  "prometheus:/usr/bin/promtool"           # tests: promtool checks and unit-tests contrib/prometheus's rules
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -15,6 +15,9 @@ systemd-analyze verify "$unit_dir/kioskd.service"
 echo "[test] imports: every target imports only what docs/ARCHITECTURE.md allows"
 python3 scripts/check-imports.py
 
+echo "[test] prometheus rules: promtool check and unit tests"
+scripts/check-prometheus.sh
+
 echo "[test] swift test"
 # One suite at a time: most suites boot real Chromium sessions, and on CI's two cores suites
 # side by side starved each other's readiness waits (timeouts, not failures of what they test).
