@@ -63,6 +63,7 @@ let package = Package(
             dependencies: [
                 "Essentials", "Supervision", "Display", "ViewerInput",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "WSClient", package: "swift-websocket"),
             ]
         ),

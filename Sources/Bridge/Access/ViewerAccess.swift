@@ -1,6 +1,7 @@
 import Control
 import HTTPTypes
 import Hummingbird
+import Metrics
 import Store
 import ViewerInput
 
@@ -28,7 +29,17 @@ public struct ViewerAccess: Sendable {
         self.target = target
     }
 
+    /// The grant, or the refusal (counted by its code in `kioskd_bridge_refused_total`).
     public func authorize(_ request: Request) async throws -> Grant {
+        do {
+            return try await grant(request)
+        } catch let refusal as APIError {
+            Counter(label: "kioskd_bridge_refused_total", dimensions: [("reason", refusal.code)]).increment()
+            throw refusal
+        }
+    }
+
+    private func grant(_ request: Request) async throws -> Grant {
         try checkOrigin(request)
         let query = request.uri.queryParameters
         guard let taskID = query.get("task_id") ?? query.get("session_id"), !taskID.isEmpty else {

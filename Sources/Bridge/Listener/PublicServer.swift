@@ -77,8 +77,10 @@ public struct PublicServer: Sendable {
         return router
     }
 
+    /// A viewer turned away at the limit (counted: made only to be answered).
     static func full(_ task: String, _ limit: Int) -> APIError {
-        APIError(.serviceUnavailable, "viewer_limit", "task '\(task)' already has \(limit) viewers (public.max_viewers)")
+        Counter(label: "kioskd_bridge_refused_total", dimensions: [("reason", "viewer_limit")]).increment()
+        return APIError(.serviceUnavailable, "viewer_limit", "task '\(task)' already has \(limit) viewers (public.max_viewers)")
     }
 
     /// An upgrade request: authorized (else refused, and the HTTP route says why), a place

@@ -79,6 +79,7 @@ public actor TaskService {
     /// created before it starts wait in the queue. Running tasks keep their state when it ends
     /// (kioskd is stopping: the next start interrupts them).
     public nonisolated func run() async {
+        await recordCapacity()
         await withDiscardingTaskGroup { group in
             group.addTask { await self.followSessions() }
             group.addTask { await self.enforceDeadlines() }
@@ -174,6 +175,15 @@ public actor TaskService {
             }
             post.yield(.boot(task, request))
         }
+        recordCapacity()
+    }
+
+    /// The capacity as gauges, for the autoscaler and the alerts (docs/metrics.md).
+    private func recordCapacity() {
+        Gauge(label: "kioskd_tasks_active").record(active.count)
+        Gauge(label: "kioskd_tasks_queued").record(queue.count)
+        Gauge(label: "kioskd_sessions_max").record(limits.maxSessions)
+        Gauge(label: "kioskd_draining").record(draining ? 1 : 0)
     }
 
     /// Boots the task's session; the task is running once it is ready, failed if it cannot be.
@@ -254,6 +264,7 @@ public actor TaskService {
     private func finished(_ task: TaskRecord) async {
         deadlines.remove(task.id)
         queue.removeAll { $0.id == task.id }
+        recordCapacity()
         guard active.contains(task.id) else { return }
         let id = task.id, state = task.state
         if task.session == nil && state != .cancelled && state != .timedOut && state != .interrupted {
@@ -346,6 +357,7 @@ public actor TaskService {
     /// Takes no new tasks from now on; running ones go on.
     public func drain() -> (active: Int, queued: Int) {
         draining = true
+        recordCapacity()
         logger.notice("draining: no new tasks")
         return (active.count, queue.count)
     }

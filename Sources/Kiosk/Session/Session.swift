@@ -2,6 +2,7 @@ import Display
 import Essentials
 import FoundationEssentials
 import Logging
+import Metrics
 import Supervision
 
 #if canImport(Glibc)
@@ -235,6 +236,12 @@ public actor Session {
         case .failedToStart: SessionEnd(reason: outcome.description, failed: true)
         case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)" + (lastFailure.map { "; last failure: \($0)" } ?? ""), failed: true)
         }
+        let cause = switch outcome {
+        case .normal: stopReason == nil ? "exited" : "stopped"
+        case .failedToStart: "failed_to_start"
+        case .gaveUp: "restart_budget_spent"
+        }
+        Counter(label: "kioskd_sessions_ended_total", dimensions: [("cause", cause)]).increment()
         self.end = end
         state = .ended
         sink.publish(.ended(end))

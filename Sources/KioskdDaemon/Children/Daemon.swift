@@ -54,7 +54,8 @@ public struct Daemon {
                     ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
                     SessionsChild.spec(config, manager: sessions, logger: logger),
                     ControlChild.spec(config, environment: environment, sessions: sessions, published: service,
-                                      metrics: { var out: [UInt8] = []; registry.emit(into: &out); return out }, logger: logger) {
+                                      metrics: { var out: [UInt8] = []; registry.emit(into: &out); return out + Array(ProcessMetrics.exposition().utf8) },
+                                      logger: logger) {
                         await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
                     },
                     PublicChild.spec(config, service: service, sessions: sessions, logger: logger),
