@@ -78,7 +78,7 @@ if [ "$(id -u)" -eq 0 ] && ! getent passwd kioskd >/dev/null; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  # Python clients run in the tests, from PyPI in a venv: httpx (docs/examples/kioskd_client.py),
+  # Python clients run in the tests, from PyPI in a venv: httpx (clients/python/examples/walkthrough.py),
   # Playwright (the agent library; connect_over_cdp needs no browser download) and supervisor
   # (the peer in the benchmarks' smoke run).
   if [ ! -x .build/venv/bin/supervisord ] || ! .build/venv/bin/python3 -c "import httpx, playwright" 2>/dev/null; then

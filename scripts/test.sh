@@ -23,6 +23,9 @@ echo "[test] swift test"
 # side by side starved each other's readiness waits (timeouts, not failures of what they test).
 swift test --skip-build --no-parallel "$@"
 
+echo "[test] Python: the client package and the FastAPI layer against the daemon"
+scripts/test-python.sh "$(swift build --show-bin-path)/kioskd"
+
 # Every benchmark part, with tiny counts, as a fresh clone runs it: so none can rot unseen.
 echo "[test] benchmarks: smoke run of every part"
 "$(swift build --show-bin-path)/kioskd-bench" --smoke --supervisord .build/venv/bin/supervisord

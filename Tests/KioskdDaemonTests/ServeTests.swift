@@ -214,8 +214,6 @@ struct ServeTests {
         #expect(directoryEntries(dir + "/run/sessions").isEmpty, "no session directory left")
     }
 
-    /// The repository's root, for docs/examples and the venv scripts/setup.sh --tests makes.
-
     /// The tests' venv Python (scripts/setup.sh --tests installs httpx and playwright there) and
     /// a daemon whose sessions use `displays` and `ports`, its control socket serving.
     func pythonAndDaemon(displays: String, ports: String) async throws -> (python: String, daemon: DaemonProcess) {
