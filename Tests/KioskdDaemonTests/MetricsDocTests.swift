@@ -10,16 +10,19 @@ import ViewerInput
 import Glibc
 #endif
 
-/// docs/metrics.md lists every metric kioskd exports (name, type, labels) and the ones the
-/// Prometheus rules wait for. Held to the code from three sides: the metrics the sources register
-/// (a scan of every swift-metrics constructor under Sources/), what a real daemon serves at
-/// GET /metrics, and the names contrib/prometheus/kioskd.rules.yml uses.
+/// docs/metrics.md lists every metric kioskd exports (name, type, labels): the swift-metrics ones
+/// in its first table, the process metrics the daemon writes itself in their own table, and the
+/// proposed ones. Held to the code from three sides: the metrics the sources register (a scan of
+/// every swift-metrics constructor under Sources/) and the process metrics ProcessMetrics writes
+/// (a scan of its name and type literals), what a real daemon serves at GET /metrics, and the
+/// names contrib/prometheus/kioskd.rules.yml uses.
 ///
 /// A series appears only at its first event, so the daemon cannot be made to serve everything
-/// (a viewer pressing a grabbed key needs a session, a browser and a VNC client): the scan is
-/// what holds the whole table to the code, both ways; the daemon shows that what is really
+/// (a viewer pressing a grabbed key needs a session, a browser and a VNC client): the scans are
+/// what hold the whole tables to the code, both ways; the daemon shows that what is really
 /// served (library metrics too, whatever registers them) is documented with its type and labels,
-/// and that the metrics it is made to produce here do appear.
+/// that every process metric is served (they are written at every scrape), and that the metrics
+/// it is made to produce here do appear.
 @Suite("Metrics documentation")
 struct MetricsDocTests {
     let doc: MetricsDoc
@@ -34,7 +37,8 @@ struct MetricsDocTests {
         #expect(!registered.isEmpty, "the scan found no metric at all: has the way metrics are made changed?")
         for (name, metric) in registered.sorted(by: { $0.key < $1.key }) {
             guard let documented = doc.exported[name] else {
-                let hint = doc.proposed.contains(name) ? " (it is listed under Proposed metrics: move it to the first table)" : ""
+                let hint = doc.proposed.contains(name) ? " (it is listed under Proposed metrics: move it to the first table)"
+                    : doc.process[name] != nil ? " (it is in the process metrics' table, which is for what ProcessMetrics writes: move it to the first table)" : ""
                 Issue.record("\(name) (\(metric.type), labels \(metric.labels.sorted())) is registered in \(metric.file) but not in docs/metrics.md's table\(hint)")
                 continue
             }
@@ -43,6 +47,40 @@ struct MetricsDocTests {
         }
         let stale = Set(doc.exported.keys).subtracting(registered.keys)
         #expect(stale.isEmpty, "documented but registered nowhere under Sources/: \(stale.sorted())")
+    }
+
+    /// The process metrics are written as text by the daemon (not swift-metrics constructors):
+    /// their table is held to ProcessMetrics.swift's literals, both ways.
+    @Test func theProcessTableListsExactlyWhatProcessMetricsWrites() throws {
+        let file = "Sources/KioskdDaemon/Systemd/ProcessMetrics.swift"
+        let (written, problems) = processMetrics(in: try readText(repositoryRoot + "/" + file))
+        #expect(problems.isEmpty, "\(file): \(problems)")
+        #expect(!written.isEmpty, "the scan of \(file) found no process metric: has the way they are written changed?")
+        for (name, type) in written.sorted(by: { $0.key < $1.key }) {
+            guard let documented = doc.process[name] else {
+                Issue.record("\(name) (\(type)) is written by \(file) but not in docs/metrics.md's process metrics table")
+                continue
+            }
+            #expect(documented.type == type, "\(name): documented as \(documented.type), written as a \(type) by \(file)")
+            #expect(documented.labels.isEmpty, "\(name): documented with labels \(documented.labels.sorted()), written without any by \(file)")
+        }
+        let stale = Set(doc.process.keys).subtracting(written.keys)
+        #expect(stale.isEmpty, "in the process metrics table but not written by \(file): \(stale.sorted())")
+    }
+
+    /// That scan, on the forms it must read and the ones it must refuse.
+    @Test func theProcessScanReadsNamesAndTypes() {
+        let (found, problems) = processMetrics(in: """
+            metric("process_a_seconds", "gauge", value)
+            metric( "process_b_total" ,
+                    "counter", nil)
+            // metric("process_commented", "gauge", 1)
+            let event = "process_restarted"
+            out += "# TYPE process_c gauge\\n"
+            """)
+        #expect(found == ["process_a_seconds": "gauge", "process_b_total": "counter"])
+        #expect(problems.count == 2 && problems.contains { $0.contains("process_restarted") } && problems.contains { $0.contains("process_c") },
+                "\(problems)")
     }
 
     /// The scan itself, on every form it must read (and the ones it must refuse or skip).
@@ -74,10 +112,16 @@ struct MetricsDocTests {
         let name = try Regex(#"(?:^|[^A-Za-z0-9_])((?:kioskd|process)_[a-z0-9_]+)"#).anchorsMatchLineEndings()
         let used = Set(rules.matches(of: name).map { String(rules[$0.output[1].range!]) })
         #expect(used.contains("kioskd_tasks_finished_total"), "the scan of the rules found \(used.sorted())")
-        let unknown = used.subtracting(doc.exported.keys).subtracting(doc.proposed)
+        #expect(used.contains("process_start_time_seconds"), "the scan of the rules found \(used.sorted())")
+        let unknown = used.subtracting(doc.exported.keys).subtracting(doc.process.keys).subtracting(doc.proposed)
         #expect(unknown.isEmpty, "kioskd.rules.yml uses metrics docs/metrics.md does not list: \(unknown.sorted())")
-        let both = doc.proposed.intersection(doc.exported.keys)
-        #expect(both.isEmpty, "listed as exported and as proposed: \(both.sorted())")
+        let proposed = used.intersection(doc.proposed)
+        #expect(proposed.isEmpty, "kioskd.rules.yml uses metrics that are only proposed: \(proposed.sorted())")
+        for (a, b, names) in [("exported", "proposed", doc.proposed.intersection(doc.exported.keys)),
+                              ("exported", "a process metric", Set(doc.process.keys).intersection(doc.exported.keys)),
+                              ("a process metric", "proposed", doc.proposed.intersection(doc.process.keys))] {
+            #expect(names.isEmpty, "listed as \(a) and as \(b): \(names.sorted())")
+        }
     }
 
     /// Label values that come from the code's own enums are all named in the metric's section.
@@ -143,10 +187,14 @@ struct MetricsDocTests {
             try await daemon.log.wait(for: "the task's session to end", after: mark, timeout: .seconds(30)) { $0.contains("sessions/metrics-doc: stopped") }
         }
 
-        // A connection refused by the public listener: the first one is answered (so it holds
-        // this address's place, kept alive), the second is over the per-address cap.
+        // A viewer refused by a route (no token: counted by its error code), then a connection
+        // refused by the public listener: the first one is answered (so it holds this address's
+        // place, kept alive), the second is over the per-address cap.
         let first = try connectLoopback(port: port)
         defer { close(first) }
+        sendAll(first, Array("GET /viewer?task_id=metrics-doc HTTP/1.1\r\nHost: kioskd\r\n\r\n".utf8))
+        let viewer = readAnswer(first, untilComplete: true)
+        #expect(viewer.status == 401 && viewer.code == "token_missing", "\(viewer)")
         sendAll(first, Array("GET /health HTTP/1.1\r\nHost: kioskd\r\n\r\n".utf8))
         let health = readAnswer(first, untilComplete: true)
         #expect(health.status == 200, "\(health)")
@@ -155,13 +203,21 @@ struct MetricsDocTests {
         let refused = readAnswer(second, untilComplete: true)
         #expect(refused.status == 429, "\(refused)")
 
-        let answer = try await client.request(.GET, "/metrics")
+        // A session ends after its supervisor reports it stopped (it gives back its display and
+        // ports first): its count may follow the log line by a moment.
+        let sessionEnded = #"kioskd_sessions_ended_total{cause="stopped"} 1"#
+        var answer = try await client.request(.GET, "/metrics")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while created.text.contains(#""state":"running""#), !answer.text.contains(sessionEnded), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            answer = try await client.request(.GET, "/metrics")
+        }
         #expect(answer.status == 200)
         #expect(answer.headers["Content-Type"].first?.hasPrefix("text/plain") == true, "\(answer.headers)")
         let served = try Exposition(text: answer.text)
 
         for (name, type) in served.types.sorted(by: { $0.key < $1.key }) {
-            guard let documented = doc.exported[name] else {
+            guard let documented = doc.exported[name] ?? doc.process[name] else {
                 Issue.record("served but not in docs/metrics.md: \(name) (\(type))")
                 continue
             }
@@ -170,17 +226,30 @@ struct MetricsDocTests {
         for sample in served.samples {
             let family = served.family(of: sample.name)
             #expect(served.types[family] != nil, "a sample without a # TYPE line: \(sample.line)")
-            guard let documented = doc.exported[family] else { continue }
+            guard let documented = doc.exported[family] ?? doc.process[family] else { continue }
             // A histogram's buckets carry `le` on top of the metric's own labels.
             let own = sample.labels.subtracting(sample.name.hasSuffix("_bucket") ? ["le"] : [])
             #expect(own == documented.labels, "\(sample.line): documented labels \(documented.labels.sorted())")
         }
-        // What this test made happen is served.
+        // The process metrics are written at every scrape: all of them are served.
+        let missing = Set(doc.process.keys).subtracting(served.types.keys)
+        #expect(missing.isEmpty, "process metrics documented but not served: \(missing.sorted())\n\(answer.text)")
+        // process_start_time_seconds is in Unix seconds: this daemon started a moment ago.
+        if let started = served.samples.first(where: { $0.name == "process_start_time_seconds" }).flatMap({ Double($0.value) }) {
+            let now = Double(time(nil))
+            #expect(started > now - 600 && started <= now + 5, "process_start_time_seconds \(started), now \(now)")
+        }
+        // What this test made happen is served, and the capacity gauges from the start.
         for name in ["kioskd_tasks_created_total", "kioskd_tasks_finished_total", "kioskd_bridge_refused_total",
-                     "kioskd_bridge_open_connections", "kioskd_bridge_accept_paused_total"] {
+                     "kioskd_bridge_open_connections", "kioskd_bridge_accept_paused_total",
+                     "kioskd_tasks_active", "kioskd_tasks_queued", "kioskd_sessions_max", "kioskd_draining"] {
             #expect(served.types[name] != nil, "\(name) is not served after its event:\n\(answer.text)")
         }
         #expect(answer.text.contains(#"kioskd_bridge_refused_total{reason="per_peer"} 1"#), "\(answer.text)")
+        #expect(answer.text.contains(#"kioskd_bridge_refused_total{reason="token_missing"} 1"#), "\(answer.text)")
+        if created.text.contains(#""state":"running""#) {
+            #expect(answer.text.contains(sessionEnded), "\(answer.text)")
+        }
 
         daemon.signal(SIGTERM)
         #expect(try await daemon.waitExit() == 0, "\(daemon.stderr.suffix(2000))")
@@ -197,6 +266,8 @@ struct MetricsDoc {
 
     /// The table right under "## Exported metrics" (not the ones in its subsections).
     var exported: [String: Metric] = [:]
+    /// The table right under "## Process metrics": what the daemon writes itself.
+    var process: [String: Metric] = [:]
     /// The names of the table under "## Proposed metrics".
     var proposed: Set<String> = []
     /// Each "#### `name`" section's text, up to the next heading.
@@ -222,15 +293,17 @@ struct MetricsDoc {
             let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { trimmed($0, " ") }
             guard cells.count >= 4 else { continue }
             let name = cells[1].filter { $0 != "`" }
-            if heading == "## Exported metrics" {
-                guard exported[name] == nil else { throw TestFailure("docs/metrics.md lists \(name) twice") }
+            if heading == "## Exported metrics" || heading == "## Process metrics" {
+                guard exported[name] == nil, process[name] == nil else { throw TestFailure("docs/metrics.md lists \(name) twice") }
                 let labels = cells[3].split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
-                exported[name] = Metric(type: cells[2], labels: Set(labels))
+                let metric = Metric(type: cells[2], labels: Set(labels))
+                if heading == "## Exported metrics" { exported[name] = metric } else { process[name] = metric }
             } else if heading == "## Proposed metrics" {
                 proposed.insert(name)
             }
         }
         guard !exported.isEmpty else { throw TestFailure("docs/metrics.md has no table under '## Exported metrics'") }
+        guard !process.isEmpty else { throw TestFailure("docs/metrics.md has no table under '## Process metrics'") }
     }
 }
 
@@ -290,6 +363,36 @@ func registeredMetrics(under root: String) -> (metrics: [String: RegisteredMetri
     return (metrics, problems)
 }
 
+// MARK: - What ProcessMetrics writes
+
+/// The process metrics in ProcessMetrics.swift's text: each name is a `"process_…"` literal
+/// followed by its type's literal (`metric("process_open_fds", "gauge", …)`). A `process_` literal
+/// without a type after it is a problem: it could be a metric written another way.
+func processMetrics(in text: String) -> (metrics: [String: String], problems: [String]) {
+    let literal = try! Regex(#""(process_[a-z0-9_]+)"(\s*,\s*"(counter|gauge|histogram|summary|untyped)")?"#)
+    let other = try! Regex(#"process_[a-z0-9_]+"#)
+    var metrics: [String: String] = [:]
+    var problems: [String] = []
+    // Comment lines left out (a comment after code is read as code).
+    let code = text.split(separator: "\n", omittingEmptySubsequences: false).filter { !trimmed($0, " \t").hasPrefix("//") }.joined(separator: "\n")
+    var covered: [Range<String.Index>] = []
+    for match in code.matches(of: literal) {
+        covered.append(match.range)
+        let name = String(code[match.output[1].range!])
+        guard let typeRange = match.output[3].range else {
+            problems.append("\"\(name)\" without a type literal after it")
+            continue
+        }
+        let type = String(code[typeRange])
+        if let known = metrics[name], known != type { problems.append("\(name) written as a \(known) and as a \(type)") }
+        metrics[name] = type
+    }
+    for match in code.matches(of: other) where !covered.contains(where: { $0.contains(match.range.lowerBound) }) {
+        problems.append("\(code[match.range]) outside a name literal")
+    }
+    return (metrics, problems)
+}
+
 /// `text` without the characters of `set` at either end.
 func trimmed<S: StringProtocol>(_ text: S, _ set: String) -> String {
     String(text.drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
@@ -314,6 +417,8 @@ struct Exposition {
         var name: String
         var labels: Set<String>
         var line: String
+        /// The number after the name and labels, as written.
+        var value: String
     }
 
     var types: [String: String] = [:]
@@ -353,8 +458,10 @@ struct Exposition {
                 if i < chars.count, chars[i] == "," { i += 1 }
             }
             guard i < chars.count else { throw TestFailure("a malformed sample: \(line)") }
+            i += 1
         }
-        return Sample(name: name, labels: labels, line: line)
+        let value = String(chars[min(i, chars.count)...]).split(separator: " ").first.map(String.init) ?? ""
+        return Sample(name: name, labels: labels, line: line, value: value)
     }
 
     /// The metric a sample belongs to: a histogram's `_bucket`, `_sum` and `_count` are its own.
