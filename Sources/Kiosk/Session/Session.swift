@@ -175,8 +175,7 @@ public actor Session {
         } catch is CancellationError {
             // The caller gave up (kioskd is stopping): the tree stops in order, and the session
             // gives back what it took before this returns.
-            supervisor.shutdown()
-            _ = await session.runner?.value
+            await session.stop(reason: "its start was given up")
             throw CancellationError()
         } catch {
             let reason = "\(error)"
