@@ -147,17 +147,7 @@ struct MetricsDocTests {
         let config = dir + "/kioskd.yaml"
         // Two connections at most, one per address: a second one from here is refused (per_peer)
         // and fills the listener (accept paused).
-        try writeFile(config, """
-            state:
-              dir: \(dir)/state
-            runtime:
-              dir: \(dir)/run
-            control:
-              socket: \(dir)/run/control.sock
-            public:
-              listen: 127.0.0.1:\(port)
-              max_connections: 2
-              max_connections_per_ip: 1
+        try writeFile(config, testDaemonConfig(dir: dir, port: port, publicKeys: ["max_connections: 2", "max_connections_per_ip: 1"], """
             sessions:
               displays: 970-979
               ports: 45000-45999
@@ -165,7 +155,7 @@ struct MetricsDocTests {
               timeout: 10s
             programs:
               []
-            """)
+            """))
         let notify = try NotifyListener(path: dir + "/notify.sock")
         defer { notify.close() }
         let daemon = try DaemonProcess(executable: kioskd, arguments: ["serve", "--config", config],

@@ -18,16 +18,7 @@ struct PublicFloodTests {
         defer { removeTree(dir) }
         let port = try freePort()
         let path = dir + "/kioskd.yaml"
-        try writeFile(path, """
-            state:
-              dir: \(dir)/state
-            runtime:
-              dir: \(dir)/run
-            control:
-              socket: \(dir)/run/control.sock
-            public:
-              listen: 127.0.0.1:\(port)
-            """)
+        try writeFile(path, testDaemonConfig(dir: dir, port: port))
         let notify = try NotifyListener(path: dir + "/notify.sock")
         defer { notify.close() }
         let daemon = try DaemonProcess(executable: prlimit, arguments: ["--nofile=190:190", kioskd, "serve", "--config", path],

@@ -29,21 +29,13 @@ struct ServeTests {
 
     func config(_ programs: String, extra: String = "supervisor:\n  backoff:\n    initial: 20ms") throws -> String {
         let path = dir + "/kioskd.yaml"
-        try writeFile(path, """
-            state:
-              dir: \(dir)/state
-            runtime:
-              dir: \(dir)/run
-            control:
-              socket: \(dir)/run/control.sock
-            public:
-              listen: 127.0.0.1:\(try freePort())
+        try writeFile(path, testDaemonConfig(dir: dir, port: try freePort(), """
             shutdown:
               timeout: 10s
             \(extra)
             programs:
             \(programs)
-            """)
+            """))
         return path
     }
 

@@ -139,6 +139,23 @@ public enum Thread {
     }
 }
 
+/// The configuration every test daemon starts from: its state, runtime directory and control
+/// socket in `dir`, the public listener on loopback `port`; `publicKeys` are more `public:`
+/// lines, `rest` more sections (YAML, from column 0).
+public func testDaemonConfig(dir: String, port: Int, publicKeys: [String] = [], _ rest: String = "") -> String {
+    """
+    state:
+      dir: \(dir)/state
+    runtime:
+      dir: \(dir)/run
+    control:
+      socket: \(dir)/run/control.sock
+    public:
+      listen: 127.0.0.1:\(port)
+    \(publicKeys.map { "  " + $0 + "\n" }.joined())\(rest)
+    """
+}
+
 /// Children of `pid` that are zombies (exited, not reaped).
 public func zombieChildren(of pid: Int32) -> [Int32] {
     allPIDs().filter { p in

@@ -497,6 +497,8 @@ struct ProcessSupervisionTests {
         let sup = try supervisor(.oneForOne, [ChildSpec(id: "inner", kind: .supervisor(inner))], name: "root")
         let run = launch(sup)
         try await sup.waitReady()
+        // The events reach the recorder on their own task: wait for the last one to be recorded.
+        _ = try await ready("inner")
         let order = recorder.events.compactMap { e -> String? in
             if case .ready(let c, _) = e.kind { return c }
             return nil
