@@ -65,12 +65,15 @@ public struct ControlRoutes: Sendable {
             w.field("draining", c.draining)
             return json(w.text)
         }
-        routes.post("/v1/drain") { _, _ in
-            let (active, queued) = await service.drain()
+        routes.post("/v1/drain") { request, _ in
+            let wait = try query(request, "wait", as: Int.self, QueryRules.drainWaitSeconds)
+            var (active, queued) = await service.drain()
+            if let wait, active + queued > 0 { (active, queued) = await service.waitDrained(timeout: .seconds(wait)) }
             var w = JSONWriter()
             w.field("status", "draining")
             w.field("active", Int64(active))
             w.field("queued", Int64(queued))
+            w.field("drained", active + queued == 0)
             return json(w.text)
         }
 

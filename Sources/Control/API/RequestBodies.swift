@@ -209,6 +209,9 @@ enum QueryRules {
     static let eventLimitDefault = 500
     /// `GET /v1/tasks/{id}/events?wait=`: seconds a long poll may hold the request.
     static let eventWaitSeconds = 0...25
+    /// `POST /v1/drain?wait=`: seconds to wait for the last task to end (a scale-in hook's
+    /// budget, over the Unix socket: no gateway cuts it).
+    static let drainWaitSeconds = 0...3600
     /// `GET /v1/tasks/{id}/events?since=`: an event seq (int64).
     static let since = 0...Int.max
     /// `GET /v1/tasks?state=`: comma-separated task states (OpenAPI: an array, style form,

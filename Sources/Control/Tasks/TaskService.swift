@@ -26,6 +26,8 @@ public actor TaskService {
     public nonisolated let appended = Broadcast<EventRecord>()
     /// Every stored state change (the task as stored), for `wait=true`.
     public nonisolated let changes = Broadcast<TaskRecord>()
+    /// Tasks holding a slot and waiting for one, after every change of either (a drain waits on it).
+    nonisolated let load = Broadcast<(active: Int, queued: Int)>()
     nonisolated let logger: Logger
 
     /// Work the actor hands to `run()`'s group: it may not start tasks of its own.
@@ -178,8 +180,9 @@ public actor TaskService {
         recordCapacity()
     }
 
-    /// The capacity as gauges, for the autoscaler and the alerts (docs/metrics.md).
+    /// The capacity as gauges, for the autoscaler and the alerts (docs/metrics.md), and on `load`.
     private func recordCapacity() {
+        load.publish((active.count, queue.count))
         Gauge(label: "kioskd_tasks_active").record(active.count)
         Gauge(label: "kioskd_tasks_queued").record(queue.count)
         Gauge(label: "kioskd_sessions_max").record(limits.maxSessions)
@@ -360,6 +363,22 @@ public actor TaskService {
         recordCapacity()
         logger.notice("draining: no new tasks")
         return (active.count, queue.count)
+    }
+
+    /// Waits (bounded) until no task holds a slot or waits for one — a session's slot is given
+    /// back once it has ended, after its task's final state. Returns what is left.
+    public nonisolated func waitDrained(timeout: Duration) async -> (active: Int, queued: Int) {
+        let updates = load.subscribe()
+        let now = await capacity()
+        guard now.active + now.queued > 0 else { return (now.active, now.queued) }
+        if let left = try? await withTimeout(timeout, "the last task to end", {
+            for await left in updates where left.active + left.queued == 0 { return left }
+            throw CancellationError()
+        }) {
+            return left
+        }
+        let left = await capacity()
+        return (left.active, left.queued)
     }
 
     public func capacity() -> (max: Int, active: Int, queued: Int, draining: Bool) {

@@ -184,14 +184,18 @@ struct TokenCommand: AsyncParsableCommand {
 }
 
 struct DrainCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "drain", abstract: "Take no new tasks; running ones go on.")
+    static let configuration = CommandConfiguration(
+        commandName: "drain", abstract: "Take no new tasks; running ones go on.",
+        discussion: "With --wait, returns once no task is left or after that many seconds (exit 1 if some are): a scale-in hook or ExecStop.")
     @OptionGroup var options: ClientOptions
+    @Option(help: "Seconds to wait for the last task to end (0–3600).") var wait: Int?
 
     func run() async throws {
-        let answer = try await options.call(.POST, "/v1/drain")
+        let answer = try await options.call(.POST, "/v1/drain" + (wait.map { "?wait=\($0)" } ?? ""))
         if !options.json {
             print("draining: \(answer["active"].map(integer) ?? "?") active, \(answer["queued"].map(integer) ?? "?") queued")
         }
+        if wait != nil, answer["drained"]?.bool != true { throw ExitCode(1) }
     }
 }
 

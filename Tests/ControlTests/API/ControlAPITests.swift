@@ -247,6 +247,23 @@ struct ControlAPITests {
         }
     }
 
+    /// What a scale-in hook does: drain, and wait for the last task (its slot is given back once
+    /// its session has ended). A wakeup that never came would hold the second drain for an hour.
+    @Test(.timeLimit(.minutes(1))) func aDrainWithWaitAnswersOnceTheLastTaskHasEndedOrAtItsDeadline() async throws {
+        try await ControlHarness.with { h in
+            _ = try await h.client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"last","url":"https://example.com/"}"#)
+            let early = try ControlHarness.json(try await h.client.request(.POST, "/v1/drain?wait=1"))
+            #expect(early["active"]?.int == 1 && early["queued"]?.int == 0 && early["drained"] == .bool(false), "at its deadline, what is left")
+            #expect(try await h.client.request(.POST, "/v1/drain?wait=3601").status == 400, "an hour at most")
+
+            async let drained = h.client.request(.POST, "/v1/drain?wait=3600")
+            #expect(try await h.client.request(.POST, "/v1/tasks/last/stop", json: "{}").status == 200)
+            let answer = try ControlHarness.json(try await drained)
+            #expect(answer["active"]?.int == 0 && answer["queued"]?.int == 0 && answer["drained"] == .bool(true), "\(answer)")
+            #expect(await h.service.capacity().active == 0)
+        }
+    }
+
     @Test func aRestartMarksUnfinishedTasksInterruptedWithAnEvent() async throws {
         let dir = try makeTempDir("kioskd-control")
         defer { removeTree(dir) }

@@ -140,7 +140,9 @@ struct OpenAPIDocumentTests {
         let since = try #require(parameter("/v1/tasks/{id}/events", "get", "since"))["schema"]
         #expect(range(since) == QueryRules.since, "int64's maximum, exactly")
         #expect(since["format"].string == "int64" && since["default"].int == 0)
-        for schema in [taskLimit, eventLimit, wait, since] { #expect(schema["type"].string == "integer") }
+        let drainWait = try #require(parameter("/v1/drain", "post", "wait"))["schema"]
+        #expect(range(drainWait) == QueryRules.drainWaitSeconds)
+        for schema in [taskLimit, eventLimit, wait, since, drainWait] { #expect(schema["type"].string == "integer") }
         #expect(try #require(parameter("/v1/tasks", "post", "wait"))["schema"]["type"].string == "boolean")
     }
 

@@ -41,3 +41,13 @@ def test_a_drained_daemon_takes_no_new_task_and_running_ones_go_on(draining_daem
         assert client.append_event(task.task_id, "agent.step").type == "agent.step"
         assert client.drain().status == "draining", "draining again is harmless"
         assert client.stop_task(task.task_id).state is TaskState.CANCELLED
+
+
+def test_a_drain_with_wait_answers_when_the_last_task_has_ended(draining_daemon: KioskdProcess) -> None:
+    with draining_daemon.client() as client:
+        # The module's first test drained this daemon and stopped its task: nothing is left.
+        done = client.drain(wait=5)
+        assert (done.active, done.queued, done.drained) == (0, 0, True)
+        with pytest.raises(KioskdError) as refused:
+            client.drain(wait=3601)
+        assert (refused.value.status, refused.value.code) == (400, "invalid_request")

@@ -171,8 +171,9 @@ def capacity() -> Call:
     return Call("GET", "/v1/capacity", _one(Capacity), idempotent=True)
 
 
-def drain() -> Call:
-    return Call("POST", "/v1/drain", _one(Drain), idempotent=True)
+def drain(wait: int | None) -> Call:
+    return Call("POST", "/v1/drain", _one(Drain), params={"wait": wait} if wait is not None else None,
+                wait_s=wait or 0, idempotent=True)
 
 
 def metrics() -> Call:

@@ -89,9 +89,11 @@ class AsyncKioskd:
         """GET /v1/capacity: session slots (max, active, queued, available) and draining."""
         return await self._send(calls.capacity())
 
-    async def drain(self) -> Drain:
-        """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on."""
-        return await self._send(calls.drain())
+    async def drain(self, wait: int | None = None) -> Drain:
+        """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on.
+        With `wait` (seconds, ≤ 3600), answers once no task is left or at that deadline:
+        `drained` says which."""
+        return await self._send(calls.drain(wait))
 
     async def sessions(self) -> list[Session]:
         """GET /v1/sessions: the running kiosk sessions."""

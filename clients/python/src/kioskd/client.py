@@ -88,9 +88,11 @@ class Kioskd:
         """GET /v1/capacity: session slots (max, active, queued, available) and draining."""
         return self._send(calls.capacity())
 
-    def drain(self) -> Drain:
-        """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on."""
-        return self._send(calls.drain())
+    def drain(self, wait: int | None = None) -> Drain:
+        """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on.
+        With `wait` (seconds, ≤ 3600), answers once no task is left or at that deadline:
+        `drained` says which."""
+        return self._send(calls.drain(wait))
 
     def sessions(self) -> list[Session]:
         """GET /v1/sessions: the running kiosk sessions."""

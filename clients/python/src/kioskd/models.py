@@ -157,6 +157,7 @@ class Drain:
     status: Literal["draining"] | None = None
     active: int | None = None
     queued: int | None = None
+    drained: bool | None = None
 
 
 @_model
