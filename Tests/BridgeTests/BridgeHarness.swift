@@ -73,7 +73,7 @@ struct BridgeHarness {
                 _ = try? await session.releaseHeldInput()
             }
         }
-        let server = PublicServer(access: access, settings: settings, tls: tls) { false }
+        let server = PublicServer(access: access, settings: settings, tls: tls)
         let bound = OnceValue<Int>()
         return try await withBackground({
             try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })

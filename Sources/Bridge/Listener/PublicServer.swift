@@ -16,21 +16,19 @@ public struct PublicContext: RequestContext {
     }
 }
 
-/// The public listener: ALB health, the VNC WebSocket bridge, the noVNC viewer page.
+/// The public listener: ALB health, the host's pressure, the VNC WebSocket bridge, the noVNC
+/// viewer page. Health and pressure read the task service the viewers' access uses.
 public struct PublicServer: Sendable {
     let access: ViewerAccess
     let settings: BridgeSettings
     let viewers: ViewerRegistry
-    /// Set by a drain: health answers 503 so the load balancer moves on.
-    let draining: @Sendable () async -> Bool
     let tls: NIOSSLContext?
 
     /// `tls`: serve HTTPS/WSS (for direct exposure; behind a load balancer that ends TLS, nil).
-    public init(access: ViewerAccess, settings: BridgeSettings, tls: NIOSSLContext? = nil, draining: @escaping @Sendable () async -> Bool) {
+    public init(access: ViewerAccess, settings: BridgeSettings, tls: NIOSSLContext? = nil) {
         self.access = access
         self.settings = settings
         self.tls = tls
-        self.draining = draining
         viewers = ViewerRegistry(limit: settings.maxViewers)
     }
 
@@ -56,11 +54,31 @@ public struct PublicServer: Sendable {
     func httpRouter() -> Router<PublicContext> {
         let router = Router(context: PublicContext.self)
         router.middlewares.add(PublicErrors())
-        let access = self.access, draining = self.draining, viewers = self.viewers, settings = self.settings
+        let access = self.access, viewers = self.viewers, settings = self.settings
+        // Liveness only (one broken session never makes the host unhealthy); a drain makes it
+        // 503 so the load balancer moves on.
         router.get("/health") { _, _ in
-            await draining()
+            await access.service.capacity().draining
                 ? Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"draining"}"#)))
                 : Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"healthy"}"#)))
+        }
+        // Whether a new task would start here now: 200 while it would, 503 when every session
+        // slot is taken or the host drains — for the API layer's target group or a scaling
+        // policy, never for the viewers' (a full host still serves its tasks' viewers).
+        router.get("/pressure") { _, _ in
+            let c = await access.service.capacity()
+            let accepting = !c.draining && c.active < c.max
+            var w = JSONWriter()
+            w.field("accepting", accepting)
+            w.field("reason", c.draining ? "draining" : accepting ? nil : "full")
+            w.field("max_sessions", Int64(c.max))
+            w.field("active", Int64(c.active))
+            w.field("queued", Int64(c.queued))
+            w.field("available", Int64(max(0, c.max - c.active)))
+            w.field("draining", c.draining)
+            var headers: HTTPFields = [.contentType: "application/json"]
+            if !accepting { headers[.retryAfter] = "5" }
+            return Response(status: accepting ? .ok : .serviceUnavailable, headers: headers, body: .init(byteBuffer: ByteBuffer(string: w.text + "\n")))
         }
         // Reached without an upgrade (or when the upgrade was refused): the same checks, so a
         // refusal is a status with a JSON body, never a bare close.

@@ -18,7 +18,7 @@ enum PublicChild {
                 let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt)) { id in
                     await target(sessions, id)
                 }
-                let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener)) { await service.capacity().draining }
+                let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener))
                 try await server.run(host: config.publicListener.listen.host, port: config.publicListener.listen.port, logger: logger) { port in
                     context.markReady("listening on \(config.publicListener.listen.host):\(port)")
                 }

@@ -22,13 +22,13 @@ struct ListenerHarness {
 
     /// A harness for `body`: the listener and the service run beside it and are cancelled and
     /// awaited once it ends; then the store is closed and the directory removed.
-    static func with<T>(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil,
+    static func with<T>(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil, limits: TaskLimits = TaskLimits(),
                         _ body: (ListenerHarness) async throws -> T) async throws -> T {
         let dir = try makeTempDir("kioskd-listener-\(name)")
         defer { removeTree(dir) }
         let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
         do {
-            let result = try await serve(store, dir: dir, settings: settings, external: external, body)
+            let result = try await serve(store, dir: dir, settings: settings, external: external, limits: limits, body)
             await store.close()
             return result
         } catch {
@@ -37,20 +37,20 @@ struct ListenerHarness {
         }
     }
 
-    private static func serve<T>(_ store: any TaskStore, dir: String, settings: BridgeSettings, external: ExternalTokens?,
+    private static func serve<T>(_ store: any TaskStore, dir: String, settings: BridgeSettings, external: ExternalTokens?, limits: TaskLimits,
                                  _ body: (ListenerHarness) async throws -> T) async throws -> T {
         var logger = Logger(label: "test.listener")
         logger.logLevel = .critical
         try await store.migrate()
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
-        let service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: TaskLimits(),
+        let service = TaskService(store: store, sessions: NoSessions(), tokens: tokens, limits: limits,
                                   template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
         _ = try await service.interruptUnfinished()
         let nowhere = dir + "/no-x11vnc.sock"
         let access = ViewerAccess(service: service, settings: settings, external: external) { _ in
             BridgeTarget(vncSocket: nowhere, websockify: nil) {}
         }
-        let server = PublicServer(access: access, settings: settings) { false }
+        let server = PublicServer(access: access, settings: settings)
         let bound = OnceValue<Int>()
         return try await withBackground({ [logger] in
             try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })
@@ -79,7 +79,9 @@ struct ListenerHarness {
 /// Sessions are never started here.
 final class NoSessions: SessionProvider {
     let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
+    /// Fails at once; a page named "hold" boots until kioskd stops (it holds a slot).
     func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
+        if settings.url.contains("hold") { await untilCancelled() }
         throw SessionError.failedToStart(id: settings.id, reason: "no sessions in this harness")
     }
     func stopSession(_ id: String, reason: String) async {}

@@ -43,6 +43,33 @@ struct ListenerTests {
         }
     }
 
+    /// What the API layer's target group or a scaling policy reads: 200 while a new task would
+    /// start here, 503 (with Retry-After and the reason) when every slot is taken or the host
+    /// drains; /health stays liveness until the drain.
+    @Test func thePressureEndpointSaysWhetherANewTaskWouldStartHere() async throws {
+        try await ListenerHarness.with("pressure", limits: TaskLimits(maxSessions: 1)) { h in
+            func pressure() throws -> (status: Int, body: JSONValue, retryAfter: Bool) {
+                let answer = try h.exchange("GET /pressure HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return (answer.status, try JSONDecoder().decode(JSONValue.self, from: Data(answer.body.utf8)), answer.head.lowercased().contains("retry-after: 5"))
+            }
+            var now = try pressure()
+            #expect(now.status == 200 && now.body["accepting"] == .bool(true) && now.body["available"]?.number == 1 && !now.retryAfter, "\(now)")
+
+            // The one slot taken by a task whose session is still booting: full.
+            _ = try await h.service.create(CreateTask(taskID: "holder", url: "data:text/html,hold"))
+            #expect(await h.service.capacity().active == 1)
+            now = try pressure()
+            #expect(now.status == 503 && now.body["reason"] == "full" && now.body["active"]?.number == 1 && now.retryAfter, "\(now)")
+            #expect(try h.exchange("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 200, "full is not unhealthy")
+
+            _ = try await h.service.command("holder", .cancel, reason: "test")
+            _ = await h.service.drain()
+            now = try pressure()
+            #expect(now.status == 503 && now.body["reason"] == "draining" && now.body["draining"] == .bool(true), "\(now)")
+            #expect(try h.exchange("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status == 503)
+        }
+    }
+
     @Test func aHalfSentRequestOrASilentConnectionIsAnswered408AtTheHeaderDeadline() async throws {
         var settings = BridgeSettings()
         settings.headerTimeout = .seconds(1)
