@@ -1,6 +1,7 @@
 import Control
 import Display
 import Essentials
+import FoundationEssentials
 import KioskdTestSupport
 import Store
 import Testing
@@ -170,11 +171,20 @@ struct MetricsDocTests {
         // session boots waits 5 s for the boot and is not what this test is about.
         let created = try await client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"metrics-doc","url":"data:text/html,<title>m</title>m"}"#)
         #expect((200..<300).contains(created.status), "\(created.text)")
-        let mark = daemon.log.count
         let stopped = try await client.request(.POST, "/v1/tasks/metrics-doc/stop", json: "{}")
         #expect(stopped.status == 200 || stopped.status == 409, "\(stopped.text)")
         if created.text.contains(#""state":"running""#) {
-            try await daemon.log.wait(for: "the task's session to end", after: mark, timeout: .seconds(30)) { $0.contains("sessions/metrics-doc: stopped") }
+            // A session's end is counted before it is published, so its task's session_ended
+            // event comes after the count: long-poll the task's events for it.
+            let deadline = ContinuousClock.now + .seconds(30)
+            var since = 0, ended = false
+            while !ended, ContinuousClock.now < deadline {
+                let page = try await client.request(.GET, "/v1/tasks/metrics-doc/events?since=\(since)&wait=10")
+                let events = try JSONDecoder().decode(JSONValue.self, from: Data(page.body)).array ?? []
+                ended = events.contains { $0["type"]?.string == "session_ended" }
+                since = events.last?["seq"]?.number.map { Int($0) } ?? since
+            }
+            #expect(ended, "the task's session_ended event within 30 s")
         }
 
         // A viewer refused by a route (no token: counted by its error code), then a connection
@@ -193,15 +203,7 @@ struct MetricsDocTests {
         let refused = readAnswer(second, untilComplete: true)
         #expect(refused.status == 429, "\(refused)")
 
-        // A session ends after its supervisor reports it stopped (it gives back its display and
-        // ports first): its count may follow the log line by a moment.
-        let sessionEnded = #"kioskd_sessions_ended_total{cause="stopped"} 1"#
-        var answer = try await client.request(.GET, "/metrics")
-        let deadline = ContinuousClock.now + .seconds(10)
-        while created.text.contains(#""state":"running""#), !answer.text.contains(sessionEnded), ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(100))
-            answer = try await client.request(.GET, "/metrics")
-        }
+        let answer = try await client.request(.GET, "/metrics")
         #expect(answer.status == 200)
         #expect(answer.headers["Content-Type"].first?.hasPrefix("text/plain") == true, "\(answer.headers)")
         let served = try Exposition(text: answer.text)
@@ -238,7 +240,7 @@ struct MetricsDocTests {
         #expect(answer.text.contains(#"kioskd_bridge_refused_total{reason="per_peer"} 1"#), "\(answer.text)")
         #expect(answer.text.contains(#"kioskd_bridge_refused_total{reason="token_missing"} 1"#), "\(answer.text)")
         if created.text.contains(#""state":"running""#) {
-            #expect(answer.text.contains(sessionEnded), "\(answer.text)")
+            #expect(answer.text.contains(#"kioskd_sessions_ended_total{cause="stopped"} 1"#), "\(answer.text)")
         }
 
         daemon.signal(SIGTERM)
