@@ -78,7 +78,8 @@ struct ListenerTests {
                 let answer = try h.exchange(request)
                 #expect(answer.status == 408 && answer.code == "request_timeout" && answer.closed, "\(what): \(answer)")
             }
-            // A head dripped a byte at a time still has to be whole by the deadline.
+            // A head dripped a byte at a time still has to be whole by the deadline. The sleep
+            // is the slow client's pace (what is tested), not a wait for readiness.
             let drip = try connectLoopback(port: h.port)
             defer { close(drip) }
             sendAll(drip, Array("GET /health HTTP/1.1\r\nX-Slow: ".utf8))
