@@ -67,18 +67,13 @@ public struct PublicServer: Sendable {
         // policy, never for the viewers' (a full host still serves its tasks' viewers).
         router.get("/pressure") { _, _ in
             let c = await access.service.capacity()
-            let accepting = !c.draining && c.active < c.max
             var w = JSONWriter()
-            w.field("accepting", accepting)
-            w.field("reason", c.draining ? "draining" : accepting ? nil : "full")
-            w.field("max_sessions", Int64(c.max))
-            w.field("active", Int64(c.active))
-            w.field("queued", Int64(c.queued))
-            w.field("available", Int64(max(0, c.max - c.active)))
-            w.field("draining", c.draining)
+            w.field("accepting", c.accepting)
+            w.field("reason", c.draining ? "draining" : c.accepting ? nil : "full")
+            c.write(into: &w)
             var headers: HTTPFields = [.contentType: "application/json"]
-            if !accepting { headers[.retryAfter] = "5" }
-            return Response(status: accepting ? .ok : .serviceUnavailable, headers: headers, body: .init(byteBuffer: ByteBuffer(string: w.text + "\n")))
+            if !c.accepting { headers[.retryAfter] = "5" }
+            return Response(status: c.accepting ? .ok : .serviceUnavailable, headers: headers, body: .init(byteBuffer: ByteBuffer(string: w.text + "\n")))
         }
         // Reached without an upgrade (or when the upgrade was refused): the same checks, so a
         // refusal is a status with a JSON body, never a bare close.

@@ -56,13 +56,8 @@ public struct ControlRoutes: Sendable {
             json(JSONWriter.array(await service.sessions.listSessions().map(TaskJSON.session)))
         }
         routes.get("/v1/capacity") { _, _ in
-            let c = await service.capacity()
             var w = JSONWriter()
-            w.field("max_sessions", Int64(c.max))
-            w.field("active", Int64(c.active))
-            w.field("queued", Int64(c.queued))
-            w.field("available", Int64(max(0, c.max - c.active)))
-            w.field("draining", c.draining)
+            await service.capacity().write(into: &w)
             return json(w.text)
         }
         routes.post("/v1/drain") { request, _ in

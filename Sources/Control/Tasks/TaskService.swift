@@ -381,7 +381,7 @@ public actor TaskService {
         return (left.active, left.queued)
     }
 
-    public func capacity() -> (max: Int, active: Int, queued: Int, draining: Bool) {
-        (limits.maxSessions, active.count, queue.count, draining)
+    public func capacity() -> Capacity {
+        Capacity(max: limits.maxSessions, active: active.count, queued: queue.count, draining: draining)
     }
 }
