@@ -135,7 +135,8 @@ private func connectProbe(_ endpoint: Endpoint, banner: String?, hello: String?)
         let text = String(decoding: got.prefix(64), as: UTF8.self)
         throw ProbeFailure(description: "expected a greeting starting with \"\(banner)\", got \"\(text)\"")
     }
-    return String(decoding: got, as: UTF8.self).trimmingNewlines
+    // The greeting's line: once spoken to (`hello`), a server may send more in the same read.
+    return String(decoding: got.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self).trimmingNewlines
 }
 
 private func httpProbe(host: String, port: Int, path: String) throws -> String? {

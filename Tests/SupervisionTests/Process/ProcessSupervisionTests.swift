@@ -281,7 +281,8 @@ struct ProcessSupervisionTests {
     }
 
     /// A server that greets only once its client has spoken (libvncserver makes a silent client
-    /// wait 100 ms): the probe's `hello` gets the greeting; without it the probe never does.
+    /// wait 100 ms), and sends what follows the greeting (RFB's security types) at once: the
+    /// probe's `hello` gets the greeting's line; without it the probe never gets anything.
     @Test func aUnixSocketProbeSpeaksFirstWhenToldTo() async throws {
         let dir = try makeTempDir()
         defer { removeTree(dir) }
@@ -291,7 +292,7 @@ struct ProcessSupervisionTests {
             s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
             while True:
                 c, _ = s.accept()
-                if c.recv(64).startswith(b"RFB 003.008"): c.sendall(b"RFB 003.008\\n")
+                if c.recv(64).startswith(b"RFB 003.008"): c.sendall(b"RFB 003.008\\n\\x01\\x01")
                 c.close()
             """
         func greeter(_ id: String, hello: String?) -> ChildSpec {
