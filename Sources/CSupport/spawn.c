@@ -52,6 +52,17 @@ static void child_main(const ksup_spawn_attr *a, int errfd, pid_t parent) {
 
     if (setsid() < 0) child_fail(errfd, KSUP_STAGE_SETSID);
 
+    /* Join the cgroups before anything can fork: no descendant can start outside them. Here,
+       not later: the fd mapping below may reuse these numbers, and after setresuid the writes
+       fail with EACCES (the groups belong to root). */
+    for (size_t i = 0; i < a->ncgroup_fds; i++) {
+        ssize_t n;
+        do {
+            n = write(a->cgroup_fds[i], "0", 1);
+        } while (n < 0 && errno == EINTR);
+        if (n != 1) child_fail(errfd, KSUP_STAGE_CGROUP);
+    }
+
     for (size_t i = 0; i < a->nrlimits; i++) {
         struct rlimit rl = {(rlim_t)a->rlimits[i].soft, (rlim_t)a->rlimits[i].hard};
         if (setrlimit(a->rlimits[i].resource, &rl) < 0) child_fail(errfd, KSUP_STAGE_RLIMIT);

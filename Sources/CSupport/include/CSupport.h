@@ -32,6 +32,8 @@ typedef struct ksup_spawn_attr {
     const ksup_rlimit *rlimits;
     size_t nrlimits;
     int pdeathsig;              /* 0: none */
+    const int *cgroup_fds;      /* open cgroup.procs files the child joins (writes "0") before exec */
+    size_t ncgroup_fds;
 } ksup_spawn_attr;
 
 /// Stages a failed child reports through the exec-error pipe, so the parent can say what failed.
@@ -47,6 +49,7 @@ enum {
     KSUP_STAGE_CHDIR,
     KSUP_STAGE_EXEC,
     KSUP_STAGE_PIDFD,
+    KSUP_STAGE_CGROUP,
 };
 
 /// Forks and execs. The child leads a new session (so its pgid and sid equal its pid), has

@@ -52,8 +52,21 @@ public final class ProcessInstance: Sendable {
         let instance = try await reactor.perform { () throws -> ProcessInstance in
             let out = try Pipe(), err = try Pipe()
             let notify = try spec.notifyFD.map { _ in try Pipe() }
+            // Opened here, by the daemon, so the child only writes: a group that cannot be
+            // opened fails the spawn before the fork, naming it.
+            var cgroupFDs: [Int32] = []
             defer {
                 out.closeWrite(); err.closeWrite(); notify?.closeWrite()
+                for fd in cgroupFDs { close(fd) }
+            }
+            for dir in spec.cgroups {
+                let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+                guard fd >= 0 else {
+                    let error = errno
+                    out.closeRead(); err.closeRead(); notify?.closeRead()
+                    throw SpawnError(executable: spec.executable, stage: Int32(KSUP_STAGE_CGROUP), errno: error, cgroups: [dir])
+                }
+                cgroupFDs.append(fd)
             }
             var pid: Int32 = 0, pidfd: Int32 = -1, stage: Int32 = 0
             let rc = withCStrings(argv) { argvp in
@@ -63,26 +76,30 @@ public final class ProcessInstance: Sendable {
                         let groups = spec.credentials?.groups ?? []
                         return limits.withUnsafeBufferPointer { lp in
                             groups.withUnsafeBufferPointer { gp in
-                                var attr = ksup_spawn_attr()
-                                attr.path = argvp[0].map { UnsafePointer($0) }
-                                attr.argv = UnsafePointer(argvp)
-                                attr.envp = UnsafePointer(envpp)
-                                attr.cwd = cwd
-                                attr.stdout_fd = out.write
-                                attr.stderr_fd = err.write
-                                attr.extra_fd = notify?.write ?? -1
-                                attr.extra_fd_target = spec.notifyFD ?? -1
-                                if let c = spec.credentials {
-                                    attr.set_ids = 1
-                                    attr.uid = c.uid
-                                    attr.gid = c.gid
-                                    attr.groups = gp.baseAddress
-                                    attr.ngroups = gp.count
+                                cgroupFDs.withUnsafeBufferPointer { cp in
+                                    var attr = ksup_spawn_attr()
+                                    attr.path = argvp[0].map { UnsafePointer($0) }
+                                    attr.argv = UnsafePointer(argvp)
+                                    attr.envp = UnsafePointer(envpp)
+                                    attr.cwd = cwd
+                                    attr.stdout_fd = out.write
+                                    attr.stderr_fd = err.write
+                                    attr.extra_fd = notify?.write ?? -1
+                                    attr.extra_fd_target = spec.notifyFD ?? -1
+                                    if let c = spec.credentials {
+                                        attr.set_ids = 1
+                                        attr.uid = c.uid
+                                        attr.gid = c.gid
+                                        attr.groups = gp.baseAddress
+                                        attr.ngroups = gp.count
+                                    }
+                                    attr.rlimits = lp.baseAddress
+                                    attr.nrlimits = lp.count
+                                    attr.pdeathsig = SIGKILL
+                                    attr.cgroup_fds = cp.baseAddress
+                                    attr.ncgroup_fds = cp.count
+                                    return ksup_spawn(&attr, &pid, &pidfd, &stage)
                                 }
-                                attr.rlimits = lp.baseAddress
-                                attr.nrlimits = lp.count
-                                attr.pdeathsig = SIGKILL
-                                return ksup_spawn(&attr, &pid, &pidfd, &stage)
                             }
                         }
                     }
@@ -90,7 +107,7 @@ public final class ProcessInstance: Sendable {
             }
             guard rc == 0 else {
                 out.closeRead(); err.closeRead(); notify?.closeRead()
-                throw SpawnError(executable: spec.executable, stage: stage, errno: rc)
+                throw SpawnError(executable: spec.executable, stage: stage, errno: rc, cgroups: spec.cgroups)
             }
             let instance = ProcessInstance(pid: pid, pidfd: pidfd, cookie: cookie, output: sink, notifyLine: notifyLine, logWatch: logWatch, logger: logger)
             reactor.track(
@@ -136,9 +153,20 @@ public struct SpawnError: Error, CustomStringConvertible {
     public let executable: String
     public let stage: Int32
     public let errno: Int32
+    /// The cgroup directories the child was to join (named when that stage fails).
+    public let cgroups: [String]
+
+    public init(executable: String, stage: Int32, errno: Int32, cgroups: [String] = []) {
+        self.executable = executable
+        self.stage = stage
+        self.errno = errno
+        self.cgroups = cgroups
+    }
 
     public var description: String {
         let what = switch Int(stage) {
+        case Int(KSUP_STAGE_CGROUP): "join the cgroup \(cgroups.joined(separator: ", "))"
+
         case Int(KSUP_STAGE_EXEC): "exec"
         case Int(KSUP_STAGE_CHDIR): "chdir to the working directory"
         case Int(KSUP_STAGE_IDS): "switch user/group"

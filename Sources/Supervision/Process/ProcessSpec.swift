@@ -28,6 +28,9 @@ public struct ProcessSpec: Sendable {
     /// Sees every output line as it arrives, on the reactor thread: it must be quick. For
     /// programs whose only report of an event is a line (x11vnc's "Client … gone").
     public var onLine: (@Sendable (String) -> Void)?
+    /// cgroup directories the child joins between fork and exec (each `cgroup.procs`), so
+    /// nothing it forks can ever start outside them. Empty: it stays in the daemon's groups.
+    public var cgroups: [String]
 
     public init(
         executable: String,
@@ -41,7 +44,8 @@ public struct ProcessSpec: Sendable {
         logRate: Int = 200,
         beforeLaunch: (@Sendable () throws -> Void)? = nil,
         outputLevel: Logger.Level = .info,
-        onLine: (@Sendable (String) -> Void)? = nil
+        onLine: (@Sendable (String) -> Void)? = nil,
+        cgroups: [String] = []
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -55,6 +59,7 @@ public struct ProcessSpec: Sendable {
         self.beforeLaunch = beforeLaunch
         self.outputLevel = outputLevel
         self.onLine = onLine
+        self.cgroups = cgroups
     }
 
     /// Variables that belong to the daemon itself and must never reach a child.
