@@ -25,8 +25,10 @@ public struct SessionFixture: Sendable {
     }
 
     /// A fixture for `body`: its events are recorded beside the body until it ends; then every
-    /// session is stopped and the directory removed.
-    public static func with<T>(_ name: String = "kioskd-session", _ body: (SessionFixture) async throws -> T) async throws -> T {
+    /// session is stopped and the directory removed. `cgroups`: sessions get cgroups detected
+    /// under these roots (tagged by the fixture's directory, as the daemon tags by its own).
+    public static func with<T>(_ name: String = "kioskd-session", cgroups: CgroupRoots? = nil,
+                               _ body: (SessionFixture) async throws -> T) async throws -> T {
         for (path, package) in [(Xvfb.executable, "xvfb"), (Openbox.executable, "openbox"), (X11VNC.executable, "x11vnc"),
                                 (Chromium.executable, "chromium"), (Websockify.executable, "websockify")] {
             _ = try systemProgram(path, package: package)
@@ -36,9 +38,11 @@ public struct SessionFixture: Sendable {
         }
         let dir = try makeTempDir(name)
         defer { removeTree(dir) }
+        let logger = { var l = Logger(label: "test"); l.logLevel = .debug; return l }()
         let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records",
                                user: try SessionHost.sessionUser(named: sessionUserName),
-                               displays: hostDisplays, ports: hostPorts, logger: { var l = Logger(label: "test"); l.logLevel = .debug; return l }())
+                               displays: hostDisplays, ports: hostPorts,
+                               cgroups: cgroups.map { SessionCgroups.detect(tag: dir, logger: logger, roots: $0) }, logger: logger)
         let f = SessionFixture(dir: dir, manager: SessionManager(host: host))
         // Subscribed before the body starts anything, so no event is missed.
         let stream = f.manager.events.subscribe()

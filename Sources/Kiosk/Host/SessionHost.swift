@@ -20,16 +20,19 @@ public struct SessionHost: Sendable {
     public var ports: PortAllocator
     /// Keeps other local users off the sessions' loopback ports; nil: not guarded.
     public var portGuard: PortGuard?
+    /// The parent of every session's cgroup (detected once at start); nil: no cgroups.
+    public var cgroups: SessionCgroups?
     public var logger: Logger
 
     public init(sessionsDir: String, recordsDir: String, user: Credentials?, displays: DisplayAllocator, ports: PortAllocator,
-                portGuard: PortGuard? = nil, logger: Logger) {
+                portGuard: PortGuard? = nil, cgroups: SessionCgroups? = nil, logger: Logger) {
         self.sessionsDir = sessionsDir
         self.recordsDir = recordsDir
         self.user = user
         self.displays = displays
         self.ports = ports
         self.portGuard = portGuard
+        self.cgroups = cgroups
         self.logger = logger
     }
 

@@ -88,6 +88,13 @@ public actor Session {
     private let supervisor: Supervisor
     private let lockdown: LockdownChild
     private let host: SessionHost
+    /// The session's cgroup: every one of its processes is in it from before exec; nil
+    /// when the host has none (SessionCgroups.Mode.unavailable, or none configured).
+    public nonisolated let cgroup: SessionCgroup?
+    /// Processes the kernel killed at the session's memory limit so far.
+    private var memoryKills = 0
+    /// The highest PSS sum seen, for hosts without a cgroup.
+    private var pssPeak: UInt64 = 0
     private var state: SessionState = .starting
     private var end: SessionEnd?
     private var stopReason: String?
@@ -96,8 +103,9 @@ public actor Session {
     private var runner: Task<SessionEnd, Never>?
 
     init(settings: SessionSettings, layout: SessionLayout, websockifySecret: String?, supervisor: Supervisor, lockdown: LockdownChild,
-         sink: SessionEventSink, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
+         cgroup: SessionCgroup?, sink: SessionEventSink, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
         self.lockdown = lockdown
+        self.cgroup = cgroup
         self.websockifySecret = websockifySecret
         id = settings.id
         self.onEnded = onEnded
@@ -125,6 +133,7 @@ public actor Session {
         let cookie = XCookie.random()
         let websockifySecret = settings.bridge == .websockify ? randomHex(32) : nil
         var directory: String?
+        var cgroup: SessionCgroup?
         do {
             let display = try await taken.display()
             let cdp = try await taken.port()
@@ -134,8 +143,11 @@ public actor Session {
             layout = SessionLayout(display: display, cdpPort: cdp, websockifyPort: ws, directory: slot)
             try prepareDirectory(layout, cookie: cookie, websockifySecret: websockifySecret, host: host)
             try host.writeRecord(SessionRecord(id: settings.id, display: display, directory: layout.directory))
+            // Named like the directory, by the display: unique on the host and short.
+            cgroup = try host.cgroups?.create("d\(display)", limits: settings.limits)
         } catch {
             if let directory { removeTree(directory) }
+            host.removeRecord(settings.id)
             await taken.release()
             if let e = error as? SessionError { throw e }
             throw SessionError.setup("\(error)")
@@ -158,16 +170,17 @@ public actor Session {
             }
             sink.publish(.browser(event))
         }
-        let spec = SessionTree.spec(settings, layout, user: host.user, lockdown: lockdown, watch: watch, logger: logger)
+        var spec = SessionTree.spec(settings, layout, user: host.user, lockdown: lockdown, watch: watch, logger: logger)
+        if let cgroup { spec = SessionTree.placing(spec, in: cgroup.directories) }
         let supervisor: Supervisor
         do {
             supervisor = try Supervisor(name: settings.id, spec: spec, parentPath: ["sessions"], events: bus, logger: logger)
         } catch {
-            await cleanUp(id: settings.id, layout, taken, host: host, logger: logger)
+            await cleanUp(id: settings.id, layout, taken, cgroup: cgroup, host: host, logger: logger)
             throw SessionError.setup("\(error)")
         }
         let session = Session(settings: settings, layout: layout, websockifySecret: websockifySecret, supervisor: supervisor,
-                              lockdown: lockdown, sink: sink, host: host, onEnded: onEnded)
+                              lockdown: lockdown, cgroup: cgroup, sink: sink, host: host, onEnded: onEnded)
         await session.launch(bus: bus, resources: taken, logger: logger)
 
         do {
@@ -193,8 +206,10 @@ public actor Session {
     private func launch(bus: EventBus, resources: Resources, logger: Logger) {
         let sink = self.sink
         let forward = bus.subscribe()
-        let supervisor = self.supervisor, layout = self.layout, host = self.host, id = self.id
+        let supervisor = self.supervisor, layout = self.layout, host = self.host, id = self.id, cgroup = self.cgroup
         runner = Task {
+            // Stopped once the tree has: it must not outlive the session.
+            let memoryWatch = cgroup.map { group in Task { await self.watchMemory(group, logger: logger) } }
             let outcome = await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await event in forward {
@@ -206,9 +221,29 @@ public actor Session {
                 bus.finish()
                 return outcome
             }
-            await Session.cleanUp(id: id, layout, resources, host: host, logger: logger)
+            memoryWatch?.cancel()
+            await memoryWatch?.value
+            await Session.cleanUp(id: id, layout, resources, cgroup: cgroup, host: host, logger: logger)
             await self.onEnded(self.id)
             return self.finish(outcome)
+        }
+    }
+
+    /// Reads the group's OOM-kill counter about once a second: a rise means the kernel killed
+    /// a process of this session at its limit (Chromium's renderer or browser; the browser
+    /// watch or the supervisor brings it back), and the session says so, naming memory.
+    private func watchMemory(_ group: SessionCgroup, logger: Logger) async {
+        var seen = group.memory().oomKills
+        while (try? await Task.sleep(for: .seconds(1))) != nil {
+            let reading = group.memory()
+            guard reading.oomKills > seen else { continue }
+            seen = reading.oomKills
+            memoryKills = reading.oomKills
+            let limit = settings.limits.memoryMax
+            logger.warning("the kernel killed a session process at its memory limit", metadata: [
+                "oom_kills": "\(reading.oomKills)", "usage": "\(reading.current)", "limit": "\(limit.map(String.init) ?? "none")",
+            ])
+            sink.publish(.memoryLimit(oomKills: reading.oomKills, usage: reading.current, limit: limit))
         }
     }
 
@@ -233,7 +268,8 @@ public actor Session {
         let end: SessionEnd = switch outcome {
         case .normal(let why): SessionEnd(reason: stopReason ?? why, failed: stopReason == nil)
         case .failedToStart: SessionEnd(reason: outcome.description, failed: true)
-        case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)" + (lastFailure.map { "; last failure: \($0)" } ?? ""), failed: true)
+        case .gaveUp(let why): SessionEnd(reason: "restart budget spent: \(why)" + (lastFailure.map { "; last failure: \($0)" } ?? "")
+                                          + (memoryKills > 0 ? "; \(memoryKills) processes killed at the session's memory limit" : ""), failed: true)
         }
         let cause = switch outcome {
         case .normal: stopReason == nil ? "exited" : "stopped"
@@ -264,6 +300,17 @@ public actor Session {
     public func ended() async -> SessionEnd {
         if let end { return end }
         return await runner!.value
+    }
+
+    /// What the session's processes use now: its cgroup's accounting, or without one the sum
+    /// of their PSS. nil once the session has ended.
+    public func memory() async -> MemoryReading? {
+        guard state != .ended else { return nil }
+        if let cgroup { return cgroup.memory() }
+        let entry = SessionLayout.markerVariable + "=" + layout.directory
+        let pss = (try? await blocking { ProcessMemory.pss(ofProcessesWith: entry) }) ?? 0
+        pssPeak = max(pssPeak, pss)
+        return MemoryReading(current: pss, peak: pssPeak, oomKills: 0)
     }
 
     /// Releases every key and button held on the display: for the bridge, when a controlling
@@ -310,7 +357,26 @@ public actor Session {
         }
     }
 
-    private static func cleanUp(id: String, _ layout: SessionLayout, _ resources: Resources, host: SessionHost, logger: Logger) async {
+    private static func cleanUp(id: String, _ layout: SessionLayout, _ resources: Resources, cgroup: SessionCgroup?, host: SessionHost,
+                                logger: Logger) async {
+        if let cgroup {
+            // Each program was stopped by its own rules; what is still in the group escaped
+            // them (no cookie, no marker): cgroup.kill reaches it wherever it forked to.
+            if cgroup.isPopulated {
+                logger.warning("processes were left in the session's cgroup after its tree stopped: killing them")
+                cgroup.kill()
+            }
+            if await !cgroup.waitEmpty(timeout: .seconds(5)) {
+                logger.error("the session's cgroup is still populated 5 s after cgroup.kill", metadata: ["cgroup": "\(cgroup.directories)"])
+            }
+            let left = cgroup.remove()
+            if !left.isEmpty { logger.error("could not remove the session's cgroup", metadata: ["left": "\(left)"]) }
+        }
+        // /proc beside it (and the only check without a cgroup): nothing may carry the
+        // session's marker now. The NUL ends the entry, so d1 does not match d10.
+        let marker = SessionLayout.markerVariable + "=" + layout.directory + "\0"
+        let stray = (try? await blocking { ProcessTree.killAll(environmentEntryPrefix: marker) }) ?? 0
+        if stray > 0 { logger.error("killed processes of the session found in /proc after its tree stopped", metadata: ["count": "\(stray)"]) }
         // The tree is stopped: nothing writes here any more. A retry covers files a dying
         // process's last write created while the first pass ran.
         var left: [String] = []

@@ -7,6 +7,9 @@ public enum SessionEvent: Sendable, CustomStringConvertible {
     case supervision(SupervisionEvent)
     case browser(BrowserEvent)
     case lockdown(LockdownEvent)
+    /// The kernel killed processes of the session at its memory limit (`oomKills` so far in
+    /// its cgroup); `limit` nil: an ancestor's limit (kioskd's own) was hit.
+    case memoryLimit(oomKills: Int, usage: UInt64, limit: UInt64?)
     case ready
     case ended(SessionEnd)
 
@@ -15,6 +18,8 @@ public enum SessionEvent: Sendable, CustomStringConvertible {
         case .supervision(let e): e.description
         case .browser(let e): e.description
         case .lockdown(let e): e.description
+        case .memoryLimit(let kills, let usage, let limit):
+            "memory limit reached: \(kills) processes killed so far, usage \(usage) bytes of " + (limit.map { "\($0)" } ?? "no limit of its own")
         case .ready: "session ready"
         case .ended(let end): "session ended: \(end)"
         }
@@ -46,6 +51,8 @@ extension SessionEvent {
             ("input_released", ["keys": keys.joined(separator: " "), "buttons": buttons.map(String.init).joined(separator: " ")])
         case .lockdown(.regrabbed(let n)):
             ("keymap_regrabbed", ["grabs": "\(n)"])
+        case .memoryLimit(let kills, let usage, let limit):
+            ("memory_limit", ["kills": "\(kills)", "usage": "\(usage)", "limit": limit.map { "\($0)" } ?? "none"])
         case .ready:
             ("session_ready", [:])
         case .ended(let end):

@@ -68,6 +68,15 @@ public actor SessionManager {
 
     public func session(_ id: String) -> Session? { sessions[id] }
 
+    /// What each live session uses, by session id.
+    public func memory() async -> [String: MemoryReading] {
+        var out: [String: MemoryReading] = [:]
+        for (id, session) in sessions {
+            if let reading = await session.memory() { out[id] = reading }
+        }
+        return out
+    }
+
     public func list() async -> [SessionInfo] {
         var out: [SessionInfo] = []
         for session in sessions.values { out.append(await session.info()) }
@@ -88,5 +97,6 @@ public actor SessionManager {
             for s in all { group.addTask { await s.stop(reason: reason) } }
         }
         await host.portGuard?.remove(logger: host.logger)
+        host.cgroups?.removeParents()
     }
 }

@@ -32,12 +32,14 @@ public struct SessionSettings: Sendable, Equatable {
     public var grabs: [GrabEntry]
     /// Which tabs the browser watch closes.
     public var tabs: TabPolicy
+    /// What the session's cgroup allows it (memory, processes); none by default.
+    public var limits: SessionLimits
 
     public init(id: String, url: String = "about:blank", width: Int = 1280, height: Int = 800, depth: Int = 24,
                 input: ViewerRole = .control, bridge: BridgeMode = .builtin,
                 budget: Intensity = Intensity(maxRestarts: 5, period: .seconds(60)),
                 browserExecutable: String = Chromium.executable, sandbox: Bool = true,
-                grabs: [GrabEntry] = GrabList.defaults, tabs: TabPolicy = .agent) {
+                grabs: [GrabEntry] = GrabList.defaults, tabs: TabPolicy = .agent, limits: SessionLimits = SessionLimits()) {
         self.id = id
         self.url = url
         self.width = width
@@ -50,6 +52,7 @@ public struct SessionSettings: Sendable, Equatable {
         self.sandbox = sandbox
         self.grabs = grabs
         self.tabs = tabs
+        self.limits = limits
     }
 
     /// Every problem at once, each naming the setting.

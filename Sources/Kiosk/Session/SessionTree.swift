@@ -121,6 +121,23 @@ public enum SessionTree {
         ])
     }
 
+    /// `spec` with every process in it, at any depth, joining `cgroups` at spawn.
+    static func placing(_ spec: SupervisorSpec, in cgroups: [String]) -> SupervisorSpec {
+        var spec = spec
+        for i in spec.children.indices {
+            switch spec.children[i].kind {
+            case .process(var process):
+                process.cgroups = cgroups
+                spec.children[i].kind = .process(process)
+            case .supervisor(let nested):
+                spec.children[i].kind = .supervisor(placing(nested, in: cgroups))
+            case .task:
+                break
+            }
+        }
+        return spec
+    }
+
     private static func restartingAlone(_ spec: ChildSpec) -> ChildSpec {
         var spec = spec
         spec.restartsAlone = true

@@ -96,6 +96,12 @@ public enum ProcessTree {
         return killed
     }
 
+    /// Live processes whose environment holds exactly `entry` (e.g. `KIOSKD_SESSION=/run/…/d3`).
+    public static func processes(withEnvironmentEntry entry: String) -> [Int32] {
+        let needle = Array((entry + "\0").utf8)
+        return liveProcesses().compactMap { pid, _ in environ(of: pid, contains: needle) ? pid : nil }
+    }
+
     /// SIGKILLs every process whose environment has an entry starting with `entryPrefix`
     /// (e.g. `KIOSKD_SESSION=/run/kioskd/sessions/`): what a previous run of the daemon left.
     /// Returns how many were killed. Blocks for at most a few seconds.
