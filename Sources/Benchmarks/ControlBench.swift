@@ -23,6 +23,12 @@ final class InstantSessions: SessionProvider {
                     directory: "/nonexistent", pids: [:], end: nil)
     }
 
+    func adoptSession(_ id: String, by task: String, url: String) async throws -> SessionInfo {
+        SessionInfo(id: id, state: .ready, display: ":0", cdpURL: "http://127.0.0.1:9", vncSocket: "/nonexistent/vnc.sock", websockifyPort: nil,
+                    directory: "/nonexistent", pids: [:], end: nil)
+    }
+
+    func sessionMemory() async -> [String: MemoryReading] { [:] }
     func stopSession(_ id: String, reason: String) async {}
     func listSessions() async -> [SessionInfo] { [] }
 }

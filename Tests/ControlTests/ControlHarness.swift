@@ -16,9 +16,26 @@ import Glibc
 /// steered by the URL: "fail" fails the boot, "hold" waits until released.
 final class FakeSessions: SessionProvider {
     let sessionEvents = Broadcast<(session: String, event: SessionEvent)>()
-    private let state = Mutex<(created: [String], live: Set<String>, held: [String: OnceValue<Void>])>(([], [], [:]))
+    private let state = Mutex<(created: [String], live: Set<String>, held: [String: OnceValue<Void>], adopted: [String: String],
+                               memory: [String: MemoryReading])>(([], [], [:], [:], [:]))
 
     var created: [String] { state.withLock { $0.created } }
+    /// Warm sessions given to a task: session id → the URL it opened.
+    var adopted: [String: String] { state.withLock { $0.adopted } }
+
+    /// What the next measurements say of a session.
+    func setMemory(_ id: String, _ reading: MemoryReading) { state.withLock { $0.memory[id] = reading } }
+
+    func adoptSession(_ id: String, by task: String, url: String) async throws -> SessionInfo {
+        guard state.withLock({ $0.live.contains(id) }) else { throw SessionError.setup("no warm session '\(id)'") }
+        state.withLock { $0.adopted[id] = url }
+        return SessionInfo(id: id, state: .ready, display: ":42", cdpURL: "http://127.0.0.1:29222", vncSocket: "/nonexistent/vnc.sock",
+                           websockifyPort: nil, directory: "/nonexistent", pids: ["chromium": 1], end: nil)
+    }
+
+    func sessionMemory() async -> [String: MemoryReading] {
+        state.withLock { s in s.memory.filter { s.live.contains($0.key) } }
+    }
 
     func startSession(_ settings: SessionSettings) async throws -> SessionInfo {
         state.withLock { $0.created.append(settings.id) }
@@ -56,6 +73,16 @@ final class FakeSessions: SessionProvider {
     }
 }
 
+/// Host memory pressure as the test sets it.
+final class Pressure: Sendable {
+    private let current = Mutex<Double>(0)
+    init() {}
+    var value: Double {
+        get { current.withLock { $0 } }
+        set { current.withLock { $0 = newValue } }
+    }
+}
+
 /// A task service on a SQLite store in a temporary directory, served on a temporary socket.
 struct ControlHarness {
     let dir: String
@@ -68,13 +95,16 @@ struct ControlHarness {
     /// and awaited once it ends; then the store is closed, and the directory removed unless the
     /// caller gave it. Nothing stops the tasks: to a later harness on the same `dir`, the end of
     /// this one is the daemon dying.
-    static func with<T>(limits: TaskLimits = TaskLimits(), allow: PeerAllowlist? = nil, dir given: String? = nil,
+    /// `capacity` and `budget` set memory admission and the warm pool; `pressure` is what the
+    /// service reads as host memory pressure.
+    static func with<T>(limits: TaskLimits = TaskLimits(), capacity: CapacitySettings = CapacitySettings(), budget: UInt64? = nil,
+                        pressure: Pressure = Pressure(), allow: PeerAllowlist? = nil, dir given: String? = nil,
                         _ body: (ControlHarness) async throws -> T) async throws -> T {
         let dir = try given ?? makeTempDir("kioskd-control")
         defer { if given == nil { removeTree(dir) } }
         let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
         do {
-            let result = try await serve(store, dir: dir, limits: limits, allow: allow, body)
+            let result = try await serve(store, dir: dir, limits: limits, capacity: capacity, budget: budget, pressure: pressure, allow: allow, body)
             await store.close()
             return result
         } catch {
@@ -83,15 +113,20 @@ struct ControlHarness {
         }
     }
 
-    private static func serve<T>(_ store: any TaskStore, dir: String, limits: TaskLimits, allow: PeerAllowlist?,
-                                 _ body: (ControlHarness) async throws -> T) async throws -> T {
+    private static func serve<T>(_ store: any TaskStore, dir: String, limits: TaskLimits, capacity: CapacitySettings, budget: UInt64?,
+                                 pressure: Pressure, allow: PeerAllowlist?, _ body: (ControlHarness) async throws -> T) async throws -> T {
         try await store.migrate()
         let sessions = FakeSessions()
         var logger = Logger(label: "test.control")
         logger.logLevel = .warning
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
-        let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits,
-                                  template: { id, request in SessionSettings(id: id, url: request.url) }, logger: logger)
+        let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits, capacity: capacity, budget: budget,
+                                  template: { id, request in
+                                      var s = SessionSettings(id: id, url: request.url)
+                                      if let w = request.width { s.width = w }
+                                      return s
+                                  },
+                                  hostPressure: { pressure.value }, logger: logger)
         _ = try await service.interruptUnfinished()
         let socket = dir + "/control.sock"
         let control = ControlServer(socketPath: socket, group: nil, allowlist: allow ?? PeerAllowlist(uids: [getuid()], gids: []))

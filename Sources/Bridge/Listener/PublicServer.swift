@@ -62,17 +62,18 @@ public struct PublicServer: Sendable {
                 ? Response(status: .serviceUnavailable, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"draining"}"#)))
                 : Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"healthy"}"#)))
         }
-        // Whether a new task would start here now: 200 while it would, 503 when every session
-        // slot is taken or the host drains — for the API layer's target group or a scaling
-        // policy, never for the viewers' (a full host still serves its tasks' viewers).
+        // Whether a new task would start here now: 200 while it would, 503 when it would wait
+        // (no slot, no memory, memory pressure, tasks queued) or the host drains — for the API
+        // layer's target group or a scaling policy, never for the viewers' (a full host still
+        // serves its tasks' viewers).
         router.get("/pressure") { _, _ in
             let c = await access.service.capacity()
             var w = JSONWriter()
             w.field("accepting", c.accepting)
-            w.field("reason", c.draining ? "draining" : c.accepting ? nil : "full")
+            w.field("reason", c.reason)
             c.write(into: &w)
             var headers: HTTPFields = [.contentType: "application/json"]
-            if !c.accepting { headers[.retryAfter] = "5" }
+            if !c.accepting { headers[.retryAfter] = "\(Capacity.retryAfterSeconds)" }
             return Response(status: c.accepting ? .ok : .serviceUnavailable, headers: headers, body: .init(byteBuffer: ByteBuffer(string: w.text + "\n")))
         }
         // Reached without an upgrade (or when the upgrade was refused): the same checks, so a

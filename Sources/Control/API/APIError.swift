@@ -12,11 +12,13 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
     /// Headers the answer carries besides its content type (`Allow` on a 405).
     public var headers: HTTPFields = [:]
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, details: [(String, String)] = []) {
+    /// `retryAfter`: seconds a client should wait before it asks again (a 503 that passes).
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, details: [(String, String)] = [], retryAfter: Int? = nil) {
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        if let retryAfter { headers[.retryAfter] = "\(retryAfter)" }
     }
 
     public var description: String { "\(status.code) \(code): \(message)" }

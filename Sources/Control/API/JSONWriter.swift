@@ -26,6 +26,12 @@ public struct JSONWriter: Sendable {
         out += value.map(String.init) ?? "null"
     }
 
+    /// A finite number, with at most two decimals (percentages); not finite writes null.
+    public mutating func field(_ name: String, _ value: Double) {
+        key(name)
+        out += value.isFinite ? String((value * 100).rounded() / 100) : "null"
+    }
+
     public mutating func field(_ name: String, _ value: Bool) {
         key(name)
         out += value ? "true" : "false"

@@ -22,40 +22,66 @@ public actor TaskService {
     public nonisolated let limits: TaskLimits
     /// The session a task gets: the host's defaults with the request's overrides.
     nonisolated let template: @Sendable (String, CreateTask) -> SessionSettings
+    /// A warm session under the given id: the host's defaults at about:blank.
+    nonisolated let warmTemplate: @Sendable (String) -> SessionSettings
+    /// Host memory pressure (PSI some avg10); nil where PSI is off.
+    nonisolated let hostPressure: @Sendable () -> Double?
     /// Every stored event, for long polls and streams.
     public nonisolated let appended = Broadcast<EventRecord>()
     /// Every stored state change (the task as stored), for `wait=true`.
     public nonisolated let changes = Broadcast<TaskRecord>()
     /// Tasks holding a slot and waiting for one, after every change of either (a drain waits on it).
     nonisolated let load = Broadcast<(active: Int, queued: Int)>()
+    /// How often sessions are measured and host pressure read.
+    static let sampleInterval = Duration.seconds(2)
     nonisolated let logger: Logger
 
     /// Work the actor hands to `run()`'s group: it may not start tasks of its own.
     private enum Work: Sendable {
-        case boot(TaskRecord, CreateTask)
+        /// Boot the task's session, or give it the warm session named.
+        case boot(TaskRecord, CreateTask, warm: String?)
+        case bootWarm(String)
         case stopSession(String, reason: String)
+        /// Let the pool refill again after a failed warm boot, once this has passed.
+        case resumeWarm(after: Duration)
     }
     private nonisolated let work: AsyncStream<Work>
     private nonisolated let post: AsyncStream<Work>.Continuation
     /// Subscribed at creation, so no session event falls between a boot and `run()`'s follower.
     private nonisolated let sessionEvents: AsyncStream<(session: String, event: SessionEvent)>
 
-    /// Admitted in order, each with its validated request.
-    private var queue: [(id: String, request: CreateTask)] = []
-    /// Tasks holding a session slot, from admission until their session has ended.
-    private var active: Set<String> = []
+    /// Who may start: slots, memory, pressure, the queue and the warm pool (decisions only).
+    private var admission: Admission
+    /// Queued tasks' validated requests.
+    private var requests: [String: CreateTask] = [:]
+    /// The session of each task that took a warm one (which keeps its own id), and back.
+    private var warmSessionOf: [String: String] = [:]
+    private var taskOfSession: [String: String] = [:]
+    /// Warm boots that failed in a row: the pool waits longer after each.
+    private var warmFailures = 0
+    private var warmPaused = false
     private var deadlines = TaskDeadlines()
     /// Set when the deadlines change, to wake the deadline loop.
     private var deadlinesChanged = OnceValue<Void>()
-    private var draining = false
 
+    /// `budget`: bytes the sessions may use together (`HostMemory.budget`); nil: unbounded.
     public init(store: any TaskStore, sessions: any SessionProvider, tokens: ViewerTokens, limits: TaskLimits,
-                template: @escaping @Sendable (String, CreateTask) -> SessionSettings, logger: Logger) {
+                capacity: CapacitySettings = CapacitySettings(), budget: UInt64? = nil,
+                template: @escaping @Sendable (String, CreateTask) -> SessionSettings,
+                warmTemplate: (@Sendable (String) -> SessionSettings)? = nil,
+                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, logger: Logger) {
         self.store = store
         self.sessions = sessions
         self.tokens = tokens
         self.limits = limits
         self.template = template
+        let warmTemplate = warmTemplate ?? { id in template(id, CreateTask(url: "about:blank")) }
+        self.warmTemplate = warmTemplate
+        self.hostPressure = hostPressure
+        admission = Admission(Admission.Settings(
+            maxSessions: limits.maxSessions, maxQueued: limits.maxQueued, budget: budget ?? .max,
+            initialEstimate: capacity.sessionEstimate, pressureHigh: capacity.pressureHigh, pressureLow: capacity.pressureLow,
+            warm: capacity.warm, warmShape: warmTemplate("").shape))
         self.logger = logger
         (work, post) = AsyncStream.makeStream(of: Work.self)
         sessionEvents = sessions.sessionEvents.subscribe()
@@ -86,12 +112,18 @@ public actor TaskService {
             group.addTask { await self.followSessions() }
             group.addTask { await self.enforceDeadlines() }
             group.addTask { await self.pruneFinished() }
+            group.addTask { await self.sample() }
+            await self.step()
             // Ends when cancelled.
             for await item in work {
                 group.addTask {
                     switch item {
-                    case .boot(let task, let request): await self.boot(task, request)
+                    case .boot(let task, let request, let warm): await self.boot(task, request, warm: warm)
+                    case .bootWarm(let id): await self.bootWarm(id)
                     case .stopSession(let id, let reason): await self.sessions.stopSession(id, reason: reason)
+                    case .resumeWarm(let after):
+                        guard (try? await Task.sleep(for: after)) != nil else { return }
+                        await self.resumeWarm()
                     }
                 }
             }
@@ -101,6 +133,21 @@ public actor TaskService {
 
     private func followSessions() async {
         for await (session, event) in sessionEvents { await sessionEvent(session, event) }
+    }
+
+    /// Measures the sessions and reads host pressure every `sampleInterval`: admission learns the
+    /// estimate from the peaks and waits while pressure is high.
+    private func sample() async {
+        repeat {
+            let readings = await sessions.sessionMemory()
+            for (session, reading) in readings {
+                // Learned from the working sets it sees, not the kernel's peak: that one counts
+                // the file cache a session was charged for, which is reclaimed before any kill.
+                admission.measured(taskOfSession[session] ?? session, usage: reading.current, peak: reading.current)
+            }
+            admission.observe(pressure: hostPressure() ?? 0)
+            await step()
+        } while (try? await Task.sleep(for: Self.sampleInterval)) != nil
     }
 
     /// Deletes finished tasks past the retention, hourly.
@@ -124,7 +171,8 @@ public actor TaskService {
                 switch expiry {
                 case .notRunning(let after):
                     if let task = try? await store.task(id), task.state == .queued || task.state == .starting {
-                        _ = try? await move(id, .timeOut, reason: "not running after \(after)", data: [:])
+                        let why = task.state == .queued ? "; it waited in the queue (\(admission.capacity.reason ?? "no room"))" : ""
+                        _ = try? await move(id, .timeOut, reason: "not running after \(after)" + why, data: [:])
                     }
                 case .lifetime(let lifetime):
                     _ = try? await move(id, .timeOut, reason: "reached its maximum lifetime of \(lifetime)", data: [:])
@@ -142,7 +190,8 @@ public actor TaskService {
         let now = nowMS()
         let record = TaskRecord(id: id, state: .queued, request: request.canonical, createdAt: now, updatedAt: now)
         if let existing = try await store.task(id) { return try same(existing, request) }
-        guard !draining else { throw APIError(.serviceUnavailable, "draining", "this host is draining: it takes no new tasks") }
+        let settings = template(id, request)
+        if let refusal = admission.refusal(limit: settings.limits.memoryMax) { throw Self.error(refusal) }
         let (task, created) = try await store.create(record, event: NewEvent(type: "state_changed", time: now, data: #"{"to":"queued"}"#))
         guard created else { return try same(task, request) }
         if let first = try await store.events(id, after: 0, limit: 1).first { appended.publish(first) }
@@ -152,9 +201,25 @@ public actor TaskService {
         deadlines.arm(id, now: .now, startTimeout: request.timeoutSeconds.map { .seconds($0) } ?? limits.startTimeout,
                       lifetime: request.maxLifetimeSeconds.map { .seconds($0) } ?? limits.maxLifetime)
         deadlinesChanged.set(())
-        queue.append((id, request))
-        await admit()
+        requests[id] = request
+        admission.enqueue(id, shape: settings.shape, limit: settings.limits.memoryMax)
+        await step()
         return (try await store.task(id) ?? task, true)
+    }
+
+    /// A refused create, as the API answers it: 503 with Retry-After where waiting helps.
+    static func error(_ refusal: Admission.Refusal) -> APIError {
+        let mib = { (bytes: UInt64) in "\(bytes >> 20) MiB" }
+        switch refusal {
+        case .draining:
+            return APIError(.serviceUnavailable, "draining", "this host is draining: it takes no new tasks", retryAfter: Capacity.retryAfterSeconds)
+        case .queueFull(let limit):
+            return APIError(.serviceUnavailable, "queue_full", "\(limit) tasks already wait for room on this host; try again later",
+                            retryAfter: Capacity.retryAfterSeconds)
+        case .tooLarge(let needs, let budget):
+            return APIError(.serviceUnavailable, "over_budget",
+                            "a session is expected to need \(mib(needs)), more than this host's session memory budget of \(mib(budget))")
+        }
     }
 
     /// A retried create: the same request gets the task; another request with that id is a conflict.
@@ -166,35 +231,95 @@ public actor TaskService {
         return (existing, false)
     }
 
-    /// Starts queued tasks while there are free slots.
-    private func admit() async {
-        while active.count < limits.maxSessions, !queue.isEmpty {
-            let (id, request) = queue.removeFirst()
-            active.insert(id)
-            guard case .moved(let task, _)? = try? await move(id, .begin, data: [:]) else {
-                active.remove(id)
-                continue
+    /// Carries out what admission decides now: starts, warm boots, warm sessions given up.
+    private func step() async {
+        var actions = admission.next(newWarmID: { "w-" + randomHex(6) })
+        if warmPaused { actions.removeAll { if case .bootWarm(let id) = $0 { admission.released(id); return true } else { return false } } }
+        for action in actions {
+            switch action {
+            case .start(let id, let warm):
+                guard let request = requests.removeValue(forKey: id),
+                      case .moved(let task, _)? = try? await move(id, .begin, data: warm.map { ["warm_session": "\"\($0)\""] } ?? [:]) else {
+                    // It ended while it waited (the deadline loop or a cancel raced the start).
+                    if let warm { admission.released(id); post.yield(.stopSession(warm, reason: "its task ended before it started")) }
+                    else { admission.released(id) }
+                    continue
+                }
+                if let warm {
+                    warmSessionOf[id] = warm
+                    taskOfSession[warm] = id
+                }
+                post.yield(.boot(task, request, warm: warm))
+            case .bootWarm(let id):
+                post.yield(.bootWarm(id))
+            case .giveUpWarm(let id):
+                logger.info("giving up a warm session", metadata: ["session": "\(id)", "reason": "\(admission.capacity.reason ?? "room")"])
+                post.yield(.stopSession(id, reason: "the warm pool gives it up"))
             }
-            post.yield(.boot(task, request))
         }
         recordCapacity()
     }
 
     /// The capacity as gauges, for the autoscaler and the alerts (docs/metrics.md), and on `load`.
     private func recordCapacity() {
-        load.publish((active.count, queue.count))
-        Gauge(label: "kioskd_tasks_active").record(active.count)
-        Gauge(label: "kioskd_tasks_queued").record(queue.count)
-        Gauge(label: "kioskd_sessions_max").record(limits.maxSessions)
-        Gauge(label: "kioskd_draining").record(draining ? 1 : 0)
+        let c = admission.capacity
+        load.publish((c.active, c.queued))
+        Gauge(label: "kioskd_tasks_active").record(c.active)
+        Gauge(label: "kioskd_tasks_queued").record(c.queued)
+        Gauge(label: "kioskd_sessions_max").record(c.max)
+        Gauge(label: "kioskd_sessions").record(c.sessions)
+        Gauge(label: "kioskd_tasks_available").record(c.available)
+        Gauge(label: "kioskd_warm_sessions").record(c.warmReady)
+        Gauge(label: "kioskd_draining").record(c.draining ? 1 : 0)
+        Gauge(label: "kioskd_accepting").record(c.accepting ? 1 : 0)
+        Gauge(label: "kioskd_memory_budget_bytes").record(Int64(clamping: c.budget))
+        Gauge(label: "kioskd_memory_used_bytes").record(Int64(clamping: c.used))
+        Gauge(label: "kioskd_memory_committed_bytes").record(Int64(clamping: c.committed))
+        Gauge(label: "kioskd_session_memory_estimate_bytes").record(Int64(clamping: c.estimate))
+        Gauge(label: "kioskd_memory_pressure").record(c.pressure)
     }
 
-    /// Boots the task's session; the task is running once it is ready, failed if it cannot be.
-    private func boot(_ task: TaskRecord, _ request: CreateTask) async {
-        let id = task.id
-        await note(id, "session_booting", [:])
+    /// Boots a warm session; ready, it waits in the pool for a task of its shape.
+    private func bootWarm(_ id: String) async {
         do {
-            let info = try await sessions.startSession(template(id, request))
+            _ = try await sessions.startSession(warmTemplate(id))
+            warmFailures = 0
+            if admission.holdsLeaving(id) {
+                // Given up while it booted.
+                post.yield(.stopSession(id, reason: "the warm pool gives it up"))
+            } else {
+                admission.warmBooted(id)
+                logger.info("warm session ready", metadata: ["session": "\(id)"])
+            }
+        } catch {
+            guard !Task.isCancelled else { return }
+            warmFailures += 1
+            let wait = Duration.seconds(min(60, 1 << min(warmFailures, 6)))
+            logger.warning("a warm session failed to start; the pool waits before it tries again",
+                           metadata: ["session": "\(id)", "reason": "\(error)", "retry_in": "\(wait)"])
+            admission.released(id)
+            warmPaused = true
+            post.yield(.resumeWarm(after: wait))
+        }
+        await step()
+    }
+
+    private func resumeWarm() async {
+        warmPaused = false
+        await step()
+    }
+
+    /// Boots the task's session (or opens its page in the warm session it took); the task is
+    /// running once it is ready, failed if it cannot be.
+    private func boot(_ task: TaskRecord, _ request: CreateTask, warm: String?) async {
+        let id = task.id
+        await note(id, "session_booting", warm.map { ["warm_session": $0] } ?? [:])
+        do {
+            let info = if let warm {
+                try await sessions.adoptSession(warm, by: id, url: request.url)
+            } else {
+                try await sessions.startSession(template(id, request))
+            }
             var session = JSONWriter()
             session.field("cdp_url", info.cdpURL)
             session.field("display", info.display)
@@ -203,12 +328,13 @@ public actor TaskService {
             let outcome = try? await move(id, .ready, session: session.text, data: ["session": session.text])
             if case .moved? = outcome { return }
             // Cancelled or timed out while booting: the session is not wanted any more.
-            await sessions.stopSession(id, reason: "task \(id) ended while its session booted")
+            await sessions.stopSession(warm ?? id, reason: "task \(id) ended while its session booted")
         } catch {
             // kioskd is stopping: the task stays starting, and the next start interrupts it.
             guard !Task.isCancelled else { return }
             logger.warning("task's session failed to start", metadata: ["task": "\(id)", "reason": "\(error)"])
             _ = try? await move(id, .fail, reason: "\(error)", data: [:])
+            if let warm { await sessions.stopSession(warm, reason: "its task failed to open its page") }
             await release(id)
         }
     }
@@ -266,27 +392,43 @@ public actor TaskService {
     /// back when it has ended.
     private func finished(_ task: TaskRecord) async {
         deadlines.remove(task.id)
-        queue.removeAll { $0.id == task.id }
-        recordCapacity()
-        guard active.contains(task.id) else { return }
+        if admission.isQueued(task.id) {
+            admission.withdraw(task.id)
+            requests[task.id] = nil
+            await step()
+        }
+        guard admission.holds(task.id) else { return }
         let id = task.id, state = task.state
         if task.session == nil && state != .cancelled && state != .timedOut && state != .interrupted {
             // It never had a session (a boot failure): nothing to wait for.
             await release(id)
             return
         }
-        post.yield(.stopSession(id, reason: "task \(id) is \(state.rawValue)"))
+        post.yield(.stopSession(warmSessionOf[id] ?? id, reason: "task \(id) is \(state.rawValue)"))
     }
 
+    /// The task's session has ended (or never came to be): its slot and memory are free.
     private func release(_ id: String) async {
-        guard active.remove(id) != nil else { return }
-        await admit()
+        guard admission.holds(id) else { return }
+        admission.released(id)
+        if let session = warmSessionOf.removeValue(forKey: id) { taskOfSession[session] = nil }
+        await step()
     }
 
     // MARK: - Session events
 
-    private func sessionEvent(_ id: String, _ event: SessionEvent) async {
-        guard active.contains(id) else { return }
+    private func sessionEvent(_ session: String, _ event: SessionEvent) async {
+        let id = taskOfSession[session] ?? session
+        guard admission.holds(id) else { return }
+        guard !admission.isWarm(id) else {
+            // A warm session's own life: only its end matters (its room is free again).
+            if case .ended(let end) = event {
+                logger.info("warm session ended", metadata: ["session": "\(id)", "reason": "\(end)"])
+                admission.released(id)
+                await step()
+            }
+            return
+        }
         if let (type, fields) = event.taskEvent { await note(id, type, fields) }
         guard case .ended(let end) = event else { return }
         if let task = try? await store.task(id), !task.state.isFinal {
@@ -357,12 +499,12 @@ public actor TaskService {
         return try await tokens.mint(task: id, role: role, ttl: ttl)
     }
 
-    /// Takes no new tasks from now on; running ones go on.
-    public func drain() -> (active: Int, queued: Int) {
-        draining = true
-        recordCapacity()
+    /// Takes no new tasks from now on and empties the warm pool; running and queued ones go on.
+    public func drain() async -> (active: Int, queued: Int) {
+        admission.drain()
         logger.notice("draining: no new tasks")
-        return (active.count, queue.count)
+        await step()
+        return (admission.active, admission.queued)
     }
 
     /// Waits (bounded) until no task holds a slot or waits for one — a session's slot is given
@@ -382,6 +524,6 @@ public actor TaskService {
     }
 
     public func capacity() -> Capacity {
-        Capacity(max: limits.maxSessions, active: active.count, queued: queue.count, draining: draining)
+        admission.capacity
     }
 }

@@ -1,6 +1,7 @@
 import Essentials
 import Logging
 import Supervision
+import Synchronization
 
 /// What the watch sees in the browser that no process watcher can: a crashed tab ("Aw, Snap"
 /// leaves the browser process alive), a tab gone, a page target nobody expected.
@@ -53,7 +54,11 @@ public enum TabPolicy: String, Sendable, CaseIterable {
 /// so a Chromium restart does not count twice against the session's budget.
 public struct BrowserWatch: Sendable {
     public let cdpPort: Int
-    public let homeURL: String
+    /// The page Chromium's command line opens; a warm session's, until a task takes it.
+    public let launchURL: String
+    /// The kiosk's page: where a tab that reached a browser page goes back to, and what a
+    /// relaunched browser is sent to. A task taking a warm session changes it.
+    public let home: KioskHome
     public let tabs: TabPolicy
     /// Run on every attach before the watch counts as ready: the lockdown's self-test against
     /// the running browser. Tabs must be the same afterwards.
@@ -64,7 +69,8 @@ public struct BrowserWatch: Sendable {
     public init(cdpPort: Int, homeURL: String, tabs: TabPolicy = .agent, verify: (@Sendable () async throws -> String)? = nil,
                 logger: Logger, report: @escaping @Sendable (BrowserEvent) -> Void) {
         self.cdpPort = cdpPort
-        self.homeURL = homeURL
+        self.launchURL = homeURL
+        self.home = KioskHome(homeURL)
         self.tabs = tabs
         self.verify = verify
         self.logger = logger
@@ -78,11 +84,16 @@ public struct BrowserWatch: Sendable {
 
     func run(_ context: TaskChildContext) async throws {
         var delay = Duration.milliseconds(20)
+        var attachedTo: String?
         while true {
             try Task.checkCancellation()
             if let url = await browserDebuggerURL(cdpPort: cdpPort) {
+                // A new browser (the id in its URL changes with every launch) opened the launch
+                // page again; the first one is the session's own start.
+                let relaunched = attachedTo != nil && attachedTo != url
+                attachedTo = url
                 do {
-                    try await CDPConnection.connect(url: url, logger: logger) { cdp in try await watch(cdp, context) }
+                    try await CDPConnection.connect(url: url, logger: logger) { cdp in try await watch(cdp, context, relaunched: relaunched) }
                     delay = .milliseconds(20)
                 } catch is CancellationError {
                     throw CancellationError()
@@ -100,9 +111,16 @@ public struct BrowserWatch: Sendable {
         try await cdp.send("Target.getTargets")["targetInfos"]?.array?.filter(Self.isTab).compactMap { $0["targetId"]?.string } ?? []
     }
 
-    private func watch(_ cdp: CDPConnection, _ context: TaskChildContext) async throws {
+    private func watch(_ cdp: CDPConnection, _ context: TaskChildContext, relaunched: Bool) async throws {
         try await cdp.send("Target.setDiscoverTargets", ["discover": true])
         let found = try await tabs(cdp)
+        if relaunched, home.url != launchURL {
+            // A task took this session from the warm pool: its page, not the pool's blank one.
+            for target in try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []
+            where Self.isTab(target) && target["url"]?.string == launchURL {
+                if let id = target["targetId"]?.string { try await navigateHome(id, from: launchURL, cdp) }
+            }
+        }
         var pages = Set(found)
         report(.attached(pages: pages.count))
         if tabs == .kioskOnly {
@@ -185,7 +203,7 @@ public struct BrowserWatch: Sendable {
     private func navigateHome(_ target: String, from url: String, _ cdp: CDPConnection) async throws {
         let session = try await cdp.send("Target.attachToTarget", ["targetId": .string(target), "flatten": true])["sessionId"]?.string
         guard let session else { throw CDPError(description: "attachToTarget gave no session") }
-        try await cdp.send("Page.navigate", ["url": .string(homeURL)], session: session)
+        try await cdp.send("Page.navigate", ["url": .string(home.url)], session: session)
         try await cdp.send("Target.detachFromTarget", ["sessionId": .string(session)])
         report(.returnedHome(targetID: target, from: url))
     }
@@ -209,7 +227,43 @@ public struct BrowserWatch: Sendable {
     }
 
     private func openHome(_ cdp: CDPConnection) async throws {
-        let id = try await cdp.send("Target.createTarget", ["url": .string(homeURL)])["targetId"]?.string ?? ""
-        report(.tabOpened(targetID: id, url: homeURL))
+        let url = home.url
+        let id = try await cdp.send("Target.createTarget", ["url": .string(url)])["targetId"]?.string ?? ""
+        report(.tabOpened(targetID: id, url: url))
+    }
+
+    /// Makes `url` the kiosk's page and loads it in the kiosk tab (a warm session given to a
+    /// task): returns once its load event fired (or `loadTimeout` passed: a slow page is the
+    /// task's, as on a cold start), with the pool's blank page gone from the tab's history.
+    public func open(_ url: String, loadTimeout: Duration = .seconds(10)) async throws {
+        home.url = url
+        guard let browser = await browserDebuggerURL(cdpPort: cdpPort) else { throw CDPError(description: "the browser does not answer CDP") }
+        try await CDPConnection.connect(url: browser, logger: logger) { cdp in
+            let targets = try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []
+            guard let tab = targets.first(where: Self.isTab)?["targetId"]?.string else { throw CDPError(description: "the browser has no tab") }
+            let attached = try await cdp.send("Target.attachToTarget", ["targetId": .string(tab), "flatten": true])["sessionId"]?.string
+            guard let session = attached else { throw CDPError(description: "attachToTarget gave no session") }
+            try await cdp.send("Page.enable", [:], session: session)
+            let navigated = try await cdp.send("Page.navigate", ["url": .string(url)], session: session)
+            if let failure = navigated["errorText"]?.string { logger.warning("the task's page failed to load", metadata: ["url": "\(url)", "error": "\(failure)"]) }
+            _ = try? await withTimeout(loadTimeout, "the page's load") {
+                for await event in cdp.events where event.method == "Page.loadEventFired" && event.sessionID == session { return }
+                throw CDPError(description: "the CDP connection ended")
+            }
+            try await cdp.send("Page.resetNavigationHistory", [:], session: session)
+            try await cdp.send("Target.detachFromTarget", ["sessionId": .string(session)])
+        }
+    }
+}
+
+/// The kiosk's page, shared by the watch's loops and whoever changes it.
+public final class KioskHome: Sendable {
+    private let value: Mutex<String>
+
+    public init(_ url: String) { value = Mutex(url) }
+
+    public var url: String {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
     }
 }

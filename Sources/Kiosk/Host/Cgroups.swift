@@ -77,6 +77,22 @@ public struct SessionCgroups: Sendable {
         return chain.directories.compactMap { parseMemoryLimit(readSmallFile($0 + "/" + chain.file)) }.min()
     }
 
+    /// Bounds all sessions together: their parent's memory limit becomes the budget, so however
+    /// they grow after admission, the kernel reclaims and kills inside the sessions, never the
+    /// daemon or the rest of the host. Where memory is not delegated, nothing to set.
+    public func limitSessions(to budget: UInt64) throws(FileError) {
+        // No budget (a misconfiguration the daemon reports) refuses every task instead.
+        guard budget > 0 else { return }
+        switch layout {
+        case .unified(let parent, let controllers) where controllers.contains("memory"):
+            try writeCgroupFile(parent + "/memory.max", "\(budget)")
+        case .hybrid(_, let memory, _):
+            try writeCgroupFile(memory + "/memory.limit_in_bytes", "\(budget)")
+        default:
+            break
+        }
+    }
+
     /// Finds the host's layout and prepares this daemon's parent group. `tag` keeps daemons
     /// apart and must be the same across restarts of one daemon (its runtime directory).
     public static func detect(tag: String, logger: Logger, roots: CgroupRoots = .system) -> SessionCgroups {

@@ -87,6 +87,7 @@ public actor Session {
     private nonisolated let sink: SessionEventSink
     private let supervisor: Supervisor
     private let lockdown: LockdownChild
+    private let watch: BrowserWatch
     private let host: SessionHost
     /// The session's cgroup: every one of its processes is in it from before exec; nil
     /// when the host has none (SessionCgroups.Mode.unavailable, or none configured).
@@ -103,9 +104,11 @@ public actor Session {
     private var runner: Task<SessionEnd, Never>?
 
     init(settings: SessionSettings, layout: SessionLayout, websockifySecret: String?, supervisor: Supervisor, lockdown: LockdownChild,
-         cgroup: SessionCgroup?, sink: SessionEventSink, host: SessionHost, onEnded: @escaping @Sendable (String) async -> Void) {
+         watch: BrowserWatch, cgroup: SessionCgroup?, sink: SessionEventSink, host: SessionHost,
+         onEnded: @escaping @Sendable (String) async -> Void) {
         self.lockdown = lockdown
         self.cgroup = cgroup
+        self.watch = watch
         self.websockifySecret = websockifySecret
         id = settings.id
         self.onEnded = onEnded
@@ -180,7 +183,7 @@ public actor Session {
             throw SessionError.setup("\(error)")
         }
         let session = Session(settings: settings, layout: layout, websockifySecret: websockifySecret, supervisor: supervisor,
-                              lockdown: lockdown, cgroup: cgroup, sink: sink, host: host, onEnded: onEnded)
+                              lockdown: lockdown, watch: watch, cgroup: cgroup, sink: sink, host: host, onEnded: onEnded)
         await session.launch(bus: bus, resources: taken, logger: logger)
 
         do {
@@ -300,6 +303,13 @@ public actor Session {
     public func ended() async -> SessionEnd {
         if let end { return end }
         return await runner!.value
+    }
+
+    /// Gives a warm session its task's page: the kiosk's page from now on (a browser restart
+    /// returns to it too), loaded when this returns.
+    public func open(_ url: String) async throws {
+        guard state == .ready else { throw SessionError.setup("session '\(id)' is \(state.rawValue), not ready") }
+        try await watch.open(url)
     }
 
     /// What the session's processes use now: its cgroup's accounting, or without one the sum

@@ -14,6 +14,8 @@ public actor SessionManager {
     private var sessions: [String: Session] = [:]
     /// Ids being created: reserved so a second create with the same id fails at once.
     private var starting: Set<String> = []
+    /// Warm sessions given to a task, by task id: the session keeps its own id.
+    private var owners: [String: String] = [:]
     private var closed = false
     /// Every session's events, tagged with its id.
     public nonisolated let events = Broadcast<(session: String, event: SessionEvent)>()
@@ -64,9 +66,27 @@ public actor SessionManager {
         return session
     }
 
-    private func forget(_ id: String) { sessions[id] = nil }
+    private func forget(_ id: String) {
+        sessions[id] = nil
+        owners = owners.filter { $0.value != id }
+    }
 
-    public func session(_ id: String) -> Session? { sessions[id] }
+    /// The session by its own id, or by the task that took it from the warm pool.
+    public func session(_ id: String) -> Session? { sessions[id] ?? owners[id].flatMap { sessions[$0] } }
+
+    /// Gives the warm session `id` to the task `task`: it opens the task's page and answers to
+    /// the task's id from now on (viewers and lookups find it by either).
+    public func adopt(_ id: String, by task: String, url: String) async throws -> Session {
+        guard let session = sessions[id] else { throw SessionError.setup("no warm session '\(id)'") }
+        owners[task] = id
+        do {
+            try await session.open(url)
+        } catch {
+            owners[task] = nil
+            throw error
+        }
+        return session
+    }
 
     /// What each live session uses, by session id.
     public func memory() async -> [String: MemoryReading] {
@@ -85,7 +105,7 @@ public actor SessionManager {
 
     /// Stops one session; nil when there is none with that id.
     public func stop(_ id: String, reason: String) async -> SessionEnd? {
-        guard let session = sessions[id] else { return nil }
+        guard let session = session(id) else { return nil }
         return await session.stop(reason: reason)
     }
 

@@ -72,3 +72,14 @@ public struct SessionSettings: Sendable, Equatable {
         return out
     }
 }
+
+extension SessionSettings {
+    /// Everything fixed when a session boots but its id and page: a warm session can be given
+    /// to a task only if their shapes are the same (size, input, limits …).
+    public var shape: String {
+        var neutral = self
+        neutral.id = ""
+        neutral.url = ""
+        return String(describing: neutral)
+    }
+}

@@ -23,8 +23,12 @@ enum ControlChild {
                 do {
                     try await store.migrate()
                     let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: config.state.dir + "/viewer-token.key"))
+                    let budget = memoryBudget(config, sessions.host, logger: logger)
                     let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: config.tasks,
-                                              template: { id, request in settings(config, id: id, request) }, logger: logger)
+                                              capacity: config.capacity, budget: budget,
+                                              template: { id, request in settings(config, id: id, request, budget: budget) },
+                                              warmTemplate: { id in SessionsChild.settings(config, id: id, url: "about:blank", budget: budget) },
+                                              logger: logger)
                     let interrupted = try await service.interruptUnfinished()
                     published.set(service)
                     let server = try server(config)
@@ -49,9 +53,32 @@ enum ControlChild {
             readyTimeout: .seconds(30))
     }
 
+    /// What the sessions may use together: the smallest of kioskd's cgroup limit, the machine's
+    /// memory and `capacity.memory`, less `capacity.reserve`.
+    static func memoryBudget(_ config: Config, _ host: SessionHost, logger: Logger) -> UInt64 {
+        let cgroupLimit = host.cgroups?.ownMemoryLimit, total = HostMemory.total()
+        let budget = HostMemory.budget(cgroupLimit: cgroupLimit, memTotal: total, configured: config.capacity.memory, reserve: config.capacity.reserve)
+        let mib = { (bytes: UInt64?) in bytes.map { "\($0 >> 20) MiB" } ?? "none" }
+        let facts: Logger.Metadata = [
+            "budget": "\(mib(budget))", "cgroup_limit": "\(mib(cgroupLimit))", "mem_total": "\(mib(total))",
+            "configured": "\(mib(config.capacity.memory))", "reserve": "\(mib(config.capacity.reserve))",
+        ]
+        do {
+            try host.cgroups?.limitSessions(to: budget)
+        } catch {
+            logger.warning("the sessions' parent cgroup cannot be limited to the budget: only admission keeps them within it", metadata: ["reason": "\(error)"])
+        }
+        if budget < config.capacity.sessionEstimate {
+            logger.error("the sessions' memory budget is below one session's estimate: every task will be refused (raise capacity.memory or lower capacity.reserve)", metadata: facts)
+        } else {
+            logger.info("sessions' memory budget", metadata: facts)
+        }
+        return budget
+    }
+
     /// The host's session defaults with what the task asks for.
-    static func settings(_ config: Config, id: String, _ request: CreateTask) -> SessionSettings {
-        var s = SessionsChild.settings(config, id: id, url: request.url)
+    static func settings(_ config: Config, id: String, _ request: CreateTask, budget: UInt64) -> SessionSettings {
+        var s = SessionsChild.settings(config, id: id, url: request.url, budget: budget)
         if let w = request.width { s.width = w }
         if let h = request.height { s.height = h }
         if let input = request.input { s.input = input }

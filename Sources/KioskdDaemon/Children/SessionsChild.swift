@@ -30,17 +30,38 @@ enum SessionsChild {
                         ? PortGuard(ports: config.sessions.ports, allowedUIDs: config.sessions.cdpAllowUIDs.values,
                                     allowedGIDs: config.sessions.cdpAllowGIDs.values)
                         : nil,
+                    cgroups: cgroups(config, logger: logger),
                     logger: logger)
+    }
+
+    /// The sessions' cgroups, tagged by the runtime directory (two daemons on a host keep apart;
+    /// a restarted one finds its predecessor's groups). None writable: one warning, and the
+    /// sessions run as before, measured from /proc.
+    static func cgroups(_ config: Config, logger: Logger) -> SessionCgroups {
+        let cgroups = SessionCgroups.detect(tag: config.runtime.dir, logger: logger)
+        if case .unavailable(let reason) = cgroups.mode {
+            logger.warning("no session cgroups: sessions are not memory-limited one by one, and their memory is measured from /proc (\(reason))")
+        }
+        return cgroups
+    }
+
+    /// A session's cgroup limits: the configured ones, or derived from the sessions' budget.
+    static func limits(_ config: Config, budget: UInt64) -> SessionLimits {
+        let max = config.sessions.memoryMax ?? Swift.max(512 << 20, budget / 2)
+        let high = config.sessions.memoryHigh ?? max / 10 * 9
+        return SessionLimits(memoryMax: max, memoryHigh: Swift.min(high, max), pidsMax: config.sessions.pidsMax)
     }
 
     /// The configured session defaults. The grab list cannot fail here: the config loader
     /// already refused a removal that is not in the default list.
-    static func settings(_ config: Config, id: String, url: String) -> SessionSettings {
-        SessionSettings(id: id, url: url, width: config.sessions.width, height: config.sessions.height,
-                        input: config.sessions.input, bridge: config.sessions.bridge,
-                        budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
-                        browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox,
-                        grabs: (try? GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove)) ?? GrabList.defaults,
-                        tabs: config.sessions.tabs)
+    static func settings(_ config: Config, id: String, url: String, budget: UInt64) -> SessionSettings {
+        var s = SessionSettings(id: id, url: url, width: config.sessions.width, height: config.sessions.height,
+                                input: config.sessions.input, bridge: config.sessions.bridge,
+                                budget: Intensity(maxRestarts: config.sessions.maxRestarts, period: config.sessions.period),
+                                browserExecutable: config.sessions.browser, sandbox: config.sessions.sandbox,
+                                grabs: (try? GrabList.configured(add: config.sessions.lockdownAdd, remove: config.sessions.lockdownRemove)) ?? GrabList.defaults,
+                                tabs: config.sessions.tabs)
+        s.limits = limits(config, budget: budget)
+        return s
     }
 }

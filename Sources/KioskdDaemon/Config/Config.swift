@@ -10,6 +10,7 @@ import ViewerInput
 public struct Config: Sendable, Equatable {
     public var control = Control()
     public var tasks = TaskLimits()
+    public var capacity = CapacitySettings()
     public var publicListener = PublicListener()
     public var state = State()
     public var runtime = Runtime()
@@ -111,6 +112,10 @@ public struct Config: Sendable, Equatable {
         public var portGuard = true
         public var cdpAllowUIDs = NumericIDs()
         public var cdpAllowGIDs = NumericIDs()
+        /// nil: derived from the budget (`ControlChild.limits`).
+        public var memoryMax: UInt64?
+        public var memoryHigh: UInt64?
+        public var pidsMax = 4096
         public var lockdownAdd: [KeyCombo] = []
         public var lockdownRemove: [KeyCombo] = []
         public var tabs = TabPolicy.agent

@@ -1,3 +1,4 @@
+import Control
 import Supervision
 import Kiosk
 import Yams
@@ -40,6 +41,7 @@ public enum ConfigLoader {
         applyEnvironment(environment, to: &config, issues: &issues)
         issues += ProgramsParser.crossCheck(config.programs)
         issues += crossCheck(config.publicListener)
+        issues += crossCheck(config.capacity, config.sessions)
         issues += socketPathCheck(config)
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
         return config
@@ -57,6 +59,20 @@ public enum ConfigLoader {
         if !jwt.hs256SecretFile.isEmpty || !jwt.jwksFile.isEmpty {
             if jwt.issuer.isEmpty { missing("public.jwt.issuer", "when identity-provider keys are configured") }
             if jwt.audience.isEmpty { missing("public.jwt.audience", "when identity-provider keys are configured") }
+        }
+        return issues
+    }
+
+    /// Thresholds and limits that must be ordered.
+    static func crossCheck(_ capacity: CapacitySettings, _ sessions: Config.SessionDefaults) -> [ConfigIssue] {
+        var issues: [ConfigIssue] = []
+        if capacity.pressureLow >= capacity.pressureHigh {
+            issues.append(ConfigIssue(key: "capacity.pressure_low", message: "must be below capacity.pressure_high (\(capacity.pressureHigh.rendered)), got \(capacity.pressureLow.rendered)",
+                                      source: "capacity"))
+        }
+        if let high = sessions.memoryHigh, let max = sessions.memoryMax, high > max {
+            issues.append(ConfigIssue(key: "sessions.memory_high", message: "must not be above sessions.memory_max (\(max.rendered)), got \(high.rendered)",
+                                      source: "sessions"))
         }
         return issues
     }

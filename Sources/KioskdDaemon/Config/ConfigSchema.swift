@@ -38,6 +38,12 @@ enum ConfigSchema {
         key("control.allow_uids", "Peer uids allowed on the control socket, comma-separated. Empty: root and kioskd's own uid.", \.control.allowUIDs, ids),
         key("control.allow_gids", "Peer primary gids allowed on the control socket, comma-separated. Empty: the socket's group.", \.control.allowGIDs, ids),
         key("tasks.max_sessions", "Tasks running at once on this host; more wait in queued.", \.tasks.maxSessions, integer(1...256)),
+        key("tasks.max_queued", "Tasks waiting for room at once; a create beyond it is answered 503 with Retry-After.", \.tasks.maxQueued, integer(0...100_000)),
+        key("capacity.memory", "A cap on what the sessions use together, besides kioskd's own cgroup limit and the machine's memory (the smallest wins). auto: those two alone.", \.capacity.memory, automatic(bytes(min: 64 << 20))),
+        key("capacity.reserve", "Memory kept out of the sessions' budget for the daemon, the OS and the page cache.", \.capacity.reserve, bytes(min: 0)),
+        key("capacity.session_estimate", "A session's expected peak memory until sessions have been measured (then learned: the largest recent peak and a quarter).", \.capacity.sessionEstimate, bytes(min: 16 << 20)),
+        key("capacity.pressure_high", "Host memory pressure (PSI some avg10, percent) at which no task is admitted and the warm pool is given up.", \.capacity.pressureHigh, decimal(0.1...100)),
+        key("capacity.pressure_low", "Host memory pressure below which admission resumes (below capacity.pressure_high).", \.capacity.pressureLow, decimal(0...100)),
         key("tasks.start_timeout", "Default timeout_s: how long a task may take to be running.", \.tasks.startTimeout, duration(min: .seconds(1))),
         key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
         key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),
@@ -84,6 +90,10 @@ enum ConfigSchema {
         key("sessions.height", "Screen height in pixels.", \.sessions.height, integer(SessionRules.height)),
         key("sessions.input", "What VNC viewers may do: control (keys, mouse, clicks) or view.", \.sessions.input, choice(ViewerRole.self)),
         key("sessions.bridge", "How viewers reach x11vnc: builtin (kioskd's bridge) or websockify (a relay process per session).", \.sessions.bridge, choice(BridgeMode.self)),
+        key("sessions.warm", "Fresh sessions kept booted (at about:blank) for tasks of the default size and input to take at once; counted in the memory budget, refilled in the background.", \.capacity.warm, integer(0...256)),
+        key("sessions.memory_max", "A session's memory limit (its cgroup's): past it the kernel kills inside that session only. auto: half the sessions' budget.", \.sessions.memoryMax, automatic(bytes(min: 64 << 20))),
+        key("sessions.memory_high", "Where the kernel starts to reclaim and slow a session down (cgroup v2 memory.high; v1 has none). auto: nine tenths of sessions.memory_max.", \.sessions.memoryHigh, automatic(bytes(min: 32 << 20))),
+        key("sessions.pids_max", "Processes and threads one session may have (its cgroup's pids.max).", \.sessions.pidsMax, integer(64...1_000_000)),
         key("sessions.max_restarts", "Restarts a session may spend per sessions.period (at each level of its tree) before it ends.", \.sessions.maxRestarts, integer(0...1000)),
         key("sessions.period", "Window for sessions.max_restarts.", \.sessions.period, duration(min: .seconds(1))),
         key("sessions.browser", "The Chromium binary (Debian's by default; not the /usr/bin/chromium wrapper).", \.sessions.browser, absolutePath),
@@ -257,6 +267,27 @@ enum ConfigSchema {
         }
     }
 
+    /// A size: bytes, or a number with KiB, MiB, GiB, TiB (K, M, G, T, KB, MB, GB, TB are read
+    /// as the same powers of two: memory is counted in them).
+    static func bytes(min: UInt64) -> @Sendable (String) throws(ValueError) -> UInt64 {
+        { (text: String) throws(ValueError) -> UInt64 in
+            let units: [(String, UInt64)] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
+                                             ("KB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30), ("TB", 1 << 40),
+                                             ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40), ("B", 1)]
+            let trimmed = text.filter { $0 != " " }
+            let unit = units.first { trimmed.hasSuffix($0.0) }
+            let number = unit.map { String(trimmed.dropLast($0.0.count)) } ?? trimmed
+            guard let value = Double(number), value >= 0, value.isFinite else {
+                throw ValueError(message: "must be a size like 512MiB or 4GiB, got \"\(text)\"")
+            }
+            let total = value * Double(unit?.1 ?? 1)
+            guard total < 1.8e19, UInt64(total) >= min else {
+                throw ValueError(message: "must be at least \(min.rendered), got \"\(text)\"")
+            }
+            return UInt64(total)
+        }
+    }
+
     static func integer(_ range: ClosedRange<Int>) -> @Sendable (String) throws(ValueError) -> Int {
         { (text: String) throws(ValueError) -> Int in
             guard let value = Int(text), range.contains(value) else {
@@ -337,6 +368,15 @@ extension Array: ConfigRenderable where Element: ConfigListItem {
 }
 extension NumericIDs: ConfigRenderable { var rendered: String { values.map(String.init).joined(separator: ",") } }
 extension Optional: ConfigRenderable where Wrapped: ConfigRenderable { var rendered: String { map(\.rendered) ?? "auto" } }
+/// Sizes, written back in the largest unit that divides them.
+extension UInt64: ConfigRenderable {
+    var rendered: String {
+        for (unit, size) in [("TiB", UInt64(1) << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] where self >= size && self % size == 0 {
+            return "\(self / size)\(unit)"
+        }
+        return "\(self)"
+    }
+}
 extension Bool: ConfigRenderable { var rendered: String { self ? "true" : "false" } }
 extension ClosedRange<Int>: ConfigRenderable { var rendered: String { "\(lowerBound)-\(upperBound)" } }
 extension Duration: ConfigRenderable {

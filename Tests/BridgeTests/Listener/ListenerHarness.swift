@@ -84,6 +84,10 @@ final class NoSessions: SessionProvider {
         if settings.url.contains("hold") { await untilCancelled() }
         throw SessionError.failedToStart(id: settings.id, reason: "no sessions in this harness")
     }
+    func adoptSession(_ id: String, by task: String, url: String) async throws -> SessionInfo {
+        throw SessionError.setup("no warm sessions in this harness")
+    }
+    func sessionMemory() async -> [String: MemoryReading] { [:] }
     func stopSession(_ id: String, reason: String) async {}
     func listSessions() async -> [SessionInfo] { [] }
 }

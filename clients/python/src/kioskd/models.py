@@ -134,11 +134,22 @@ class Session:
 class Capacity:
     __openapi__: ClassVar[str] = "#/components/schemas/Capacity"
 
-    max_sessions: int | None = None
-    active: int | None = None
-    queued: int | None = None
-    available: int | None = None
-    draining: bool | None = None
+    max_sessions: int
+    active: int
+    queued: int
+    max_queued: int
+    available: int
+    slots_free: int
+    sessions: int
+    warm: int
+    warm_target: int
+    memory_budget_bytes: int
+    memory_used_bytes: int
+    memory_committed_bytes: int
+    session_estimate_bytes: int
+    memory_pressure: float
+    pressured: bool
+    draining: bool
 
 
 @_model
@@ -345,6 +356,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise DecodeError(f"{where} is not a string")
         return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DecodeError(f"{where} is not a number")
+        return float(value)
     raise TypeError(f"unsupported type {tp!r} at {where}")  # pragma: no cover
 
 
