@@ -43,6 +43,15 @@ public struct ChildSpec: Sendable {
     /// It still restarts with the rest when a sibling it depends on crashes (rest_for_one: one
     /// before it; one_for_all: any).
     public var restartsAlone: Bool
+    /// It does not need the sibling before it to be ready: it is spawned together with that
+    /// sibling (and with the run of siblings that sibling starts with), and the start goes on
+    /// once all of them are ready. A sibling that needs an earlier one up keeps this false.
+    /// Stops, restarts and the strategy still follow the order of the spec.
+    ///
+    /// A flag on the child rather than a start order on the supervisor or a `startsAfter` id:
+    /// a start step stays one group of siblings, so the plan is still a list (start steps in
+    /// spec order, stops in reverse) and not a graph to schedule.
+    public var startsWithPrevious: Bool
     /// Passing this probe is what "started" means. `nil`: started as soon as it runs.
     public var readiness: ReadinessProbe?
     public var readyTimeout: Duration
@@ -54,6 +63,7 @@ public struct ChildSpec: Sendable {
         shutdown: Shutdown? = nil,
         significant: Bool = false,
         restartsAlone: Bool = false,
+        startsWithPrevious: Bool = false,
         readiness: ReadinessProbe? = nil,
         readyTimeout: Duration = .seconds(10)
     ) {
@@ -69,6 +79,7 @@ public struct ChildSpec: Sendable {
         }
         self.significant = significant
         self.restartsAlone = restartsAlone
+        self.startsWithPrevious = startsWithPrevious
         self.readiness = readiness
         self.readyTimeout = readyTimeout
     }

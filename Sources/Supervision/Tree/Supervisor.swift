@@ -46,7 +46,8 @@ public actor Supervisor {
         self.logger = logger
     }
 
-    /// Starts the children in order and supervises them until stopped, auto-shut-down or given up.
+    /// Starts the children in order (a child that starts with the previous one is spawned beside
+    /// it) and supervises them until stopped, auto-shut-down or given up.
     /// Cancelling it kills every child at once (for a stop that overran its bound).
     public func run() async -> SupervisorStateMachine.Outcome {
         precondition(!running, "a supervisor runs once")

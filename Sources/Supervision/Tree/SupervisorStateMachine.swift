@@ -2,8 +2,9 @@ import Essentials
 /// Every decision a supervisor makes, with no effects: inputs go in, actions come out.
 ///
 /// Restarts are planned from the children's statuses rather than remembered as work in flight:
-/// a plan (stops in reverse order, a backoff delay, starts in order) is derived from which
-/// children crashed, executed one step at a time, and may be dropped at any step boundary and
+/// a plan (stops in reverse order, a backoff delay, starts in order: a start step spawns a child
+/// with the siblings that start with it and waits for them all to be ready) is derived from
+/// which children crashed, executed one step at a time, and may be dropped at any step boundary and
 /// derived again. That keeps crashes during a restart, start failures and shutdown requests
 /// arriving mid-plan simple and correct.
 ///
@@ -88,6 +89,7 @@ public struct SupervisorStateMachine: Sendable {
         public let restart: RestartType
         public let significant: Bool
         public let restartsAlone: Bool
+        public let startsWithPrevious: Bool
         public internal(set) var status: Status = .down
         public internal(set) var generation = 0
         /// Consecutive failures, for the backoff.
@@ -118,7 +120,8 @@ public struct SupervisorStateMachine: Sendable {
     enum Step: Equatable {
         case stop(String)
         case delay(Duration)
-        case start(String)
+        /// Children spawned together (see `ChildSpec.startsWithPrevious`), in spec order.
+        case start([String])
         case remove(String)
     }
 
@@ -132,7 +135,8 @@ public struct SupervisorStateMachine: Sendable {
     /// What the current step waits for.
     enum Awaiting: Equatable {
         case exit(String)
-        case ready(String)
+        /// The children of the start step that are still starting.
+        case ready(Set<String>)
         case timer(Int)
     }
 
@@ -157,7 +161,8 @@ public struct SupervisorStateMachine: Sendable {
         intensity = spec.intensity
         backoff = spec.backoff
         autoShutdown = spec.autoShutdown
-        children = spec.children.map { Child(id: $0.id, restart: $0.restart, significant: $0.significant, restartsAlone: $0.restartsAlone) }
+        children = spec.children.map { Child(id: $0.id, restart: $0.restart, significant: $0.significant, restartsAlone: $0.restartsAlone,
+                                           startsWithPrevious: $0.startsWithPrevious) }
         self.random = random
     }
 
@@ -181,7 +186,7 @@ public struct SupervisorStateMachine: Sendable {
         case .start:
             guard phase == .idle else { return [] }
             phase = .starting
-            plan = children.map { .start($0.id) }
+            plan = startSteps(Array(children.indices))
         case .childReady(let id, let generation, let detail):
             childReady(id, generation, detail, now, &actions)
         case .childExited(let id, let generation, let reason):
@@ -215,7 +220,9 @@ public struct SupervisorStateMachine: Sendable {
             children[i].addRequest = nil
             actions.append(.replyAdd(request: request, error: nil))
         }
-        if awaiting == .ready(id) { awaiting = nil }
+        if case .ready(var ids) = awaiting, ids.remove(id) != nil {
+            awaiting = ids.isEmpty ? nil : .ready(ids)
+        }
     }
 
     private mutating func childExited(_ id: String, _ generation: Int, _ reason: ExitReason, _ now: Instant, _ actions: inout [Action]) {
@@ -235,7 +242,9 @@ public struct SupervisorStateMachine: Sendable {
             }
         case .starting:
             children[i].status = .down
-            if awaiting == .ready(id) { awaiting = nil }
+            // A failed start ends its step (the initial start fails): a restart's next plan stops
+            // what depends on the child; the siblings starting with it are running once ready.
+            if case .ready(let ids) = awaiting, ids.contains(id) { awaiting = nil }
             actions.append(.event(.startFailed(child: id, reason: reason.description)))
             startFailed(i, reason, now, &actions)
         case .running:
@@ -404,7 +413,8 @@ public struct SupervisorStateMachine: Sendable {
             actions.append(.replyAdd(request: request, error: .duplicateChild(spec.id)))
             return
         }
-        var child = Child(id: spec.id, restart: spec.restart, significant: spec.significant, restartsAlone: spec.restartsAlone)
+        var child = Child(id: spec.id, restart: spec.restart, significant: spec.significant, restartsAlone: spec.restartsAlone,
+                          startsWithPrevious: spec.startsWithPrevious)
         child.addRequest = request
         children.append(child)
     }
@@ -480,17 +490,21 @@ public struct SupervisorStateMachine: Sendable {
             nextTimerToken += 1
             awaiting = .timer(nextTimerToken)
             actions.append(.scheduleTimer(token: nextTimerToken, after: duration))
-        case .start(let id):
-            guard let i = index(id), children[i].status == .down, children[i].removeRequest == nil else { return }
-            if phase != .starting, children[i].addRequest == nil { children[i].restarts += 1 }
-            children[i].status = .starting
-            children[i].crashed = false
-            children[i].generation += 1
-            startCount += 1
-            children[i].startSeq = startCount
-            actions.append(.event(.starting(child: id, generation: children[i].generation)))
-            actions.append(.startChild(id: id, generation: children[i].generation))
-            awaiting = .ready(id)
+        case .start(let ids):
+            var started = Set<String>()
+            for id in ids {
+                guard let i = index(id), children[i].status == .down, children[i].removeRequest == nil else { continue }
+                if phase != .starting, children[i].addRequest == nil { children[i].restarts += 1 }
+                children[i].status = .starting
+                children[i].crashed = false
+                children[i].generation += 1
+                startCount += 1
+                children[i].startSeq = startCount
+                actions.append(.event(.starting(child: id, generation: children[i].generation)))
+                actions.append(.startChild(id: id, generation: children[i].generation))
+                started.insert(id)
+            }
+            if !started.isEmpty { awaiting = .ready(started) }
         case .remove(let id):
             guard let i = index(id) else { return }
             let request = children[i].removeRequest
@@ -548,8 +562,23 @@ public struct SupervisorStateMachine: Sendable {
         }
         plan = stops.reversed().map { .stop(children[$0].id) }
             + [.delay(delay)]
-            + starting.sorted().map { .start(children[$0].id) }
+            + startSteps(starting.sorted())
         return true
+    }
+
+    /// The start steps for children `indices` (ascending): a child joins the step of the one
+    /// before it in `indices` when it and every child between them start with their previous
+    /// one, as they would in a start of every child.
+    private func startSteps(_ indices: [Int]) -> [Step] {
+        var steps: [[String]] = []
+        for (n, i) in indices.enumerated() {
+            if n > 0, (indices[n - 1] + 1...i).allSatisfy({ children[$0].startsWithPrevious }) {
+                steps[steps.count - 1].append(children[i].id)
+            } else {
+                steps.append([children[i].id])
+            }
+        }
+        return steps.map { .start($0) }
     }
 
     private func index(_ id: String) -> Int? { children.firstIndex { $0.id == id } }

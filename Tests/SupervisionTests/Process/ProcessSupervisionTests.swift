@@ -508,6 +508,36 @@ struct ProcessSupervisionTests {
         _ = await stopAndWait(sup, run)
     }
 
+    @Test func siblingsStartedTogetherAreSpawnedBeforeEitherIsReadyAndStopInReverse() async throws {
+        let dir = try makeTempDir()
+        defer { removeTree(dir) }
+        func slow(_ id: String) -> ChildSpec {
+            spec(id, ["--sleep-ms", "300", "--touch", dir + "/" + id], readiness: .file(path: dir + "/" + id))
+        }
+        var second = slow("second")
+        second.startsWithPrevious = true
+        let sup = try supervisor(.oneForOne, [slow("first"), second, slow("after")])
+        let run = launch(sup)
+        try await sup.waitReady()
+        try await recorder.wait(for: "supervisor ready") { $0.kind == .supervisorReady }
+        let events = recorder.events.map(\.kind)
+        let secondSpawned = try #require(events.firstIndex { if case .spawned("second", _) = $0 { true } else { false } })
+        let firstReady = try #require(events.firstIndex { if case .ready("first", _) = $0 { true } else { false } })
+        let secondReady = try #require(events.firstIndex { if case .ready("second", _) = $0 { true } else { false } })
+        let afterStarting = try #require(events.firstIndex { if case .starting("after", _) = $0 { true } else { false } })
+        #expect(secondSpawned < firstReady, "second is spawned without waiting for first")
+        #expect(max(firstReady, secondReady) < afterStarting, "the next sibling waits for both")
+
+        let mark = recorder.count
+        #expect(await stopAndWait(sup, run) == .normal("stop requested"))
+        try await recorder.wait(for: "supervisor stopped", after: mark) { if case .supervisorStopped = $0.kind { true } else { false } }
+        let stopping = recorder.events.dropFirst(mark).compactMap { e -> String? in
+            if case .stopping(let id) = e.kind { return id }
+            return nil
+        }
+        #expect(stopping == ["after", "second", "first"])
+    }
+
     @Test func theSnapshotShowsTheWholeTree() async throws {
         let inner = SupervisorSpec(strategy: .restForOne, children: [spec("leaf")])
         let sup = try supervisor(.oneForOne, [ChildSpec(id: "session", kind: .supervisor(inner)), spec("solo")], name: "root")

@@ -8,9 +8,10 @@ struct Harness {
 
     init(_ strategy: Strategy, _ children: [(String, RestartType)], intensity: Intensity = .init(maxRestarts: 3, period: .seconds(10)),
          backoff: Backoff = Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1), jitter: 0, resetAfter: .seconds(5)),
-         autoShutdown: AutoShutdown = .never, significant: Set<String> = [], alone: Set<String> = []) {
+         autoShutdown: AutoShutdown = .never, significant: Set<String> = [], alone: Set<String> = [], withPrevious: Set<String> = []) {
         let specs = children.map { id, restart in
-            ChildSpec(id: id, kind: .task { _ in }, restart: restart, significant: significant.contains(id), restartsAlone: alone.contains(id))
+            ChildSpec(id: id, kind: .task { _ in }, restart: restart, significant: significant.contains(id), restartsAlone: alone.contains(id),
+                      startsWithPrevious: withPrevious.contains(id))
         }
         machine = SupervisorStateMachine(
             spec: SupervisorSpec(strategy: strategy, intensity: intensity, backoff: backoff, autoShutdown: autoShutdown, children: specs),
