@@ -121,11 +121,7 @@ struct ControlHarness {
         logger.logLevel = .warning
         let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: dir + "/viewer-token.key"))
         let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: limits, capacity: capacity, budget: budget,
-                                  template: { id, request in
-                                      var s = SessionSettings(id: id, url: request.url)
-                                      if let w = request.width { s.width = w }
-                                      return s
-                                  },
+                                  template: { id, request in request.session(from: SessionSettings(id: id, url: request.url)) },
                                   hostPressure: { pressure.value }, logger: logger)
         _ = try await service.interruptUnfinished()
         let socket = dir + "/control.sock"

@@ -91,19 +91,23 @@ public struct CreateTask: Sendable, Equatable {
     public var input: ViewerRole?
     public var timeoutSeconds: Int?
     public var maxLifetimeSeconds: Int?
+    /// The session's memory limit (its cgroup's) in MiB, instead of `sessions.memory_max`.
+    public var memoryMaxMB: Int?
     /// The caller's own JSON object (correlation ids and the like), kept with the task.
     public var metadata: String?
 
-    static let fields: Set<String> = ["task_id", "url", "width", "height", "input", "timeout_s", "max_lifetime_s", "metadata"]
+    static let fields: Set<String> = ["task_id", "url", "width", "height", "input", "timeout_s", "max_lifetime_s", "memory_max_mb", "metadata"]
     /// `timeout_s`: how long the task may take to be running.
     static let timeoutSeconds = 1...3600
     /// `max_lifetime_s`: from creation, at most a week.
     static let maxLifetimeSeconds = 10...7 * 86400
+    /// `memory_max_mb`: below 64 MiB no browser starts.
+    static let memoryMaxMB = 64...(1 << 20)
     /// `metadata`, re-encoded compactly with sorted keys; more is 413 field_too_large.
     static let metadataMaxBytes = 16 * 1024
 
     public init(taskID: String? = nil, url: String, width: Int? = nil, height: Int? = nil, input: ViewerRole? = nil,
-                timeoutSeconds: Int? = nil, maxLifetimeSeconds: Int? = nil, metadata: String? = nil) {
+                timeoutSeconds: Int? = nil, maxLifetimeSeconds: Int? = nil, memoryMaxMB: Int? = nil, metadata: String? = nil) {
         self.taskID = taskID
         self.url = url
         self.width = width
@@ -111,6 +115,7 @@ public struct CreateTask: Sendable, Equatable {
         self.input = input
         self.timeoutSeconds = timeoutSeconds
         self.maxLifetimeSeconds = maxLifetimeSeconds
+        self.memoryMaxMB = memoryMaxMB
         self.metadata = metadata
     }
 
@@ -125,6 +130,7 @@ public struct CreateTask: Sendable, Equatable {
         input = try f.choice("input", ViewerRole.self)
         timeoutSeconds = try f.integer("timeout_s", Self.timeoutSeconds)
         maxLifetimeSeconds = try f.integer("max_lifetime_s", Self.maxLifetimeSeconds)
+        memoryMaxMB = try f.integer("memory_max_mb", Self.memoryMaxMB)
         metadata = try f.objectText("metadata", maxBytes: Self.metadataMaxBytes)
     }
 
@@ -135,6 +141,8 @@ public struct CreateTask: Sendable, Equatable {
         w.field("height", height.map(Int64.init))
         w.field("input", input?.rawValue)
         w.field("max_lifetime_s", maxLifetimeSeconds.map(Int64.init))
+        // Only when given: a task stored before the field existed still compares equal.
+        if let memoryMaxMB { w.field("memory_max_mb", Int64(memoryMaxMB)) }
         w.raw("metadata", metadata)
         w.field("timeout_s", timeoutSeconds.map(Int64.init))
         w.field("url", url)
@@ -224,5 +232,21 @@ enum QueryRules {
             }
             return s
         })
+    }
+}
+
+extension CreateTask {
+    /// The session this task asks for: the host's `defaults` with the request's overrides.
+    public func session(from defaults: SessionSettings) -> SessionSettings {
+        var s = defaults
+        if let width { s.width = width }
+        if let height { s.height = height }
+        if let input { s.input = input }
+        if let memoryMaxMB {
+            let max = UInt64(memoryMaxMB) << 20
+            s.limits.memoryMax = max
+            s.limits.memoryHigh = max / 10 * 9
+        }
+        return s
     }
 }

@@ -78,11 +78,7 @@ enum ControlChild {
 
     /// The host's session defaults with what the task asks for.
     static func settings(_ config: Config, id: String, _ request: CreateTask, budget: UInt64) -> SessionSettings {
-        var s = SessionsChild.settings(config, id: id, url: request.url, budget: budget)
-        if let w = request.width { s.width = w }
-        if let h = request.height { s.height = h }
-        if let input = request.input { s.input = input }
-        return s
+        request.session(from: SessionsChild.settings(config, id: id, url: request.url, budget: budget))
     }
 
     /// The socket's group and who may connect: by default root and kioskd's own uid, and

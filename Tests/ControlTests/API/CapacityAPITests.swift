@@ -57,6 +57,10 @@ struct CapacityAPITests {
             #expect(refused.status == 503 && refused.errorCode == "over_budget")
             #expect(refused.json?["error"]?["message"]?.string?.contains("300 MiB") == true && refused.headers.first(name: "Retry-After") == nil,
                     "waiting would not help: \(refused.text)")
+            // A task whose own limit fits can never use more: it runs.
+            let small = try await h.client.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"small","url":"https://example.com/","memory_max_mb":150}"#)
+            #expect(small.json?["state"]?.string == "running", "\(small.text)")
+            #expect(try await h.client.request(.POST, "/v1/tasks", json: #"{"url":"https://example.com/","memory_max_mb":32}"#).status == 400)
         }
     }
 

@@ -156,6 +156,7 @@ struct OpenAPIDocumentTests {
         #expect(range(p["width"]) == SessionRules.width && range(p["height"]) == SessionRules.height)
         #expect(range(p["timeout_s"]) == CreateTask.timeoutSeconds)
         #expect(range(p["max_lifetime_s"]) == CreateTask.maxLifetimeSeconds)
+        #expect(range(p["memory_max_mb"]) == CreateTask.memoryMaxMB)
         #expect(p["url"]["pattern"].string == SessionRules.urlPattern)
         #expect(p["url"]["maxLength"].int == SessionRules.urlMaxLength && p["url"]["minLength"].int == 1)
         #expect(p["url"]["description"].string?.contains("\(SessionRules.urlMaxLength) characters") == true)
@@ -165,7 +166,7 @@ struct OpenAPIDocumentTests {
         for name in CreateTask.fields.subtracting(["url"]) {
             #expect(p[name]["type"].strings.contains("null") || p[name]["enum"].items.contains(.null), "\(name) may be null")
         }
-        let explicitNulls = try CreateTask(body: Array(#"{"url":"about:blank","task_id":null,"width":null,"height":null,"input":null,"timeout_s":null,"max_lifetime_s":null,"metadata":null}"#.utf8))
+        let explicitNulls = try CreateTask(body: Array(#"{"url":"about:blank","task_id":null,"width":null,"height":null,"input":null,"timeout_s":null,"max_lifetime_s":null,"memory_max_mb":null,"metadata":null}"#.utf8))
         #expect(explicitNulls == CreateTask(url: "about:blank"))
         // The url's pattern and bounds say what isValidURL does.
         let url = p["url"]

@@ -273,6 +273,8 @@ class SSEParser:
 
 
 def create_request(url: str, task_id: str | None, width: int | None, height: int | None, input: Role | None,
-                   timeout_s: int | None, max_lifetime_s: int | None, metadata: dict[str, Any] | None) -> CreateTask:
+                   timeout_s: int | None, max_lifetime_s: int | None, metadata: dict[str, Any] | None,
+                   memory_max_mb: int | None = None) -> CreateTask:
     return CreateTask(url=url, task_id=task_id if task_id is not None else new_task_id(), width=width, height=height,
-                      input=input, timeout_s=timeout_s, max_lifetime_s=max_lifetime_s, metadata=metadata)
+                      input=input, timeout_s=timeout_s, max_lifetime_s=max_lifetime_s, memory_max_mb=memory_max_mb,
+                      metadata=metadata)

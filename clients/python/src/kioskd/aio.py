@@ -115,7 +115,8 @@ class AsyncKioskd:
 
     async def create_task(self, url: str, *, task_id: str | None = None, width: int | None = None,
                     height: int | None = None, input: Role | None = None, timeout_s: int | None = None,
-                    max_lifetime_s: int | None = None, metadata: dict[str, Any] | None = None,
+                    max_lifetime_s: int | None = None, memory_max_mb: int | None = None,
+                    metadata: dict[str, Any] | None = None,
                     wait: bool = False) -> Task:
         """POST /v1/tasks: a kiosk session showing `url` (http(s), about: or data:).
 
@@ -124,8 +125,9 @@ class AsyncKioskd:
         call's own retries never start a second browser. Creating again with the same id and
         request returns the task; with another request it is 409 task_id_reused.
         `timeout_s`: to be running; `max_lifetime_s`: from creation; `input`: what its
-        viewers may do; `metadata`: your JSON object, kept with the task."""
-        request = calls.create_request(url, task_id, width, height, input, timeout_s, max_lifetime_s, metadata)
+        viewers may do; `memory_max_mb`: its session's memory limit (default: the host's);
+        `metadata`: your JSON object, kept with the task."""
+        request = calls.create_request(url, task_id, width, height, input, timeout_s, max_lifetime_s, metadata, memory_max_mb)
         return await self._send(calls.create_task(request, wait))
 
     async def get_task(self, task_id: str) -> Task:

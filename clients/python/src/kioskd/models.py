@@ -210,6 +210,7 @@ class CreateTask:
     input: Role | None = None
     timeout_s: int | None = None
     max_lifetime_s: int | None = None
+    memory_max_mb: int | None = None
     metadata: dict[str, Any] | None = None
 
 
