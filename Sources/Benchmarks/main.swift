@@ -1,7 +1,7 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
-//                [--only-sessions | --only-control | --only-bridge] [--smoke]
+//                [--capacity-runs N] [--only-sessions | --only-control | --only-bridge | --only-capacity] [--smoke]
 //
 // --smoke: every part with tiny counts, so the test command proves each still runs (its
 // figures mean nothing).
@@ -14,6 +14,8 @@
 // Sessions:  N cold starts of a kiosk session, one after the other (SessionBench.swift).
 // Control:   the control API on SQLite and PostgreSQL (ControlBench.swift).
 // Bridge:    the VNC bridge beside websockify and raw TCP (BridgeBench.swift).
+// Capacity:  task start cold and warm, sessions in a 4 GiB cgroup by memory-aware admission
+//            beside a fixed count, the daemon's peak RSS with 8 sessions (CapacityBench.swift).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -32,7 +34,12 @@ struct Options {
     var onlySessions = false
     var onlyControl = false
     var onlyBridge = false
+    var onlyCapacity = false
     var requests = 5000
+    var capacityRuns = 20
+
+    /// Whether a part runs: every part, unless one was asked for alone.
+    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity) }
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -45,10 +52,12 @@ struct Options {
             case "--only-sessions": onlySessions = true
             case "--only-control": onlyControl = true
             case "--only-bridge": onlyBridge = true
+            case "--only-capacity": onlyCapacity = true
+            case "--capacity-runs": capacityRuns = Int(it.next() ?? "") ?? capacityRuns
             case "--requests": requests = Int(it.next() ?? "") ?? requests
-            case "--smoke": (kills, children, sessions, requests) = (5, 3, 1, 50)
+            case "--smoke": (kills, children, sessions, requests, capacityRuns) = (5, 3, 1, 50, 1)
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--only-sessions | --only-control | --only-bridge] [--smoke]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] [--only-sessions | --only-control | --only-bridge | --only-capacity] [--smoke]")
             }
         }
     }
@@ -348,7 +357,7 @@ if CommandLine.arguments.dropFirst().first == "--serve-bridge" {
 let options = Options(CommandLine.arguments)
 if isSmokeRun { print("kioskd-bench --smoke: every part with tiny counts; the figures below are not measurements\n") }
 let child = sibling("kioskd-testchild")
-if !options.onlySessions && !options.onlyControl && !options.onlyBridge {
+if options.runs(false) {
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
 print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
 let k = try await benchKioskd(child: child, kills: options.kills)
@@ -366,7 +375,7 @@ print(row("daemon RSS, \(options.children) idle children (MB)", String(kRSS / 10
 print("\ntargets: detection p99 ≤ 10 ms; daemon RSS with 20 idle children ≤ 25 MB")
 }
 
-if options.sessions > 0 && !options.onlyControl && !options.onlyBridge {
+if options.sessions > 0 && options.runs(options.onlySessions) {
     print("\nkiosk session cold start, \(options.sessions) starts one after the other (1280x800, a data: page):")
     let r = try await benchSessions(count: options.sessions)
     func stat(_ name: String, _ values: [Double]) {
@@ -386,10 +395,14 @@ if options.sessions > 0 && !options.onlyControl && !options.onlyBridge {
     print("target: session ready p50 ≤ 1.0 s, p90 ≤ 1.5 s")
 }
 
-if !options.onlySessions && !options.onlyBridge {
+if options.runs(options.onlyControl) {
     try await printControl(options.requests)
 }
 
-if !options.onlySessions && !options.onlyControl {
+if options.runs(options.onlyBridge) {
     try await printBridge()
+}
+
+if options.runs(options.onlyCapacity) {
+    try await printCapacity(options)
 }
