@@ -240,6 +240,7 @@ public actor Session {
         while (try? await Task.sleep(for: .seconds(1))) != nil {
             let reading = group.memory()
             guard reading.oomKills > seen else { continue }
+            Counter(label: "kioskd_session_oom_kills_total").increment(by: reading.oomKills - seen)
             seen = reading.oomKills
             memoryKills = reading.oomKills
             let limit = settings.limits.memoryMax
