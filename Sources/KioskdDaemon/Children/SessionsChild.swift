@@ -26,12 +26,14 @@ enum SessionsChild {
                     user: try SessionHost.sessionUser(named: config.sessions.user),
                     displays: DisplayAllocator(range: config.sessions.displays, logger: logger),
                     ports: PortAllocator(range: config.sessions.ports),
-                    portGuard: config.sessions.portGuard
-                        ? PortGuard(ports: config.sessions.ports, allowedUIDs: config.sessions.cdpAllowUIDs.values,
-                                    allowedGIDs: config.sessions.cdpAllowGIDs.values)
-                        : nil,
+                    portGuard: config.sessions.portGuard == .on ? portGuard(config) : nil,
                     cgroups: cgroups(config, logger: logger),
                     logger: logger)
+    }
+
+    /// The port guard the config asks for (installed by kioskd, or by `kioskd port-guard`).
+    static func portGuard(_ config: Config) -> PortGuard {
+        PortGuard(ports: config.sessions.ports, allowedUIDs: config.sessions.cdpAllowUIDs.values, allowedGIDs: config.sessions.cdpAllowGIDs.values)
     }
 
     /// The sessions' cgroups, tagged by the runtime directory (two daemons on a host keep apart;

@@ -109,7 +109,7 @@ public struct Config: Sendable, Equatable {
         public var browser = Chromium.executable
         public var sandbox = true
         /// Other local users are refused on the sessions' ports (nftables), but for these.
-        public var portGuard = true
+        public var portGuard = PortGuardMode.on
         public var cdpAllowUIDs = NumericIDs()
         public var cdpAllowGIDs = NumericIDs()
         /// nil: derived from the budget (`ControlChild.limits`).
@@ -177,6 +177,13 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
 
 public enum LogLevel: String, Sendable, CaseIterable {
     case trace, debug, info, notice, warning, error, critical
+}
+
+/// Who installs the port guard's nftables table: kioskd at start (`on`, it needs
+/// CAP_NET_ADMIN), nobody (`off`), or the fully privileged `kioskd port-guard install|remove`
+/// around a daemon without capabilities (`external`, the packaged unit's ExecStartPre=+).
+public enum PortGuardMode: String, Sendable, CaseIterable {
+    case on, off, external
 }
 
 public enum LogFormat: String, Sendable, CaseIterable {

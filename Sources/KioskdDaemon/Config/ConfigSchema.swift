@@ -98,7 +98,7 @@ enum ConfigSchema {
         key("sessions.period", "Window for sessions.max_restarts.", \.sessions.period, duration(min: .seconds(1))),
         key("sessions.browser", "The Chromium binary (Debian's by default; not the /usr/bin/chromium wrapper).", \.sessions.browser, absolutePath),
         key("sessions.sandbox", "Chromium's sandbox. false only if you must: a hostile page could then reach the host.", \.sessions.sandbox, boolean),
-        key("sessions.port_guard", "Refuse other local users' connections to the sessions' loopback ports (nftables; needs CAP_NET_ADMIN).", \.sessions.portGuard, boolean),
+        key("sessions.port_guard", "Refuse other local users' connections to the sessions' loopback ports (nftables): true (kioskd installs it; needs CAP_NET_ADMIN), false, or external (installed by `kioskd port-guard install` as root, the packaged unit's ExecStartPre=+).", \.sessions.portGuard, portGuardMode),
         key("sessions.cdp.allow_uids", "Local users (agents) whose connections to a session's CDP port pass the port guard, besides root and kioskd's uid.", \.sessions.cdpAllowUIDs, ids),
         key("sessions.cdp.allow_gids", "Primary groups whose connections to a session's CDP port pass the port guard.", \.sessions.cdpAllowGIDs, ids),
         key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
@@ -230,6 +230,15 @@ enum ConfigSchema {
         }
     }
 
+    static func portGuardMode(_ text: String) throws(ValueError) -> PortGuardMode {
+        if text.lowercased() == PortGuardMode.external.rawValue { return .external }
+        do {
+            return try boolean(text) ? .on : .off
+        } catch {
+            throw ValueError(message: "must be true, false or external, got \"\(text)\"")
+        }
+    }
+
     /// A comma-separated list of combinations; `inDefaults`: each must be in the default list.
     static func combos(inDefaults: Bool) -> @Sendable (String) throws(ValueError) -> [KeyCombo] {
         { text throws(ValueError) in
@@ -355,6 +364,7 @@ extension LogFormat: ConfigRenderable { var rendered: String { rawValue } }
 extension Strategy: ConfigRenderable { var rendered: String { rawValue } }
 extension BridgeMode: ConfigRenderable { var rendered: String { rawValue } }
 extension TabPolicy: ConfigRenderable { var rendered: String { rawValue } }
+extension PortGuardMode: ConfigRenderable { var rendered: String { self == .on ? "true" : self == .off ? "false" : rawValue } }
 extension ViewerRole: ConfigRenderable { var rendered: String { rawValue } }
 /// An element of a list key, and how its list is written back (as the documentation writes it).
 protocol ConfigListItem: ConfigRenderable { static var listSeparator: String { get } }
