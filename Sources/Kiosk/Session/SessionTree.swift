@@ -74,8 +74,8 @@ public struct SessionLayout: Sendable, Equatable {
 ///     ├─ lockdown                    (in-process key grabber + window watchdog; ready: XTEST self-test)
 ///     └─ clients (one_for_one)       budget N in P
 ///        ├─ x11vnc                   (a viewer leaving releases held keys through the lockdown)
-///        ├─ websockify               (bridge mode websockify only)
-///        ├─ chromium
+///        ├─ websockify               (bridge mode websockify only; after x11vnc, whose socket it serves)
+///        ├─ chromium                 (starts with the previous one: it needs neither)
 ///        └─ cdp-watch                (in-process: tab crashes, extra tabs; ready: self-test again
 ///                                     with the browser up, windows and tabs unchanged)
 ///
@@ -83,7 +83,10 @@ public struct SessionLayout: Sendable, Equatable {
 /// restarts in order; a client's crash restarts only that client. The lockdown comes before
 /// any client, so no window exists before its grabs do. Nothing depends on Openbox (see
 /// docs/ARCHITECTURE.md): X clients outlive a window manager, and a new one manages the
-/// windows it finds.
+/// windows it finds. Chromium is spawned beside x11vnc (or websockify) rather than after it: it
+/// is the long start (~1.2 s to CDP), and starting them together costs it nothing measurable
+/// (docs/notes/cgroups-and-cold-start.md, 4.1). The watch starts once Chromium answers: it could
+/// start with it, but its retry backs off to 500 ms, which would only add to the start.
 public enum SessionTree {
     /// The group of X clients (x11vnc, websockify, Chromium, the watch).
     public static let clientsID = "clients"
@@ -102,11 +105,13 @@ public enum SessionTree {
                                                                     pluginDirectory: layout.websockifyPluginDir),
                                                 credentials: user, environment: env))
         }
-        clients.append(Chromium.childSpec(
+        var chromium = Chromium.childSpec(
             Chromium.Settings(display: layout.display, authFile: layout.authFile, width: s.width, height: s.height,
                               profileDir: layout.profileDir, cdpPort: layout.cdpPort, url: s.url, sandbox: s.sandbox,
                               executable: s.browserExecutable),
-            credentials: user, environment: env, logger: logger))
+            credentials: user, environment: env, logger: logger)
+        chromium.startsWithPrevious = true
+        clients.append(chromium)
         if let watch { clients.append(watch.childSpec()) }
 
         return SupervisorSpec(strategy: .restForOne, intensity: s.budget, children: [

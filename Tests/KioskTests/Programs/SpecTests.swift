@@ -75,12 +75,15 @@ struct SpecTests {
         }
         #expect(clients.strategy == .oneForOne)
         #expect(clients.children.map(\.id) == ["x11vnc", "chromium"], "no websockify in builtin mode")
+        #expect(clients.children.map(\.startsWithPrevious) == [false, true], "Chromium starts with x11vnc")
+        #expect(spec.children.allSatisfy { !$0.startsWithPrevious }, "everything at the top needs the X server and the grabs first")
         var ws = layout
         ws.websockifyPort = 21002
         let withRelay = SessionTree.spec(SessionSettings(id: "s1", bridge: .websockify), ws, user: nil, lockdown: nil, watch: nil,
                                          logger: Logger(label: "test"))
         guard case .supervisor(let relayed) = withRelay.children.last?.kind else { return }
         #expect(relayed.children.map(\.id) == ["x11vnc", "websockify", "chromium"])
+        #expect(relayed.children.map(\.startsWithPrevious) == [false, false, true], "websockify waits for x11vnc's socket")
         #expect(Websockify.arguments(.init(port: 21002, vncSocket: ws.vncSocket, secretFile: ws.websockifySecretFile, pluginDirectory: ws.websockifyPluginDir))
                 == ["--unix-target=/run/kioskd/sessions/s1/vnc.sock", "--auth-plugin=kioskd_websockify_auth.SessionSecret",
                     "--auth-source=/run/kioskd/sessions/s1/websockify.secret", "127.0.0.1:21002"])
