@@ -46,8 +46,24 @@ struct BenchDaemon {
     let process: DaemonProcess
     let client: ControlClient
 
-    /// Starts kioskd with `extra` config, inside the v1 memory group `group` if given.
-    static func start(_ extra: String, group: String? = nil) async throws -> BenchDaemon {
+    /// Runs `body` with a daemon started with `extra` config (inside the v1 memory group
+    /// `group` if given), stopped with SIGTERM after it, or killed if anything failed: a bench
+    /// that gives up leaves no daemon behind.
+    static func with<T>(_ extra: String, group: String? = nil, _ body: (BenchDaemon) async throws -> T) async throws -> T {
+        let d = try await start(extra, group: group)
+        do {
+            let result = try await body(d)
+            try await d.stop()
+            return result
+        } catch {
+            d.process.signal(SIGKILL)
+            _ = try? await d.process.waitExit(timeout: .seconds(30))
+            removeTree(d.dir)
+            throw error
+        }
+    }
+
+    private static func start(_ extra: String, group: String?) async throws -> BenchDaemon {
         let dir = try makeTempDir("kioskd-bench-capacity")
         try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: try freePort(), extra))
         let exec = "exec \(sibling("kioskd")) serve --config \(dir)/kioskd.yaml"
@@ -57,7 +73,9 @@ struct BenchDaemon {
         do {
             try await process.log.wait(for: "kioskd's control socket", timeout: .seconds(90)) { $0.contains("kioskd/control: ready") }
         } catch {
-            fail("kioskd did not start: \(error)\n\(process.stderr.suffix(2000))")
+            process.signal(SIGKILL)
+            _ = try? await process.waitExit(timeout: .seconds(30))
+            throw TestFailure("kioskd did not start: \(error)\n\(process.stderr.suffix(2000))")
         }
         return BenchDaemon(dir: dir, process: process, client: client)
     }
@@ -79,7 +97,7 @@ struct BenchDaemon {
         }
     }
 
-    func stop() async throws {
+    private func stop() async throws {
         process.signal(SIGTERM)
         _ = try await process.waitExit(timeout: .seconds(90))
         removeTree(dir)
@@ -103,11 +121,11 @@ func timeStarts(_ d: BenchDaemon, runs: Int, warm: Bool) async throws -> TaskSta
         let t0 = monotonic()
         let task = try await d.post("/v1/tasks?wait=true", createBody(id, page))
         let running = monotonic() - t0
-        guard task["state"]?.string == "running", let cdp = task["session"]?["cdp_url"]?.string else { fail("\(id) is not running: \(task)") }
+        guard task["state"]?.string == "running", let cdp = task["session"]?["cdp_url"]?.string else { throw TestFailure("\(id) is not running: \(task)") }
         let info = SessionInfo(id: id, state: .ready, display: "", cdpURL: cdp, vncSocket: "", websockifyPort: nil, directory: "", pids: [:], end: nil)
         let title = try await withPage(info) { cdp, session in try await evaluate(cdp, session, loadedTitle) }
         let loaded = monotonic() - t0
-        guard title == id else { fail("\(id): the page is \(title)") }
+        guard title == id else { throw TestFailure("\(id): the page is \(title)") }
         out.running.append(running)
         out.loaded.append(loaded)
         _ = try await d.post("/v1/tasks/\(id)/stop", "{}")
@@ -142,45 +160,45 @@ func cgroupNumber(_ path: String, _ key: String) -> Int {
 func fitSessions(limit: UInt64, count: Int, page: String, policy: String, config: String, ports: String, displays: String) async throws -> Fit {
     let group = try benchMemoryGroup(limit: limit)
     defer { for dir in groupTree(group).reversed() { rmdir(dir) } }
-    let d = try await BenchDaemon.start("""
+    return try await BenchDaemon.with("""
         sessions:
           displays: \(displays)
           ports: \(ports)
         \(config)
-        """, group: group)
-    let ids = (0..<count).map { "\(policy)-\($0)" }
-    for id in ids { _ = try await d.post("/v1/tasks", createBody(id, page)) }
-    // Settled: nothing starting, and three samples (6 s) without a change.
-    var states: [String: String] = [:]
-    var stable = 0
-    while stable < 3 {
-        var now: [String: String] = [:]
-        for id in ids { now[id] = try await d.get("/v1/tasks/\(id)")["state"]?.string ?? "?" }
-        let starting = ids.filter { now[$0] == "starting" }
-        for id in starting { _ = try await d.post("/v1/tasks?wait=true", createBody(id, page)) }
-        stable = starting.isEmpty && now == states ? stable + 1 : 0
-        states = now
-        if starting.isEmpty { try await Task.sleep(for: .seconds(2)) }
+        """, group: group) { d in
+        let ids = (0..<count).map { "\(policy)-\($0)" }
+        for id in ids { _ = try await d.post("/v1/tasks", createBody(id, page)) }
+        // Settled: nothing starting, and three samples (6 s) without a change.
+        var states: [String: String] = [:]
+        var stable = 0
+        while stable < 3 {
+            var now: [String: String] = [:]
+            for id in ids { now[id] = try await d.get("/v1/tasks/\(id)")["state"]?.string ?? "?" }
+            let starting = ids.filter { now[$0] == "starting" }
+            for id in starting { _ = try await d.post("/v1/tasks?wait=true", createBody(id, page)) }
+            stable = starting.isEmpty && now == states ? stable + 1 : 0
+            states = now
+            if starting.isEmpty { try await Task.sleep(for: .seconds(2)) }
+        }
+        var fit = Fit()
+        fit.running = states.values.filter { $0 == "running" }.count
+        fit.queued = states.values.filter { $0 == "queued" }.count
+        fit.failed = states.values.filter { $0 == "failed" }.count
+        // The sessions' groups: d<display> below the daemon's kioskd-<tag> parent.
+        for dir in groupTree(group).dropFirst() where dir.split(separator: "/").last?.hasPrefix("d") == true {
+            let usage = cgroupNumber(dir + "/memory.usage_in_bytes", "")
+            let inactive = cgroupNumber(dir + "/memory.stat", "total_inactive_file")
+            fit.workingSetKiB.append(max(0, usage - inactive) / 1024)
+        }
+        for session in try await d.get("/v1/sessions").array ?? [] {
+            // The session's directory holds its VNC socket; its processes carry it as their marker.
+            guard let socket = session["vnc_socket"]?.string, socket.hasSuffix("/vnc.sock") else { continue }
+            let directory = String(socket.dropLast("/vnc.sock".count))
+            fit.pssKiB.append(processesWithEnvironment(containing: "KIOSKD_SESSION=\(directory)").map(pssKiB).reduce(0, +))
+        }
+        fit.oomKills = groupTree(group).map { cgroupNumber($0 + "/memory.oom_control", "oom_kill") }.reduce(0, +)
+        return fit
     }
-    var fit = Fit()
-    fit.running = states.values.filter { $0 == "running" }.count
-    fit.queued = states.values.filter { $0 == "queued" }.count
-    fit.failed = states.values.filter { $0 == "failed" }.count
-    // The sessions' groups: d<display> below the daemon's kioskd-<tag> parent.
-    for dir in groupTree(group).dropFirst() where dir.split(separator: "/").last?.hasPrefix("d") == true {
-        let usage = cgroupNumber(dir + "/memory.usage_in_bytes", "")
-        let inactive = cgroupNumber(dir + "/memory.stat", "total_inactive_file")
-        fit.workingSetKiB.append(max(0, usage - inactive) / 1024)
-    }
-    for session in try await d.get("/v1/sessions").array ?? [] {
-        // The session's directory holds its VNC socket; its processes carry it as their marker.
-        guard let socket = session["vnc_socket"]?.string, socket.hasSuffix("/vnc.sock") else { continue }
-        let directory = String(socket.dropLast("/vnc.sock".count))
-        fit.pssKiB.append(processesWithEnvironment(containing: "KIOSKD_SESSION=\(directory)").map(pssKiB).reduce(0, +))
-    }
-    fit.oomKills = groupTree(group).map { cgroupNumber($0 + "/memory.oom_control", "oom_kill") }.reduce(0, +)
-    try await d.stop()
-    return fit
 }
 
 /// The peak resident set of a process (VmHWM), KiB.
@@ -191,19 +209,17 @@ func peakRSSKiB(_ pid: Int32) -> Int {
 
 func benchCapacity(runs: Int, fitCount: Int, fitLimit: UInt64, smoke: Bool) async throws -> CapacityResults {
     var r = CapacityResults()
-    let cold = try await BenchDaemon.start("sessions:\n  displays: 700-739\n  ports: 43000-43999\n")
-    r.cold = try await timeStarts(cold, runs: runs, warm: false)
-    // The daemon's peak RSS with 8 sessions running at once.
     r.sessionsForRSS = smoke ? 2 : 8
-    for i in 0..<r.sessionsForRSS { _ = try await cold.post("/v1/tasks", createBody("rss-\(i)", idlePage)) }
-    for i in 0..<r.sessionsForRSS { _ = try await cold.post("/v1/tasks?wait=true", createBody("rss-\(i)", idlePage)) }
-    // The shell exec'd kioskd: same pid.
-    r.daemonPeakRSSKiB = peakRSSKiB(cold.process.pid)
-    try await cold.stop()
-
-    let warm = try await BenchDaemon.start("sessions:\n  warm: 1\n  displays: 740-769\n  ports: 44000-44999\n")
-    r.warm = try await timeStarts(warm, runs: runs, warm: true)
-    try await warm.stop()
+    (r.cold, r.daemonPeakRSSKiB) = try await BenchDaemon.with("sessions:\n  displays: 700-739\n  ports: 43000-43999\n") { [n = r.sessionsForRSS] cold in
+        let starts = try await timeStarts(cold, runs: runs, warm: false)
+        // The daemon's peak RSS with n sessions running at once (the shell exec'd kioskd: same pid).
+        for i in 0..<n { _ = try await cold.post("/v1/tasks", createBody("rss-\(i)", idlePage)) }
+        for i in 0..<n { _ = try await cold.post("/v1/tasks?wait=true", createBody("rss-\(i)", idlePage)) }
+        return (starts, peakRSSKiB(cold.process.pid))
+    }
+    r.warm = try await BenchDaemon.with("sessions:\n  warm: 1\n  displays: 740-769\n  ports: 44000-44999\n") { warm in
+        try await timeStarts(warm, runs: runs, warm: true)
+    }
 
     let policies: [(String, String)] = [
         ("memory-aware", "tasks:\n  max_sessions: 64\n"),
