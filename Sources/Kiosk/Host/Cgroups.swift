@@ -175,8 +175,8 @@ public struct SessionCgroups: Sendable {
             for (controller, file, value) in [("memory", "memory.max", limits.memoryMax.map(String.init)),
                                               ("memory", "memory.high", limits.memoryHigh.map(String.init)),
                                               ("pids", "pids.max", limits.pidsMax.map(String.init))] {
-                guard let value else { continue }
-                guard controllers.contains(controller) else { throw .setup("\(file) asked, but the \(controller) controller is not delegated to kioskd") }
+                // Not delegated (said once at start): the session runs without that limit.
+                guard let value, controllers.contains(controller) else { continue }
                 files.append((dir + "/" + file, value))
             }
         case .hybrid(_, let memory, let pids):
@@ -249,8 +249,11 @@ public struct SessionCgroups: Sendable {
             if let failure = moveFailure(pid: String(pid), to: leaf), failure.errno != ESRCH { throw failure }
         }
         let sessions = base + "/sessions", parent = sessions + "/" + name
-        var enabled = Set((readSmallFile(base + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
-            .intersection(["memory", "pids", "cpu"])
+        let available = Set((readSmallFile(base + "/cgroup.controllers") ?? "").split(whereSeparator: \.isWhitespace).map(String.init))
+        var enabled = available.intersection(["memory", "pids", "cpu"])
+        for controller in ["memory", "pids"] where !available.contains(controller) {
+            logger.notice("sessions get no \(controller) controller: kioskd's cgroup does not have it", metadata: ["cgroup": "\(base)"])
+        }
         try makeGroup(sessions, existing: true)
         try makeGroup(parent, existing: true)
         for dir in [base, sessions, parent] {
