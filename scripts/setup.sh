@@ -30,6 +30,8 @@ PACKAGES=(
   "imagemagick:/usr/bin/import"            # screenshots of a session's display (demo, tests)
   "fonts-dejavu-core:/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # pages render text
   "prometheus:/usr/bin/promtool"           # tests: promtool checks and unit-tests contrib/prometheus's rules
+  "systemd-container:/usr/bin/systemd-nspawn"  # tests: kioskd's package under a real systemd (scripts/test-systemd.sh)
+  "lintian:/usr/bin/lintian"               # tests: the package's lint (scripts/test-systemd.sh)
 )
 
 log() { printf '[setup] %s\n' "$*"; }

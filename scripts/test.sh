@@ -30,6 +30,11 @@ swift test --skip-build --no-parallel "$@"
 echo "[test] Python: the client package and the FastAPI layer against the daemon"
 scripts/test-python.sh "$(swift build --show-bin-path)/kioskd"
 
+# The package under a real systemd in a container: the hardened unit, READY, a sandboxed task,
+# kill -9, the watchdog, stop, the journal, purge (builds the release binary and the .deb).
+echo "[test] systemd: the .deb under a real systemd (scripts/test-systemd.sh)"
+scripts/test-systemd.sh
+
 # Every benchmark part, with tiny counts, as a fresh clone runs it: so none can rot unseen.
 echo "[test] benchmarks: smoke run of every part"
 "$(swift build --show-bin-path)/kioskd-bench" --smoke --supervisord .build/venv/bin/supervisord

@@ -142,9 +142,9 @@ struct DoctorProbes {
         case 0:
             return DoctorFinding(level: .ok, check: check, detail: "free")
         case EADDRINUSE where controlSocketAnswers():
-            return DoctorFinding(level: .ok, check: check, detail: "held by the running kioskd (or kioskd-public.socket)")
+            return DoctorFinding(level: .ok, check: check, detail: "held by the running kioskd")
         case EADDRINUSE:
-            return DoctorFinding(level: .fail, check: check, detail: "in use by another program", fix: "free the port, or change public.listen (and kioskd-public.socket)")
+            return DoctorFinding(level: .fail, check: check, detail: "in use by another program", fix: "free the port, or change public.listen")
         case let error:
             return DoctorFinding(level: .fail, check: check, detail: "cannot bind: \(String(cString: strerror(error)))", fix: "change public.listen")
         }
