@@ -61,8 +61,8 @@ public struct Admission: Sendable, Equatable {
         enum Kind: Sendable, Equatable { case task, warm(ready: Bool), leaving }
         var kind: Kind
         var shape: String
-        /// What admission set aside for it.
-        var reserved: UInt64
+        /// Its own memory limit, if it has one: it never costs more.
+        var limit: UInt64?
         /// The latest measurement of its usage and peak.
         var usage: UInt64 = 0
         var peak: UInt64 = 0
@@ -103,9 +103,14 @@ public struct Admission: Sendable, Equatable {
         return largest + largest / 4
     }
 
-    /// Memory set aside: each holder's reservation or its measured usage, whichever is larger.
+    /// Memory set aside: for each holder the estimate (what it is expected to grow to, as
+    /// learned now) or its measured usage, whichever is larger.
     public var committed: UInt64 {
-        holders.values.reduce(0) { $0 + max($1.reserved, $1.usage) }
+        committed(Array(holders.values))
+    }
+
+    private func committed(_ counted: [Holder]) -> UInt64 {
+        counted.reduce(0) { $0 + max(cost(limit: $1.limit), $1.usage) }
     }
 
     /// Measured usage of every session.
@@ -202,7 +207,7 @@ public struct Admission: Sendable, Equatable {
         while let head = queue.first {
             if let warm = readyWarm(head.shape) {
                 queue.removeFirst()
-                // The warm session's reservation and measurements go with it to the task.
+                // The warm session's measurements go with it to the task.
                 var holder = holders.removeValue(forKey: warm)!
                 holder.kind = .task
                 holders[head.id] = holder
@@ -213,7 +218,7 @@ public struct Admission: Sendable, Equatable {
             if !pressured, fitsCold(needs) {
                 queue.removeFirst()
                 admitted += 1
-                holders[head.id] = Holder(kind: .task, shape: head.shape, reserved: needs, order: admitted)
+                holders[head.id] = Holder(kind: .task, shape: head.shape, limit: head.limit, order: admitted)
                 actions.append(.start(task: head.id, warm: nil))
                 continue
             }
@@ -234,7 +239,7 @@ public struct Admission: Sendable, Equatable {
             while warmCount < settings.warm, fitsCold(needs) {
                 admitted += 1
                 let id = newWarmID()
-                holders[id] = Holder(kind: .warm(ready: false), shape: settings.warmShape, reserved: needs, order: admitted)
+                holders[id] = Holder(kind: .warm(ready: false), shape: settings.warmShape, limit: nil, order: admitted)
                 actions.append(.bootWarm(id))
             }
         }
@@ -251,7 +256,7 @@ public struct Admission: Sendable, Equatable {
     /// (their memory is freed only when they have ended) unless asked to look past them.
     private func fitsCold(_ needs: UInt64, ignoringLeaving: Bool = false) -> Bool {
         let counted = ignoringLeaving ? holders.values.filter { $0.kind != .leaving } : Array(holders.values)
-        let committed = counted.reduce(UInt64(0)) { $0 + max($1.reserved, $1.usage) }
+        let committed = committed(counted)
         return counted.count < settings.maxSessions && committed <= settings.budget && needs <= settings.budget - committed
     }
 

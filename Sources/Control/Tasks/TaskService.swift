@@ -60,6 +60,9 @@ public actor TaskService {
     /// Warm boots that failed in a row: the pool waits longer after each.
     private var warmFailures = 0
     private var warmPaused = false
+    /// Warm sessions opening their task's page: the pool refills once none is, so a new
+    /// session's boot does not take the CPU from the task that is starting.
+    private var adopting = 0
     private var deadlines = TaskDeadlines()
     /// Set when the deadlines change, to wake the deadline loop.
     private var deadlinesChanged = OnceValue<Void>()
@@ -234,7 +237,9 @@ public actor TaskService {
     /// Carries out what admission decides now: starts, warm boots, warm sessions given up.
     private func step() async {
         var actions = admission.next(newWarmID: { "w-" + randomHex(6) })
-        if warmPaused { actions.removeAll { if case .bootWarm(let id) = $0 { admission.released(id); return true } else { return false } } }
+        if warmPaused || adopting > 0 {
+            actions.removeAll { if case .bootWarm(let id) = $0 { admission.released(id); return true } else { return false } }
+        }
         for action in actions {
             switch action {
             case .start(let id, let warm):
@@ -248,6 +253,7 @@ public actor TaskService {
                 if let warm {
                     warmSessionOf[id] = warm
                     taskOfSession[warm] = id
+                    adopting += 1
                 }
                 post.yield(.boot(task, request, warm: warm))
             case .bootWarm(let id):
@@ -304,6 +310,12 @@ public actor TaskService {
         await step()
     }
 
+    /// The warm session opens the task's page; then the pool may refill.
+    private func adopt(_ warm: String, by id: String, url: String) async throws -> SessionInfo {
+        defer { adopting -= 1 }
+        return try await sessions.adoptSession(warm, by: id, url: url)
+    }
+
     private func resumeWarm() async {
         warmPaused = false
         await step()
@@ -316,7 +328,7 @@ public actor TaskService {
         await note(id, "session_booting", warm.map { ["warm_session": $0] } ?? [:])
         do {
             let info = if let warm {
-                try await sessions.adoptSession(warm, by: id, url: request.url)
+                try await adopt(warm, by: id, url: request.url)
             } else {
                 try await sessions.startSession(template(id, request))
             }
@@ -326,6 +338,8 @@ public actor TaskService {
             session.field("viewer_path", "/viewer?task_id=\(id)")
             session.field("vnc_ws_path", "/api/v1/vnc/ws?task_id=\(id)")
             let outcome = try? await move(id, .ready, session: session.text, data: ["session": session.text])
+            // The pool waited for this task's page: it may refill now.
+            if warm != nil { await step() }
             if case .moved? = outcome { return }
             // Cancelled or timed out while booting: the session is not wanted any more.
             await sessions.stopSession(warm ?? id, reason: "task \(id) ended while its session booted")

@@ -38,16 +38,27 @@ import Testing
         #expect(a.slotsFree == 0 && a.queued == 1)
     }
 
-    @Test func measuredUsageAboveTheReservationCountsAndHoldsTheQueue() {
+    @Test func aSessionGrowingPastTheEstimateRaisesEverySessionsCostAndHoldsTheQueue() {
         var a = machine()
         let names = Names()
         a.enqueue("a", shape: "default")
         a.enqueue("b", shape: "default")
         #expect(a.next(newWarmID: names.next).count == 2)
-        a.measured("a", usage: 650 * Self.mib, peak: 650 * Self.mib)
+        a.measured("a", usage: 450 * Self.mib, peak: 450 * Self.mib)
         a.enqueue("c", shape: "default")
-        #expect(a.next(newWarmID: names.next).isEmpty, "650 + 300 committed: no room for another")
-        #expect(a.used == 650 * Self.mib && a.committed == 950 * Self.mib)
+        #expect(a.next(newWarmID: names.next).isEmpty, "each is now expected to reach 562.5 MiB: no room for a third")
+        #expect(a.used == 450 * Self.mib && a.committed == 1125 * Self.mib)
+    }
+
+    @Test func aLowerLearnedEstimateLetsMoreStartThanTheConfiguredOne() {
+        var a = machine(estimate: 300 * Self.mib)
+        let names = Names()
+        for id in ["a", "b", "c", "d", "e", "f"] { a.enqueue(id, shape: "default") }
+        #expect(a.next(newWarmID: names.next).count == 3, "3 × 300 MiB")
+        for id in ["a", "b", "c"] { a.measured(id, usage: 100 * Self.mib, peak: 100 * Self.mib) }
+        #expect(a.estimate == 125 * Self.mib)
+        #expect(a.next(newWarmID: names.next) == [.start(task: "d", warm: nil), .start(task: "e", warm: nil), .start(task: "f", warm: nil)],
+                "what the sessions really use leaves room for more")
     }
 
     @Test func theEstimateIsLearnedFromPeaksWithAQuarterForGrowth() {
