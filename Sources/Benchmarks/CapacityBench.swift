@@ -36,8 +36,8 @@ struct CapacityResults {
     var fits: [(policy: String, page: String, fit: Fit)] = []
 }
 
-/// A page that holds ~200 MiB of its own (typed arrays, touched) besides the browser's.
-let heavyPage = "data:text/html,<title>heavy</title><script>window.keep=[];for(let i=0;i<25;i++)keep.push(new Uint8Array(8<<20).fill(i+1))</script><h1>heavy</h1>"
+/// A page that holds ~400 MiB of its own (typed arrays, touched) besides the browser's.
+let heavyPage = "data:text/html,<title>heavy</title><script>window.keep=[];for(let i=0;i<50;i++)keep.push(new Uint8Array(8<<20).fill(i+1))</script><h1>heavy</h1>"
 let idlePage = "data:text/html,<title>idle</title><body style='background:rgb(20,120,200)'><h1>idle</h1></body>"
 
 /// One daemon for the bench: its directory, process and control client; stopped by `stop()`.
@@ -241,7 +241,7 @@ func printCapacity(_ options: Options) async throws {
     let smoke = isSmokeRun
     let runs = smoke ? 1 : options.capacityRuns
     let fitLimit: UInt64 = smoke ? 1 << 30 : 4 << 30
-    let fitCount = smoke ? 2 : 16
+    let fitCount = smoke ? 2 : 20
     print("\ntask start: \(runs) tasks one after the other (create?wait=true → running; then the page's load over CDP), cold and from the warm pool (sessions.warm: 1):")
     let r = try await benchCapacity(runs: runs, fitCount: fitCount, fitLimit: fitLimit, smoke: smoke)
     print(row("create → (ms)", "p50", "p90 / p99"))
