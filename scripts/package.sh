@@ -26,6 +26,9 @@ if [ -z "$binary" ]; then
 fi
 [ -x "$binary" ] || { echo "package.sh: $binary is not an executable" >&2; exit 1; }
 
+# No project address exists yet: DEBFULLNAME and DEBEMAIL name whoever builds the package.
+maintainer="${DEBFULLNAME:-kioskd authors} <${DEBEMAIL:-kioskd@example.com}>"
+
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 pkg="$root/kioskd"
@@ -63,24 +66,24 @@ Upstream-Name: kioskd
 Source: https://github.com/kioskd/kioskd
 
 Files: *
-Copyright: kioskd authors
+Copyright: 2025 kioskd authors
 License: Apache-2.0
 
 License: Apache-2.0
  On Debian systems, the full text of the Apache License 2.0 is in
  /usr/share/common-licenses/Apache-2.0.
 EOF
-printf 'kioskd (%s) unstable; urgency=medium\n\n  * Package built by scripts/package.sh.\n\n -- kioskd authors <kioskd@localhost>  %s\n' \
-  "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" | gzip -9n >"$doc/changelog.Debian.gz"
+printf 'kioskd (%s) unstable; urgency=medium\n\n  * Package built by scripts/package.sh.\n\n -- %s  %s\n' \
+  "$version" "$maintainer" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" | gzip -9n >"$doc/changelog.gz"   # a native package (no Debian revision)
 chmod 0644 "$doc"/*
 
 cat >"$pkg/DEBIAN/control" <<EOF
 Package: kioskd
 Version: $version
 Architecture: amd64
-Maintainer: kioskd authors <kioskd@localhost>
+Maintainer: $maintainer
 Installed-Size: $(du -sk --exclude=DEBIAN "$pkg" | cut -f1)
-Depends: libc6, libgcc-s1, libstdc++6, libsqlite3-0, libx11-6, libxtst6, init-system-helpers (>= 1.54~), systemd, util-linux, nftables, xvfb, openbox, x11vnc, chromium, fonts-dejavu-core, novnc
+Depends: libc6, libgcc-s1, libstdc++6, libsqlite3-0, libx11-6, libxtst6, init-system-helpers (>= 1.54~), systemd, nftables, xvfb, openbox, x11vnc, chromium, fonts-dejavu-core, novnc
 Suggests: websockify, postgresql-client
 Section: web
 Priority: optional

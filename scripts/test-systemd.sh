@@ -21,6 +21,12 @@ command -v systemd-nspawn >/dev/null || { echo "test-systemd.sh: no systemd-nspa
 [ -n "$deb" ] || deb=$(scripts/package.sh | tail -1)
 deb=$(realpath "$deb")
 
+# Lint, with what is known and accepted: embedded-library libyaml (Yams, a SwiftPM dependency,
+# is linked in statically like the whole Swift runtime) and no-manual-page (`kioskd --help` and
+# the README are the manual for now).
+echo "[systemd] lintian $(basename "$deb")"
+lintian --fail-on error,warning --suppress-tags embedded-library,no-manual-page "$deb"
+
 R=$(mktemp -d /tmp/kioskd-systemd-root.XXXXXX)   # the container's root: its own /etc and /var
 UP=$(mktemp -d /tmp/kioskd-systemd-usr.XXXXXX)   # what dpkg writes to /usr inside
 OUT=$(mktemp -d /tmp/kioskd-systemd-out.XXXXXX)  # the checks' log and figures
