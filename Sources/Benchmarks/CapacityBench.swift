@@ -22,6 +22,8 @@ struct Fit {
     var queued = 0
     var failed = 0
     var oomKills = 0
+    /// Why the failed ones failed.
+    var reasons: [String] = []
     /// Per running session: cgroup working set and PSS (KiB).
     var workingSetKiB: [Int] = []
     var pssKiB: [Int] = []
@@ -157,7 +159,14 @@ func cgroupNumber(_ path: String, _ key: String) -> Int {
 
 /// `count` tasks on `page` in a daemon inside a `limit` memory group, admitted by `policy`:
 /// what runs, waits, fails and is OOM-killed once admission has settled.
-func fitSessions(limit: UInt64, count: Int, page: String, policy: String, config: String, ports: String, displays: String) async throws -> Fit {
+/// `settle`: seconds after the last start before the figures are read (the daemon lets a
+/// session's peak lower the estimate after 30 s of running).
+func fitSessions(limit: UInt64, count: Int, page: String, policy: String, config: String, ports: String, displays: String,
+                 settle: Double) async throws -> Fit {
+    // The previous part's pressure would hold admission: start on a calm host.
+    try await withTimeout(.seconds(120), "host memory pressure to calm down") {
+        while (HostMemory.pressure() ?? 0) >= 5 { try await Task.sleep(for: .seconds(1)) }
+    }
     let group = try benchMemoryGroup(limit: limit)
     defer { for dir in groupTree(group).reversed() { rmdir(dir) } }
     return try await BenchDaemon.with("""
@@ -168,14 +177,17 @@ func fitSessions(limit: UInt64, count: Int, page: String, policy: String, config
         """, group: group) { d in
         let ids = (0..<count).map { "\(policy)-\($0)" }
         for id in ids { _ = try await d.post("/v1/tasks", createBody(id, page)) }
-        // Settled: nothing starting, and three samples (6 s) without a change.
+        // Settled: nothing starting, the last start long enough ago for its session's peak to
+        // count (the daemon's 30 s), and no change for three samples (6 s) after that.
         var states: [String: String] = [:]
         var stable = 0
-        while stable < 3 {
+        var lastStart = monotonic()
+        while stable < 3 || monotonic() - lastStart < settle {
             var now: [String: String] = [:]
             for id in ids { now[id] = try await d.get("/v1/tasks/\(id)")["state"]?.string ?? "?" }
             let starting = ids.filter { now[$0] == "starting" }
             for id in starting { _ = try await d.post("/v1/tasks?wait=true", createBody(id, page)) }
+            if !starting.isEmpty || ids.contains(where: { now[$0] == "running" && states[$0] != "running" }) { lastStart = monotonic() }
             stable = starting.isEmpty && now == states ? stable + 1 : 0
             states = now
             if starting.isEmpty { try await Task.sleep(for: .seconds(2)) }
@@ -184,6 +196,7 @@ func fitSessions(limit: UInt64, count: Int, page: String, policy: String, config
         fit.running = states.values.filter { $0 == "running" }.count
         fit.queued = states.values.filter { $0 == "queued" }.count
         fit.failed = states.values.filter { $0 == "failed" }.count
+        for id in ids where states[id] == "failed" { fit.reasons.append(try await d.get("/v1/tasks/\(id)")["reason"]?.string ?? "?") }
         // The sessions' groups: d<display> below the daemon's kioskd-<tag> parent.
         for dir in groupTree(group).dropFirst() where dir.split(separator: "/").last?.hasPrefix("d") == true {
             let usage = cgroupNumber(dir + "/memory.usage_in_bytes", "")
@@ -230,7 +243,7 @@ func benchCapacity(runs: Int, fitCount: Int, fitLimit: UInt64, smoke: Bool) asyn
     for (page, url) in smoke ? [("idle", idlePage)] : [("idle", idlePage), ("heavy", heavyPage)] {
         for (policy, config) in smoke ? Array(policies.prefix(1)) : policies {
             let fit = try await fitSessions(limit: fitLimit, count: fitCount, page: url, policy: policy.split(separator: " ").first.map(String.init) ?? policy,
-                                            config: config, ports: "45000-45999", displays: "770-799")
+                                            config: config, ports: "45000-45999", displays: "770-799", settle: smoke ? 0 : 36)
             r.fits.append((policy, page, fit))
         }
     }
@@ -260,5 +273,8 @@ func printCapacity(_ options: Options) async throws {
     for (policy, page, f) in r.fits {
         func median(_ v: [Int]) -> String { v.isEmpty ? "-" : String(v.sorted()[v.count / 2] / 1024) }
         print("| \(policy.padding(toLength: 15)) | \(page.padding(toLength: 5)) | \(String(f.running).padding(toLength: 7)) | \(String(f.queued).padding(toLength: 6)) | \(String(f.failed).padding(toLength: 6)) | \(String(f.oomKills).padding(toLength: 9)) | \(median(f.workingSetKiB).padding(toLength: 27)) | \(median(f.pssKiB).padding(toLength: 19)) |")
+    }
+    for (policy, page, f) in r.fits where !f.reasons.isEmpty {
+        print("failed (\(policy), \(page)): " + Set(f.reasons).sorted().joined(separator: "; "))
     }
 }

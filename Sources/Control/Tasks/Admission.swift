@@ -66,6 +66,8 @@ public struct Admission: Sendable, Equatable {
         /// The latest measurement of its usage and peak.
         var usage: UInt64 = 0
         var peak: UInt64 = 0
+        /// Measured after its task had run a while: its peak may lower the estimate.
+        var settled = false
         /// Admission order, so the youngest warm session is given up first.
         var order: Int
     }
@@ -95,12 +97,19 @@ public struct Admission: Sendable, Equatable {
 
     // MARK: - Questions
 
-    /// A session's expected peak: before any measurement, the configured one; then the largest
-    /// peak of the recent and the running task sessions, a quarter more for growth.
+    /// A session's expected peak, a quarter more for growth over the largest peak learned from:
+    /// the recently ended task sessions and the settled running ones (running for a while: a
+    /// page still loading has not reached its peak). Before any of those, the configured one.
+    /// A session that is not settled yet can only raise it.
     public var estimate: UInt64 {
-        let running = holders.values.filter { $0.kind == .task }.map(\.peak)
-        guard let largest = (recentPeaks + running).max(), largest > 0 else { return settings.initialEstimate }
-        return largest + largest / 4
+        let tasks = holders.values.filter { $0.kind == .task }
+        let settled = tasks.filter(\.settled).map(\.peak), young = tasks.filter { !$0.settled }.map(\.peak)
+        let grown = young.max() ?? 0
+        guard let learned = (recentPeaks + settled).max(), learned > 0 else {
+            return max(settings.initialEstimate, grown + grown / 4)
+        }
+        let top = max(learned, grown)
+        return top + top / 4
     }
 
     /// Memory set aside: for each holder the estimate (what it is expected to grow to, as
@@ -161,21 +170,25 @@ public struct Admission: Sendable, Equatable {
     }
 
     /// A holder's session has ended (or never came to be): its slot and memory are free, and its
-    /// peak teaches the estimate (a warm session's idle peak would teach it wrong).
+    /// peak teaches the estimate if it had settled, or if it raises it (a warm session's idle
+    /// peak, or a task's that ended young, would teach it wrong).
     public mutating func released(_ id: String, peak: UInt64? = nil) {
         guard let holder = holders.removeValue(forKey: id) else { return }
         let measured = max(peak ?? 0, holder.peak)
-        if holder.kind == .task, measured > 0 {
+        if holder.kind == .task, measured > 0, holder.settled || measured + measured / 4 > estimate {
             recentPeaks.append(measured)
             if recentPeaks.count > Self.learnFrom { recentPeaks.removeFirst(recentPeaks.count - Self.learnFrom) }
         }
     }
 
     /// The latest reading of a holder's session.
-    public mutating func measured(_ id: String, usage: UInt64, peak: UInt64) {
+    /// `settled`: the session's task has been running long enough for its peak to count
+    /// (`TaskService.settleAfter`).
+    public mutating func measured(_ id: String, usage: UInt64, peak: UInt64, settled: Bool = true) {
         guard var holder = holders[id] else { return }
         holder.usage = usage
         holder.peak = max(holder.peak, peak, usage)
+        holder.settled = settled
         holders[id] = holder
     }
 

@@ -34,6 +34,10 @@ public actor TaskService {
     nonisolated let load = Broadcast<(active: Int, queued: Int)>()
     /// How often sessions are measured and host pressure read.
     static let sampleInterval = Duration.seconds(2)
+    /// How long a task runs before its session's peak may lower the estimate: a page loads and
+    /// grows in its first seconds, and a burst of tasks must not be admitted on the small
+    /// figures of sessions that are still starting.
+    nonisolated let settleAfter: Duration
     nonisolated let logger: Logger
 
     /// Work the actor hands to `run()`'s group: it may not start tasks of its own.
@@ -63,6 +67,8 @@ public actor TaskService {
     /// Warm sessions opening their task's page: the pool refills once none is, so a new
     /// session's boot does not take the CPU from the task that is starting.
     private var adopting = 0
+    /// When each task with a session became running.
+    private var runningSince: [String: ContinuousClock.Instant] = [:]
     private var deadlines = TaskDeadlines()
     /// Set when the deadlines change, to wake the deadline loop.
     private var deadlinesChanged = OnceValue<Void>()
@@ -72,7 +78,8 @@ public actor TaskService {
                 capacity: CapacitySettings = CapacitySettings(), budget: UInt64? = nil,
                 template: @escaping @Sendable (String, CreateTask) -> SessionSettings,
                 warmTemplate: (@Sendable (String) -> SessionSettings)? = nil,
-                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, logger: Logger) {
+                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, settleAfter: Duration = .seconds(30),
+                logger: Logger) {
         self.store = store
         self.sessions = sessions
         self.tokens = tokens
@@ -81,6 +88,7 @@ public actor TaskService {
         let warmTemplate = warmTemplate ?? { id in template(id, CreateTask(url: "about:blank")) }
         self.warmTemplate = warmTemplate
         self.hostPressure = hostPressure
+        self.settleAfter = settleAfter
         admission = Admission(Admission.Settings(
             maxSessions: limits.maxSessions, maxQueued: limits.maxQueued, budget: budget ?? .max,
             initialEstimate: capacity.sessionEstimate, pressureHigh: capacity.pressureHigh, pressureLow: capacity.pressureLow,
@@ -143,10 +151,13 @@ public actor TaskService {
     private func sample() async {
         repeat {
             let readings = await sessions.sessionMemory()
+            let now = ContinuousClock.now
             for (session, reading) in readings {
+                let holder = taskOfSession[session] ?? session
                 // Learned from the working sets it sees, not the kernel's peak: that one counts
                 // the file cache a session was charged for, which is reclaimed before any kill.
-                admission.measured(taskOfSession[session] ?? session, usage: reading.current, peak: reading.current)
+                let settled = runningSince[holder].map { now - $0 >= settleAfter } ?? false
+                admission.measured(holder, usage: reading.current, peak: reading.current, settled: settled)
             }
             admission.observe(pressure: hostPressure() ?? 0)
             await step()
@@ -338,6 +349,7 @@ public actor TaskService {
             session.field("viewer_path", "/viewer?task_id=\(id)")
             session.field("vnc_ws_path", "/api/v1/vnc/ws?task_id=\(id)")
             let outcome = try? await move(id, .ready, session: session.text, data: ["session": session.text])
+            if case .moved? = outcome { runningSince[id] = .now }
             // The pool waited for this task's page: it may refill now.
             if warm != nil { await step() }
             if case .moved? = outcome { return }
@@ -425,6 +437,7 @@ public actor TaskService {
     private func release(_ id: String) async {
         guard admission.holds(id) else { return }
         admission.released(id)
+        runningSince[id] = nil
         if let session = warmSessionOf.removeValue(forKey: id) { taskOfSession[session] = nil }
         await step()
     }

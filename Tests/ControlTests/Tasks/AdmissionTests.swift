@@ -68,15 +68,31 @@ import Testing
         a.enqueue("a", shape: "default")
         _ = a.next(newWarmID: names.next)
         a.measured("a", usage: 120 * Self.mib, peak: 160 * Self.mib)
-        #expect(a.estimate == 200 * Self.mib, "a running session's peak counts at once")
+        #expect(a.estimate == 200 * Self.mib, "a settled running session's peak counts at once")
         a.released("a", peak: 400 * Self.mib)
         #expect(a.estimate == 500 * Self.mib, "the ended session's peak, a quarter more")
         for i in 0..<Admission.learnFrom {
             a.enqueue("t\(i)", shape: "default")
             _ = a.next(newWarmID: names.next)
-            a.released("t\(i)", peak: 80 * Self.mib)
+            a.measured("t\(i)", usage: 80 * Self.mib, peak: 80 * Self.mib, settled: true)
+            a.released("t\(i)")
         }
         #expect(a.estimate == 100 * Self.mib, "only the last \(Admission.learnFrom) are remembered")
+    }
+
+    @Test func aSessionStillStartingCanRaiseTheEstimateButNotLowerIt() {
+        var a = machine(estimate: 300 * Self.mib)
+        let names = Names()
+        for id in ["young", "grown", "ended"] { a.enqueue(id, shape: "default") }
+        _ = a.next(newWarmID: names.next)
+        a.measured("young", usage: 100 * Self.mib, peak: 100 * Self.mib, settled: false)
+        #expect(a.estimate == 300 * Self.mib, "a page still loading has not reached its peak")
+        a.released("ended", peak: 50 * Self.mib)
+        #expect(a.estimate == 300 * Self.mib, "nor has a task that ended young")
+        a.measured("grown", usage: 400 * Self.mib, peak: 400 * Self.mib, settled: false)
+        #expect(a.estimate == 500 * Self.mib, "but it can outgrow the estimate at once")
+        a.measured("grown", usage: 200 * Self.mib, peak: 200 * Self.mib, settled: true)
+        #expect(a.estimate == 500 * Self.mib, "its peak stays its peak")
     }
 
     @Test func aTaskLimitBelowTheEstimateIsItsCost() {
