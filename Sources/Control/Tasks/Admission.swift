@@ -24,9 +24,18 @@ public struct Admission: Sendable, Equatable {
         /// if its own shape is the same).
         public var warm: Int
         public var warmShape: String
+        /// Young sessions at once: booting, or their task running for less than `provenAfter`.
+        /// A session's memory is known only once its page has loaded, so a burst is admitted a
+        /// few at a time, each batch measured before the next (boots share the CPU anyway).
+        public var maxYoung: Int
+        public var provenAfter: Duration
+        /// A task running this long has reached its peak: only then may its peak lower the
+        /// estimate (any session raises it at once).
+        public var settleAfter: Duration
 
         public init(maxSessions: Int, maxQueued: Int, budget: UInt64, initialEstimate: UInt64,
-                    pressureHigh: Double = 20, pressureLow: Double = 10, warm: Int = 0, warmShape: String = "") {
+                    pressureHigh: Double = 20, pressureLow: Double = 10, warm: Int = 0, warmShape: String = "",
+                    maxYoung: Int = 2, provenAfter: Duration = .seconds(3), settleAfter: Duration = .seconds(30)) {
             self.maxSessions = maxSessions
             self.maxQueued = maxQueued
             self.budget = budget
@@ -35,6 +44,9 @@ public struct Admission: Sendable, Equatable {
             self.pressureLow = pressureLow
             self.warm = warm
             self.warmShape = warmShape
+            self.maxYoung = maxYoung
+            self.provenAfter = provenAfter
+            self.settleAfter = settleAfter
         }
     }
 
@@ -66,8 +78,8 @@ public struct Admission: Sendable, Equatable {
         /// The latest measurement of its usage and peak.
         var usage: UInt64 = 0
         var peak: UInt64 = 0
-        /// Measured after its task had run a while: its peak may lower the estimate.
-        var settled = false
+        /// How long its task has been running, as last told; nil: not running (yet).
+        var age: Duration?
         /// Admission order, so the youngest warm session is given up first.
         var order: Int
     }
@@ -103,7 +115,7 @@ public struct Admission: Sendable, Equatable {
     /// A session that is not settled yet can only raise it.
     public var estimate: UInt64 {
         let tasks = holders.values.filter { $0.kind == .task }
-        let settled = tasks.filter(\.settled).map(\.peak), young = tasks.filter { !$0.settled }.map(\.peak)
+        let settled = tasks.filter(isSettled).map(\.peak), young = tasks.filter { !isSettled($0) }.map(\.peak)
         let grown = young.max() ?? 0
         guard let learned = (recentPeaks + settled).max(), learned > 0 else {
             return max(settings.initialEstimate, grown + grown / 4)
@@ -175,21 +187,24 @@ public struct Admission: Sendable, Equatable {
     public mutating func released(_ id: String, peak: UInt64? = nil) {
         guard let holder = holders.removeValue(forKey: id) else { return }
         let measured = max(peak ?? 0, holder.peak)
-        if holder.kind == .task, measured > 0, holder.settled || measured + measured / 4 > estimate {
+        if holder.kind == .task, measured > 0, isSettled(holder) || measured + measured / 4 > estimate {
             recentPeaks.append(measured)
             if recentPeaks.count > Self.learnFrom { recentPeaks.removeFirst(recentPeaks.count - Self.learnFrom) }
         }
     }
 
     /// The latest reading of a holder's session.
-    /// `settled`: the session's task has been running long enough for its peak to count
-    /// (`TaskService.settleAfter`).
-    public mutating func measured(_ id: String, usage: UInt64, peak: UInt64, settled: Bool = true) {
+    public mutating func measured(_ id: String, usage: UInt64, peak: UInt64) {
         guard var holder = holders[id] else { return }
         holder.usage = usage
         holder.peak = max(holder.peak, peak, usage)
-        holder.settled = settled
         holders[id] = holder
+    }
+
+    /// The task holding `id` has been running for `age`.
+    public mutating func running(_ id: String, for age: Duration) {
+        guard holders[id]?.kind == .task else { return }
+        holders[id]?.age = age
     }
 
     /// A warm session has booted and can be taken.
@@ -265,12 +280,27 @@ public struct Admission: Sendable, Equatable {
         min(estimate, limit ?? .max)
     }
 
+    private func isSettled(_ h: Holder) -> Bool { (h.age ?? .zero) >= settings.settleAfter }
+
+    /// Booting (a task's or a warm one), or running for less than `provenAfter`.
+    private func isYoung(_ h: Holder) -> Bool {
+        switch h.kind {
+        case .task: (h.age ?? .zero) < settings.provenAfter
+        case .warm(let ready): !ready
+        case .leaving: false
+        }
+    }
+
+    /// Sessions booting or just started now.
+    public var young: Int { holders.values.filter(isYoung).count }
+
     /// A slot is free and `needs` fits in what is left; leaving warm sessions still count
     /// (their memory is freed only when they have ended) unless asked to look past them.
     private func fitsCold(_ needs: UInt64, ignoringLeaving: Bool = false) -> Bool {
         let counted = ignoringLeaving ? holders.values.filter { $0.kind != .leaving } : Array(holders.values)
         let committed = committed(counted)
-        return counted.count < settings.maxSessions && committed <= settings.budget && needs <= settings.budget - committed
+        return counted.count < settings.maxSessions && young < settings.maxYoung
+            && committed <= settings.budget && needs <= settings.budget - committed
     }
 
     private var warmCount: Int {

@@ -39,14 +39,18 @@ public struct CapacitySettings: Sendable, Equatable {
     public var pressureLow: Double
     /// Fresh sessions kept booted for tasks to take.
     public var warm: Int
+    /// Sessions starting at once (booting, or running for less than 3 s): a burst is admitted
+    /// a few at a time, each measured before the next.
+    public var maxStarting: Int
 
     public init(memory: UInt64? = nil, reserve: UInt64 = 512 << 20, sessionEstimate: UInt64 = 512 << 20,
-                pressureHigh: Double = 20, pressureLow: Double = 10, warm: Int = 0) {
+                pressureHigh: Double = 20, pressureLow: Double = 10, warm: Int = 0, maxStarting: Int = 2) {
         self.memory = memory
         self.reserve = reserve
         self.sessionEstimate = sessionEstimate
         self.pressureHigh = pressureHigh
         self.pressureLow = pressureLow
         self.warm = warm
+        self.maxStarting = maxStarting
     }
 }

@@ -34,10 +34,6 @@ public actor TaskService {
     nonisolated let load = Broadcast<(active: Int, queued: Int)>()
     /// How often sessions are measured and host pressure read.
     static let sampleInterval = Duration.seconds(2)
-    /// How long a task runs before its session's peak may lower the estimate: a page loads and
-    /// grows in its first seconds, and a burst of tasks must not be admitted on the small
-    /// figures of sessions that are still starting.
-    nonisolated let settleAfter: Duration
     nonisolated let logger: Logger
 
     /// Work the actor hands to `run()`'s group: it may not start tasks of its own.
@@ -78,8 +74,7 @@ public actor TaskService {
                 capacity: CapacitySettings = CapacitySettings(), budget: UInt64? = nil,
                 template: @escaping @Sendable (String, CreateTask) -> SessionSettings,
                 warmTemplate: (@Sendable (String) -> SessionSettings)? = nil,
-                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, settleAfter: Duration = .seconds(30),
-                logger: Logger) {
+                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, logger: Logger) {
         self.store = store
         self.sessions = sessions
         self.tokens = tokens
@@ -88,11 +83,10 @@ public actor TaskService {
         let warmTemplate = warmTemplate ?? { id in template(id, CreateTask(url: "about:blank")) }
         self.warmTemplate = warmTemplate
         self.hostPressure = hostPressure
-        self.settleAfter = settleAfter
         admission = Admission(Admission.Settings(
             maxSessions: limits.maxSessions, maxQueued: limits.maxQueued, budget: budget ?? .max,
             initialEstimate: capacity.sessionEstimate, pressureHigh: capacity.pressureHigh, pressureLow: capacity.pressureLow,
-            warm: capacity.warm, warmShape: warmTemplate("").shape))
+            warm: capacity.warm, warmShape: warmTemplate("").shape, maxYoung: capacity.maxStarting))
         self.logger = logger
         (work, post) = AsyncStream.makeStream(of: Work.self)
         sessionEvents = sessions.sessionEvents.subscribe()
@@ -152,12 +146,11 @@ public actor TaskService {
         repeat {
             let readings = await sessions.sessionMemory()
             let now = ContinuousClock.now
+            for (id, since) in runningSince { admission.running(id, for: now - since) }
             for (session, reading) in readings {
-                let holder = taskOfSession[session] ?? session
                 // Learned from the working sets it sees, not the kernel's peak: that one counts
                 // the file cache a session was charged for, which is reclaimed before any kill.
-                let settled = runningSince[holder].map { now - $0 >= settleAfter } ?? false
-                admission.measured(holder, usage: reading.current, peak: reading.current, settled: settled)
+                admission.measured(taskOfSession[session] ?? session, usage: reading.current, peak: reading.current)
             }
             admission.observe(pressure: hostPressure() ?? 0)
             await step()

@@ -44,6 +44,7 @@ enum ConfigSchema {
         key("capacity.session_estimate", "A session's expected peak memory until sessions have been measured (then learned: the largest recent peak and a quarter).", \.capacity.sessionEstimate, bytes(min: 16 << 20)),
         key("capacity.pressure_high", "Host memory pressure (PSI some avg10, percent) at which no task is admitted and the warm pool is given up.", \.capacity.pressureHigh, decimal(0.1...100)),
         key("capacity.pressure_low", "Host memory pressure below which admission resumes (below capacity.pressure_high).", \.capacity.pressureLow, decimal(0...100)),
+        key("capacity.max_starting", "Sessions starting at once (booting, or running for less than 3 s): a burst is admitted a few at a time, each one's memory measured before more start (and boots share the CPU).", \.capacity.maxStarting, integer(1...256)),
         key("tasks.start_timeout", "Default timeout_s: how long a task may take to be running.", \.tasks.startTimeout, duration(min: .seconds(1))),
         key("tasks.max_lifetime", "Default max_lifetime_s of a task, from its creation.", \.tasks.maxLifetime, duration(min: .seconds(10))),
         key("tasks.retention", "Finished tasks and their events are deleted this long after they end.", \.tasks.retention, duration(min: .seconds(60))),

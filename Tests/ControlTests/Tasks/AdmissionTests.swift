@@ -5,10 +5,14 @@ import Testing
 @Suite struct AdmissionTests {
     static let mib: UInt64 = 1 << 20
 
-    func machine(max: Int = 8, queue: Int = 4, budget: UInt64 = 1000 * mib, estimate: UInt64 = 300 * mib, warm: Int = 0) -> Admission {
+    /// `young`: sessions starting at once; unbounded unless a test is about it.
+    func machine(max: Int = 8, queue: Int = 4, budget: UInt64 = 1000 * mib, estimate: UInt64 = 300 * mib, warm: Int = 0,
+                 young: Int = 100) -> Admission {
         Admission(.init(maxSessions: max, maxQueued: queue, budget: budget, initialEstimate: estimate, pressureHigh: 20, pressureLow: 10,
-                        warm: warm, warmShape: "default"))
+                        warm: warm, warmShape: "default", maxYoung: young, provenAfter: .seconds(3), settleAfter: .seconds(30)))
     }
+
+    static let settled = Duration.seconds(31)
 
     /// Warm ids the tests can predict: w1, w2, …
     final class Names {
@@ -55,7 +59,10 @@ import Testing
         let names = Names()
         for id in ["a", "b", "c", "d", "e", "f"] { a.enqueue(id, shape: "default") }
         #expect(a.next(newWarmID: names.next).count == 3, "3 × 300 MiB")
-        for id in ["a", "b", "c"] { a.measured(id, usage: 100 * Self.mib, peak: 100 * Self.mib) }
+        for id in ["a", "b", "c"] {
+            a.running(id, for: Self.settled)
+            a.measured(id, usage: 100 * Self.mib, peak: 100 * Self.mib)
+        }
         #expect(a.estimate == 125 * Self.mib)
         #expect(a.next(newWarmID: names.next) == [.start(task: "d", warm: nil), .start(task: "e", warm: nil), .start(task: "f", warm: nil)],
                 "what the sessions really use leaves room for more")
@@ -67,6 +74,7 @@ import Testing
         #expect(a.estimate == 300 * Self.mib, "configured until something is measured")
         a.enqueue("a", shape: "default")
         _ = a.next(newWarmID: names.next)
+        a.running("a", for: Self.settled)
         a.measured("a", usage: 120 * Self.mib, peak: 160 * Self.mib)
         #expect(a.estimate == 200 * Self.mib, "a settled running session's peak counts at once")
         a.released("a", peak: 400 * Self.mib)
@@ -74,7 +82,8 @@ import Testing
         for i in 0..<Admission.learnFrom {
             a.enqueue("t\(i)", shape: "default")
             _ = a.next(newWarmID: names.next)
-            a.measured("t\(i)", usage: 80 * Self.mib, peak: 80 * Self.mib, settled: true)
+            a.running("t\(i)", for: Self.settled)
+            a.measured("t\(i)", usage: 80 * Self.mib, peak: 80 * Self.mib)
             a.released("t\(i)")
         }
         #expect(a.estimate == 100 * Self.mib, "only the last \(Admission.learnFrom) are remembered")
@@ -85,14 +94,37 @@ import Testing
         let names = Names()
         for id in ["young", "grown", "ended"] { a.enqueue(id, shape: "default") }
         _ = a.next(newWarmID: names.next)
-        a.measured("young", usage: 100 * Self.mib, peak: 100 * Self.mib, settled: false)
+        a.running("young", for: .seconds(29))
+        a.measured("young", usage: 100 * Self.mib, peak: 100 * Self.mib)
         #expect(a.estimate == 300 * Self.mib, "a page still loading has not reached its peak")
         a.released("ended", peak: 50 * Self.mib)
         #expect(a.estimate == 300 * Self.mib, "nor has a task that ended young")
-        a.measured("grown", usage: 400 * Self.mib, peak: 400 * Self.mib, settled: false)
+        a.measured("grown", usage: 400 * Self.mib, peak: 400 * Self.mib)
         #expect(a.estimate == 500 * Self.mib, "but it can outgrow the estimate at once")
-        a.measured("grown", usage: 200 * Self.mib, peak: 200 * Self.mib, settled: true)
+        a.running("grown", for: Self.settled)
+        a.measured("grown", usage: 200 * Self.mib, peak: 200 * Self.mib)
         #expect(a.estimate == 500 * Self.mib, "its peak stays its peak")
+    }
+
+    @Test func aBurstStartsAFewAtATimeEachMeasuredBeforeTheNext() {
+        var a = machine(budget: 10_000 * Self.mib, estimate: 300 * Self.mib, young: 2)
+        let names = Names()
+        for id in ["a", "b", "c", "d", "e"] { a.enqueue(id, shape: "default") }
+        #expect(a.next(newWarmID: names.next) == [.start(task: "a", warm: nil), .start(task: "b", warm: nil)])
+        a.running("a", for: .seconds(2))
+        #expect(a.next(newWarmID: names.next).isEmpty, "running, but its page may still be loading")
+        a.running("a", for: .seconds(3))
+        a.measured("a", usage: 900 * Self.mib, peak: 900 * Self.mib)
+        #expect(a.next(newWarmID: names.next) == [.start(task: "c", warm: nil)], "a is proven, and measured: its 900 MiB raise the estimate")
+        #expect(a.estimate == 1125 * Self.mib && a.young == 2)
+    }
+
+    @Test func aBootingWarmSessionIsYoungToo() {
+        var a = machine(warm: 2, young: 1)
+        let names = Names()
+        #expect(a.next(newWarmID: names.next) == [.bootWarm("w1")], "one at a time")
+        a.warmBooted("w1")
+        #expect(a.next(newWarmID: names.next) == [.bootWarm("w2")])
     }
 
     @Test func aTaskLimitBelowTheEstimateIsItsCost() {

@@ -108,6 +108,7 @@ struct ConfigTests {
         "capacity.session_estimate": "400MiB",
         "capacity.pressure_high": "30",
         "capacity.pressure_low": "12.5",
+        "capacity.max_starting": "3",
         "sessions.width": "1920",
         "sessions.height": "1080",
         "sessions.input": "view",
