@@ -237,8 +237,9 @@ func benchCapacity(runs: Int, fitCount: Int, fitLimit: UInt64, smoke: Bool) asyn
     let policies: [(String, String)] = [
         ("memory-aware", "tasks:\n  max_sessions: 64\n"),
         // browserless' way: a fixed count whatever memory says. A negligible configured estimate
-        // lets the burst of creates fill the 8 slots at once, before any session is measured.
-        ("count only (8)", "tasks:\n  max_sessions: 8\ncapacity:\n  session_estimate: 16MiB\n"),
+        // and no limit on starting sessions let the burst of creates fill the 8 slots at once,
+        // before any session is measured.
+        ("count only (8)", "tasks:\n  max_sessions: 8\ncapacity:\n  session_estimate: 16MiB\n  max_starting: 8\n"),
     ]
     for (page, url) in smoke ? [("idle", idlePage)] : [("idle", idlePage), ("heavy", heavyPage)] {
         for (policy, config) in smoke ? Array(policies.prefix(1)) : policies {

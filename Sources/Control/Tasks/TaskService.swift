@@ -241,7 +241,8 @@ public actor TaskService {
     /// Carries out what admission decides now: starts, warm boots, warm sessions given up.
     private func step() async {
         var actions = admission.next(newWarmID: { "w-" + randomHex(6) })
-        if warmPaused || adopting > 0 {
+        // A task taking a warm session in this very step counts as adopting already.
+        if warmPaused || adopting > 0 || actions.contains(where: { if case .start(_, .some) = $0 { true } else { false } }) {
             actions.removeAll { if case .bootWarm(let id) = $0 { admission.released(id); return true } else { return false } }
         }
         for action in actions {

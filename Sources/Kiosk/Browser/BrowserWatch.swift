@@ -250,8 +250,8 @@ public struct BrowserWatch: Sendable {
                 for await event in cdp.events where event.method == "Page.loadEventFired" && event.sessionID == session { return }
                 throw CDPError(description: "the CDP connection ended")
             }
+            // Closing the connection detaches the session: no detach round trip.
             try await cdp.send("Page.resetNavigationHistory", [:], session: session)
-            try await cdp.send("Target.detachFromTarget", ["sessionId": .string(session)])
         }
     }
 }
