@@ -86,11 +86,21 @@ public struct SessionCgroups: Sendable {
         switch layout {
         case .unified(let parent, let controllers) where controllers.contains("memory"):
             try writeCgroupFile(parent + "/memory.max", "\(budget)")
+            if exists(parent + "/memory.swap.max") { try writeCgroupFile(parent + "/memory.swap.max", "0") }
         case .hybrid(_, let memory, _):
             try writeCgroupFile(memory + "/memory.limit_in_bytes", "\(budget)")
+            for (file, value) in Self.noSwapPast(budget, in: memory) { try writeCgroupFile(file, value) }
         default:
             break
         }
+    }
+
+    /// A browser that swaps is a host that crawls (the seed's t3.medium has 2 GB of swap): at
+    /// its limit a group is reclaimed and then killed inside, never pushed to swap. v1 counts
+    /// memory and swap together in memsw (present only with swap accounting on), after the
+    /// memory limit it may not be below; v2 has memory.swap.max (0: none).
+    static func noSwapPast(_ limit: UInt64, in dir: String) -> [(String, String)] {
+        exists(dir + "/memory.memsw.limit_in_bytes") ? [(dir + "/memory.memsw.limit_in_bytes", "\(limit)")] : []
     }
 
     /// Finds the host's layout and prepares this daemon's parent group. `tag` keeps daemons
@@ -174,14 +184,18 @@ public struct SessionCgroups: Sendable {
             let dir = group.group
             for (controller, file, value) in [("memory", "memory.max", limits.memoryMax.map(String.init)),
                                               ("memory", "memory.high", limits.memoryHigh.map(String.init)),
+                                              ("memory", "memory.swap.max", limits.memoryMax.map { _ in "0" }),
                                               ("pids", "pids.max", limits.pidsMax.map(String.init))] {
                 // Not delegated (said once at start): the session runs without that limit.
-                guard let value, controllers.contains(controller) else { continue }
+                guard let value, controllers.contains(controller), exists(dir + "/" + file) || file != "memory.swap.max" else { continue }
                 files.append((dir + "/" + file, value))
             }
         case .hybrid(_, let memory, let pids):
             let name = String(group.group.split(separator: "/").last ?? "")
-            if let max = limits.memoryMax { files.append((memory + "/" + name + "/memory.limit_in_bytes", "\(max)")) }
+            if let max = limits.memoryMax {
+                files.append((memory + "/" + name + "/memory.limit_in_bytes", "\(max)"))
+                files += Self.noSwapPast(max, in: memory + "/" + name)
+            }
             if let n = limits.pidsMax {
                 guard let pids else { throw .setup("pids.max asked, but the v1 pids controller is not mounted or not writable") }
                 files.append((pids + "/" + name + "/pids.max", "\(n)"))

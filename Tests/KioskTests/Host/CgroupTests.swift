@@ -36,6 +36,9 @@ struct CgroupTests {
         if cgroups.mode == .hybrid {
             let memory = try #require(group.directories.first { $0.hasPrefix("/sys/fs/cgroup/memory/") })
             #expect(try readText(memory + "/memory.limit_in_bytes") == "\(64 << 20)\n")
+            if access(memory + "/memory.memsw.limit_in_bytes", F_OK) == 0 {
+                #expect(try readText(memory + "/memory.memsw.limit_in_bytes") == "\(64 << 20)\n", "no swap past the limit")
+            }
             // Under the test process's own v1 memory group: sessions count in the daemon's budget.
             let own = try #require(try readText("/proc/self/cgroup").split(separator: "\n").first { $0.contains(":memory:") }?.split(separator: ":").last)
             #expect(memory.hasPrefix("/sys/fs/cgroup/memory" + (own == "/" ? "" : own) + "/kioskd-"), "\(memory)")
