@@ -113,11 +113,13 @@ func requireCgroups(_ cgroups: SessionCgroups) throws -> SessionCgroups {
 }
 
 /// Starts `sleep` in `group` the way an escaping process would: a clean environment (no cookie,
-/// no session marker), a session of its own, its parent gone. Returns its pid.
+/// no session marker), a session of its own, its parent gone. Returns its pid. `setsid --wait`:
+/// the spawned child already leads a session, so setsid forks, and without waiting its parent
+/// would exit before the shell printed the pid.
 func spawnEscapee(in group: SessionCgroup) async throws -> Int32 {
     var logger = Logger(label: "test.escapee")
     logger.logLevel = .critical
-    let spec = ProcessSpec(executable: "/usr/bin/env", arguments: ["-i", "/usr/bin/setsid", "/bin/sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"],
+    let spec = ProcessSpec(executable: "/usr/bin/env", arguments: ["-i", "/usr/bin/setsid", "--wait", "/bin/sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"],
                            cgroups: group.directories)
     let (exit, output) = try await runProgram(spec, timeout: .seconds(10), logger: logger)
     guard exit == .exited(0), let pid = output.last.flatMap({ Int32($0) }), isAlive(pid) else {
