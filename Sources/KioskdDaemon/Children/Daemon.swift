@@ -35,6 +35,9 @@ public struct Daemon {
         } catch {
             throw DaemonError.setup(key: "sessions.user", message: "\(error)")
         }
+        // The sessions' parent groups were made when the host was: however the daemon ends
+        // (a failed start too), they go with it once empty; a SIGKILLed one's, at its next start.
+        defer { sessions.host.cgroups?.removeParents() }
         // A significant program ending stops the programs group, and with it the daemon.
         let significant = programs.autoShutdown != .never
         // GET /v1/tree reads the root, which is built after its children's specs.
