@@ -117,6 +117,8 @@ struct ProcessSupervisionTests {
         let sup = try supervisor(.restForOne, [spec("x"), spec("wm"), spec("vnc"), spec("browser")])
         let run = launch(sup)
         try await sup.waitReady()
+        // The bus delivers to the recorder after waitReady returns: the start's last ready is seen before the mark.
+        _ = try await ready("browser")
         let before = try await withThrowingTaskGroup(of: (String, Int32).self) { g in
             for id in ["x", "wm", "vnc", "browser"] { g.addTask { (id, try await pid(of: id)) } }
             return try await g.reduce(into: [String: Int32]()) { $0[$1.0] = $1.1 }
@@ -141,6 +143,8 @@ struct ProcessSupervisionTests {
         let sup = try supervisor(.oneForAll, [spec("a"), spec("b"), spec("c")])
         let run = launch(sup)
         try await sup.waitReady()
+        // The bus delivers to the recorder after waitReady returns: the start's last ready is seen before the mark.
+        _ = try await ready("c")
         let a = try await pid(of: "a"), b = try await pid(of: "b"), c = try await pid(of: "c")
         let mark = recorder.count
         kill(b, SIGKILL)
@@ -164,6 +168,8 @@ struct ProcessSupervisionTests {
         let sup = try supervisor(.restForOne, [x, client("a"), client("b")], intensity: .init(maxRestarts: 2, period: .seconds(60)))
         let run = launch(sup)
         try await sup.waitReady()
+        // The bus delivers to the recorder after waitReady returns: the start's last ready is seen before the mark.
+        _ = try await ready("b")
         var server = try await pid(of: "x")
 
         // Two kills in a budget of two: each is one restart, however many exits it causes.
@@ -369,6 +375,8 @@ struct ProcessSupervisionTests {
         let sup = try supervisor(.oneForOne, [spec("parent", ["--grandchild", pidfile], readiness: .file(path: pidfile), environment: env)])
         let run = launch(sup)
         try await sup.waitReady()
+        // The bus delivers to the recorder after waitReady returns: the start's last ready is seen before the mark.
+        _ = try await ready("parent")
         let first = Int32(try readText(pidfile).trimmingCharacters(in: "\n"))!
         #expect(isAlive(first))
         #expect(ProcessTree.readStat(first)!.session == first, "the grandchild left the child's session")
