@@ -52,7 +52,9 @@ public final class PostgresFixture: Sendable {
             kind: .process(ProcessSpec(executable: bin + "/postgres", arguments: args,
                                        environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], credentials: user)),
             shutdown: .timeout(.seconds(5)),
-            readiness: .tcp(host: "127.0.0.1", port: port, banner: nil),
+            // Its own line, not the port: it accepts TCP while still refusing sessions ("the
+            // database system is starting up"), which failed a createdb right after the start.
+            readiness: .logLine(contains: "database system is ready to accept connections"),
             readyTimeout: .seconds(30))
         var logger = Logger(label: "postgres")
         logger.logLevel = .warning
