@@ -57,7 +57,7 @@ struct BridgeChannel: HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
-            try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+            try channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
             if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
             guard peers.admit(channel) else {
                 try channel.pipeline.syncOperations.addHandlers([HTTPResponseEncoder(), PeerRefusal(.tooManyFromPeer(limit: peers.limit))])
@@ -146,18 +146,6 @@ struct BridgeChannel: HTTPChannelHandler {
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
-        }
-    }
-}
-
-extension HTTPServerBuilder {
-    static func bridge(tls: NIOSSLContext?, decide: @escaping BridgeChannel.Decide, settings: BridgeSettings, limits: ConnectionLimits) -> HTTPServerBuilder {
-        let guardLimits = RequestGuard.Limits(headerTimeout: TimeAmount(settings.headerTimeout), authTimeout: TimeAmount(settings.authTimeout),
-                                              maxHeaderBytes: settings.maxHeaderBytes)
-        let peers = PeerCounts(limit: limits.perPeer)
-        return .init { responder in
-            BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: settings.maxFrameSize, peers: peers,
-                          guardLimits: guardLimits, maxRequestLine: settings.maxRequestLine)
         }
     }
 }

@@ -66,7 +66,7 @@ struct Relay {
     /// session's secret), then the same handler behind a frame adapter.
     private func viaWebsockify(_ port: Int, secret: String, _ viewer: ViewerConnection) async throws -> NIOLoopBound<VNCHandler> {
         let maxFrameSize = settings.maxFrameSize
-        let upgraded = try await bootstrap(viewer).channelOption(.socketOption(.tcp_nodelay), value: 1).connect(host: "127.0.0.1", port: port) { channel in
+        let upgraded = try await bootstrap(viewer).channelOption(.tcpOption(.tcp_nodelay), value: 1).connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
                 let upgrader = NIOTypedWebSocketClientUpgrader<NIOLoopBound<VNCHandler>>(maxFrameSize: max(maxFrameSize, 1 << 20)) { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
