@@ -36,7 +36,9 @@ doc="$pkg/usr/share/doc/kioskd"
 install -d -m 0755 "$pkg/DEBIAN" "$doc"
 install -D -m 0755 "$binary" "$pkg/usr/bin/kioskd"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/kioskd"
-install -D -m 0644 systemd/kioskd.service "$pkg/lib/systemd/system/kioskd.service"
+for unit in kioskd.service kioskd.socket kioskd-public.socket; do
+  install -D -m 0644 "systemd/$unit" "$pkg/lib/systemd/system/$unit"
+done
 
 # The configuration: every key with its default, but for the port guard, which the packaged unit
 # installs as root around a kioskd without capabilities.
@@ -111,16 +113,20 @@ if [ "$1" = "configure" ]; then
 	chmod 0640 /etc/kioskd/kioskd.yaml
 fi
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ]; then
-	# This will only remove masks created by d-s-h on package removal.
-	deb-systemd-helper unmask 'kioskd.service' >/dev/null || true
-	# was-enabled defaults to true, so new installations run enable.
-	if deb-systemd-helper --quiet was-enabled 'kioskd.service'; then
-		deb-systemd-helper enable 'kioskd.service' >/dev/null || true
-	else
-		deb-systemd-helper update-state 'kioskd.service' >/dev/null || true
-	fi
+	for unit in kioskd.socket kioskd-public.socket kioskd.service; do
+		# This will only remove masks created by d-s-h on package removal.
+		deb-systemd-helper unmask "$unit" >/dev/null || true
+		# was-enabled defaults to true, so new installations run enable.
+		if deb-systemd-helper --quiet was-enabled "$unit"; then
+			deb-systemd-helper enable "$unit" >/dev/null || true
+		else
+			deb-systemd-helper update-state "$unit" >/dev/null || true
+		fi
+	done
 	if [ -d /run/systemd/system ]; then
 		systemctl --system daemon-reload >/dev/null || true
+		# The sockets first: the service starts with them (socket activation).
+		deb-systemd-invoke start 'kioskd.socket' 'kioskd-public.socket' >/dev/null || true
 		if [ -n "$2" ]; then _dh_action=restart; else _dh_action=start; fi
 		deb-systemd-invoke $_dh_action 'kioskd.service' >/dev/null || true
 	fi
@@ -131,7 +137,8 @@ cat >"$pkg/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
 if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
-	deb-systemd-invoke stop 'kioskd.service' >/dev/null || true
+	# The sockets too: a connection to them would start kioskd again.
+	deb-systemd-invoke stop 'kioskd.socket' 'kioskd-public.socket' 'kioskd.service' >/dev/null || true
 fi
 exit 0
 EOF
@@ -141,14 +148,16 @@ set -e
 if [ "$1" = "remove" ] && [ -d /run/systemd/system ]; then
 	systemctl --system daemon-reload >/dev/null || true
 fi
-if [ "$1" = "remove" ] && [ -x "/usr/bin/deb-systemd-helper" ]; then
-	deb-systemd-helper mask 'kioskd.service' >/dev/null || true
-fi
-if [ "$1" = "purge" ]; then
-	if [ -x "/usr/bin/deb-systemd-helper" ]; then
-		deb-systemd-helper purge 'kioskd.service' >/dev/null || true
-		deb-systemd-helper unmask 'kioskd.service' >/dev/null || true
+for unit in kioskd.socket kioskd-public.socket kioskd.service; do
+	if [ "$1" = "remove" ] && [ -x "/usr/bin/deb-systemd-helper" ]; then
+		deb-systemd-helper mask "$unit" >/dev/null || true
 	fi
+	if [ "$1" = "purge" ] && [ -x "/usr/bin/deb-systemd-helper" ]; then
+		deb-systemd-helper purge "$unit" >/dev/null || true
+		deb-systemd-helper unmask "$unit" >/dev/null || true
+	fi
+done
+if [ "$1" = "purge" ]; then
 	# The store, the token key and the sessions' records and directories. The kioskd user stays
 	# (Debian's rule for system users: files elsewhere may still belong to it).
 	rm -rf /var/lib/kioskd /run/kioskd

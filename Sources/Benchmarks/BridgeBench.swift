@@ -231,7 +231,7 @@ func serveBridge(_ args: [String]) async throws -> Never {
             _ = try await service.create(CreateTask(taskID: id, url: "about:blank"))
             _ = try await service.waitRunning(id, timeout: .seconds(5))
         }
-        try await PublicServer(access: access, settings: limits).run(host: "127.0.0.1", port: port, logger: logger) { _ in }
+        try await PublicServer(access: access, settings: limits).run(.hostname("127.0.0.1", port: port), logger: logger) { _ in }
     })
     exit(0)
 }

@@ -76,7 +76,7 @@ struct BridgeHarness {
         let server = PublicServer(access: access, settings: settings, tls: tls)
         let bound = OnceValue<Int>()
         return try await withBackground({
-            try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })
+            try await race({ await service.run() }, { try await server.run(.hostname("127.0.0.1", port: 0), logger: logger) { bound.set($0) } })
         }) {
             let port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
             return try await body(BridgeHarness(dir: dir, manager: manager, service: service, port: port))

@@ -17,7 +17,8 @@ public final class DaemonProcess: Sendable {
     /// Set once stderr reached EOF: every line the daemon wrote is in `log`.
     private let logDrained = OnceValue<Void>()
 
-    public init(executable: String, arguments: [String], environment: [String: String], directory: String) throws {
+    /// `passing`: descriptors the daemon gets as 3, 4, … (as systemd passes listening sockets).
+    public init(executable: String, arguments: [String], environment: [String: String], directory: String, passing: [Int32] = []) throws {
         let pipe = try cloexecPipe()
         let fds = [pipe.read, pipe.write]
         var actions = posix_spawn_file_actions_t()
@@ -28,6 +29,7 @@ public final class DaemonProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
         posix_spawn_file_actions_addclose(&actions, fds[0])
         posix_spawn_file_actions_addclose(&actions, fds[1])
+        for (i, fd) in passing.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, 3 + Int32(i)) }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }

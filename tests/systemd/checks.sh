@@ -85,6 +85,29 @@ for g in $session_groups; do [ ! -e "$g" ] || fail kill9 "the old session's cgro
 pgrep -u kioskd -f chromium >/dev/null && fail kill9 "a Chromium of the old session still runs"
 ok kill9 "restarted and active in $(ms "$t0" "$t1") ms (NRestarts=$(prop NRestarts)); task interrupted; old session's directory and cgroup gone"
 
+# --- socket activation: a client that connects while kioskd is down is served, not refused
+for u in kioskd.socket kioskd-public.socket; do
+  [ "$(systemctl show -P ActiveState $u)" = active ] || fail activation "$u is $(systemctl show -P ActiveState $u), not active"
+done
+[ "$(stat -c %G:%a $SOCK)" = kioskd:660 ] || fail activation "the control socket is $(stat -c %G:%a $SOCK), not kioskd:660"
+old=$(prop MainPID)
+kill -9 "$old"
+# RestartSec=2s: kioskd is down, its sockets held by systemd, until the restart.
+wait_for 10 test "$(prop MainPID)" = 0 || fail activation "kioskd still runs after kill -9 (MainPID=$(prop MainPID))"
+down=$(prop SubState)
+t0=$(now)
+curl -sS -o /tmp/public.out -w '%{http_code}' -m 60 http://127.0.0.1:8080/health >/tmp/public.code 2>/tmp/public.err &
+public_curl=$!
+curl -sS -o /tmp/control.out -w '%{http_code}' -m 60 --unix-socket "$SOCK" http://kioskd/v1/health >/tmp/control.code 2>/tmp/control.err &
+control_curl=$!
+wait "$public_curl" "$control_curl"
+t1=$(now)
+[ "$(cat /tmp/public.code)" = 200 ] || fail activation "GET /health during the restart: $(cat /tmp/public.code) $(cat /tmp/public.out /tmp/public.err)"
+[ "$(cat /tmp/control.code)" = 200 ] || fail activation "GET /v1/health on the control socket during the restart: $(cat /tmp/control.code) $(cat /tmp/control.out /tmp/control.err)"
+active_with_new_pid "$old" || fail activation "kioskd is not active again after the restart"
+for name in public control; do journalctl -u kioskd --no-pager -o cat | grep -q "systemd's socket '$name'" || fail activation "kioskd did not serve systemd's socket '$name'"; done
+ok activation "kill -9, then clients on the public port and the control socket while kioskd was down: both 200 after $(ms "$t0" "$t1") ms (the restart), none refused (kioskd was $down when they connected)"
+
 # --- a hung daemon: the watchdog. WatchdogSec=3s by a drop-in, so the test waits seconds, not
 # the unit's 30 s; the path (no WATCHDOG=1 → WatchdogSignal → restart) is the same.
 mkdir -p /run/systemd/system/kioskd.service.d
@@ -131,6 +154,10 @@ files=$(dpkg -L kioskd | while read -r f; do [ -f "$f" ] && echo "$f"; done)
 dpkg --purge kioskd >/tmp/purge.log 2>&1 || { cat /tmp/purge.log; fail purge "dpkg --purge failed"; }
 for f in $files /var/lib/kioskd /run/kioskd /etc/kioskd; do [ ! -e "$f" ] || fail purge "$f is still there"; done
 pgrep -u kioskd >/dev/null && fail purge "processes of kioskd's user still run: $(pgrep -u kioskd -a)"
-[ "$(systemctl show -P LoadState kioskd)" = not-found ] || fail purge "the unit is still loaded"
+for u in kioskd.service kioskd.socket kioskd-public.socket; do
+  [ "$(systemctl show -P LoadState $u)" = not-found ] || fail purge "$u is still loaded"
+done
+[ ! -e "$SOCK" ] || fail purge "the control socket $SOCK is still there"
+curl -s -m 2 http://127.0.0.1:8080/health >/dev/null && fail purge "something still listens on the public port"
 nft list tables | grep -q kioskd && fail purge "the port guard's nftables table is still there"
-ok purge "dpkg --purge: $(echo "$files" | wc -l) files, /var/lib/kioskd, /run/kioskd and /etc/kioskd gone; nothing runs; no nft table"
+ok purge "dpkg --purge: $(echo "$files" | wc -l) files, /var/lib/kioskd, /run/kioskd and /etc/kioskd gone; no unit or socket left; nothing runs; no nft table"

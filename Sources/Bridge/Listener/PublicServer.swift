@@ -32,23 +32,27 @@ public struct PublicServer: Sendable {
         viewers = ViewerRegistry(limit: settings.maxViewers)
     }
 
-    /// Serves on `host:port` until cancelled (then gracefully, 3 s); `onReady` gets the bound port.
-    public func run(host: String, port: Int, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
-        let http = httpRouter()
+    /// Serves on `endpoint` until cancelled (then gracefully, 3 s); `onReady` gets the port.
+    public func run(_ endpoint: ListenEndpoint, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
         let limits = ConnectionLimits.resolve(settings, openFiles: ConnectionLimits.openFileLimit())
         if let asked = settings.maxConnections, asked > limits.total {
             logger.warning("public.max_connections lowered to what the open-file limit leaves room for",
                            metadata: ["asked": "\(asked)", "used": "\(limits.total)", "open_files": "\(ConnectionLimits.openFileLimit())"])
         }
         logger.info("public listener connection limits", metadata: ["limits": "\(limits)"])
-        let app = Application(
-            router: http,
-            server: .bridge(tls: tls, decide: decide(logger: logger), settings: settings, limits: limits),
-            configuration: .init(address: .hostname(host, port: port), serverName: "kioskd",
-                                 availableConnectionsDelegate: ListenerConnections(limit: limits.total)),
-            onServerRunning: { channel in onReady(channel.localAddress?.port ?? port) },
-            logger: logger)
-        try await serveUntilCancelled(app, logger: logger)
+        let guardLimits = RequestGuard.Limits(headerTimeout: TimeAmount(settings.headerTimeout), authTimeout: TimeAmount(settings.authTimeout),
+                                              maxHeaderBytes: settings.maxHeaderBytes)
+        let peers = PeerCounts(limit: limits.perPeer)
+        let (tls, decide, settings) = (self.tls, decide(logger: logger), self.settings)
+        let server = HTTPServer(router: httpRouter(), endpoint: endpoint,
+                                childChannel: { responder in
+                                    BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: settings.maxFrameSize, peers: peers,
+                                                  guardLimits: guardLimits, maxRequestLine: settings.maxRequestLine)
+                                },
+                                connections: ListenerConnections(limit: limits.total), logger: logger) { channel in
+            onReady(channel.localAddress?.port ?? 0)
+        }
+        try await serveUntilCancelled(server, logger: logger)
     }
 
     func httpRouter() -> Router<PublicContext> {

@@ -22,38 +22,43 @@ public enum ControlServerError: Error, CustomStringConvertible {
 }
 
 /// The control API on its Unix socket: HTTP/1.1 by Hummingbird; mode 0660 and the configured
-/// group on the socket file, peer credentials checked on every request.
+/// group on the socket file, peer credentials checked on every request. Under socket activation
+/// the socket is systemd's (kioskd.socket: its path, mode and group), served as it is.
 public struct ControlServer: Sendable {
     public let socketPath: String
     public let group: UInt32?
     public let allowlist: PeerAllowlist
+    /// systemd's listening socket for the control API, when it passed one.
+    public let inherited: CInt?
 
-    public init(socketPath: String, group: UInt32?, allowlist: PeerAllowlist) {
+    public init(socketPath: String, group: UInt32?, allowlist: PeerAllowlist, inherited: CInt? = nil) {
         self.socketPath = socketPath
         self.group = group
         self.allowlist = allowlist
+        self.inherited = inherited
     }
 
     /// Serves until cancelled; `onReady` runs once the socket accepts connections with its
     /// final mode. A socket file left by a dead run is removed; a live one is an error.
     public func run(_ routes: ControlRoutes, logger: Logger, onReady: @escaping @Sendable () -> Void) async throws {
+        let router = routes.router(allowlist: allowlist)
+        if let inherited {
+            let server = HTTPServer(router: router, endpoint: .inherited(fd: inherited, name: "control"), logger: logger) { _ in onReady() }
+            return try await serveUntilCancelled(server, logger: logger)
+        }
         try removeStaleSocket()
         let path = socketPath, group = self.group
-        let app = Application(
-            router: routes.router(allowlist: allowlist),
-            configuration: .init(address: .unixDomainSocket(path: path), serverName: "kioskd"),
-            onServerRunning: { _ in
-                // Until this chmod the file has the umask's mode: owner only, so no one else
-                // could connect in between.
-                if let group, chown(path, UInt32.max, group) != 0 {
-                    logger.error("cannot chown the control socket", metadata: ["path": "\(path)", "gid": "\(group)", "errno": "\(errno)"])
-                }
-                chmod(path, 0o660)
-                onReady()
-            },
-            logger: logger)
+        let server = HTTPServer(router: router, endpoint: .unixDomainSocket(path: path), logger: logger) { _ in
+            // Until this chmod the file has the umask's mode: owner only, so no one else
+            // could connect in between.
+            if let group, chown(path, UInt32.max, group) != 0 {
+                logger.error("cannot chown the control socket", metadata: ["path": "\(path)", "gid": "\(group)", "errno": "\(errno)"])
+            }
+            chmod(path, 0o660)
+            onReady()
+        }
         defer { unlink(path) }
-        try await serveUntilCancelled(app, logger: logger)
+        try await serveUntilCancelled(server, logger: logger)
     }
 
     private func removeStaleSocket() throws {

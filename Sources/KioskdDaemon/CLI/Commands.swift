@@ -61,7 +61,8 @@ struct Serve: AsyncParsableCommand {
         let config = try options.load(environment)
         LogOutput.bootstrap(format: config.log.format, level: config.log.level, environment: environment)
         do {
-            try await Daemon(config: config, environment: environment).run()
+            let sockets = try SocketActivation.take(environment)
+            try await Daemon(config: config, environment: environment, sockets: sockets).run()
         } catch let error as DaemonError {
             printError("kioskd: \(error)")
             if case .setup = error { throw ExitCode(exitConfigError) }

@@ -13,7 +13,7 @@ import Glibc
 /// store is opened and migrated, what a previous run left unfinished is marked interrupted,
 /// and the socket serves. Ready once the socket accepts connections.
 enum ControlChild {
-    static func spec(_ config: Config, environment: [String: String], sessions: SessionManager, published: OnceValue<TaskService>,
+    static func spec(_ config: Config, environment: [String: String], socket: CInt?, sessions: SessionManager, published: OnceValue<TaskService>,
                      metrics: @escaping @Sendable () -> [UInt8], logger: Logger, tree: @escaping @Sendable () async -> TreeNode) -> ChildSpec {
         ChildSpec(
             id: "control",
@@ -31,7 +31,7 @@ enum ControlChild {
                                               logger: logger)
                     let interrupted = try await service.interruptUnfinished()
                     published.set(service)
-                    let server = try server(config)
+                    let server = try server(config, inherited: socket, logger: logger)
                     let kind = if case .sqlite = location { "sqlite" } else { "postgres" }
                     let routes = ControlRoutes(service: service, storeKind: kind, metrics: metrics, tree: tree)
                     // The service's work and the socket end together: a stop cancels both.
@@ -82,8 +82,9 @@ enum ControlChild {
     }
 
     /// The socket's group and who may connect: by default root and kioskd's own uid, and
-    /// members (by primary gid) of the socket's group.
-    static func server(_ config: Config) throws -> ControlServer {
+    /// members (by primary gid) of the socket's group. An inherited socket is systemd's: its
+    /// path should be control.socket, which kioskd's own commands connect to.
+    static func server(_ config: Config, inherited: CInt?, logger: Logger) throws -> ControlServer {
         var group: UInt32?
         if !config.control.group.isEmpty {
             guard let entry = getgrnam(config.control.group) else {
@@ -93,6 +94,14 @@ enum ControlChild {
         }
         let uids = config.control.allowUIDs.values.isEmpty ? [0, geteuid()] : config.control.allowUIDs.values
         let gids = config.control.allowGIDs.values.isEmpty ? [group ?? getegid()] : config.control.allowGIDs.values
+        if let inherited {
+            let path = SocketActivation.path(of: inherited)
+            if path != config.control.socket {
+                logger.warning("the control socket systemd passed is not at control.socket, where kioskd's commands connect",
+                               metadata: ["systemd": "\(path ?? "unnamed")", "control.socket": "\(config.control.socket)"])
+            }
+            return ControlServer(socketPath: path ?? config.control.socket, group: group, allowlist: PeerAllowlist(uids: Set(uids), gids: Set(gids)), inherited: inherited)
+        }
         let parent = String(config.control.socket.split(separator: "/").dropLast().joined(separator: "/"))
         if let error = makeDirectories("/" + parent, mode: 0o755) {
             throw DaemonError.setup(key: "control.socket", message: "cannot create /\(parent): \(error)")

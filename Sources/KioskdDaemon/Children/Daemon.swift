@@ -15,11 +15,14 @@ import Glibc
 public struct Daemon {
     public let config: Config
     public let environment: [String: String]
+    /// Listening sockets systemd passed; the rest kioskd binds itself.
+    public let sockets: SocketActivation
     let logger = Logger(label: "kioskd")
 
-    public init(config: Config, environment: [String: String]) {
+    public init(config: Config, environment: [String: String], sockets: SocketActivation = .none) {
         self.config = config
         self.environment = environment
+        self.sockets = sockets
     }
 
     public func run() async throws {
@@ -56,12 +59,12 @@ public struct Daemon {
                 children: [
                     ChildSpec(id: "programs", kind: .supervisor(programs), restart: significant ? .transient : .permanent, significant: significant),
                     SessionsChild.spec(config, manager: sessions, logger: logger),
-                    ControlChild.spec(config, environment: environment, sessions: sessions, published: service,
+                    ControlChild.spec(config, environment: environment, socket: sockets.control, sessions: sessions, published: service,
                                       metrics: { var out: [UInt8] = []; registry.emit(into: &out); return out + Array(ProcessMetrics.exposition().utf8) },
                                       logger: logger) {
                         await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
                     },
-                    PublicChild.spec(config, service: service, sessions: sessions, logger: logger),
+                    PublicChild.spec(config, socket: sockets.publicListener, service: service, sessions: sessions, logger: logger),
                 ]),
             events: events, logger: logger)
         rootRef.set(root)

@@ -9,7 +9,7 @@ import Supervision
 /// The public listener as a child of the root, after the control API (whose task service and
 /// tokens it uses). Ready once it listens.
 enum PublicChild {
-    static func spec(_ config: Config, service: OnceValue<TaskService>, sessions: SessionManager, logger: Logger) -> ChildSpec {
+    static func spec(_ config: Config, socket: CInt?, service: OnceValue<TaskService>, sessions: SessionManager, logger: Logger) -> ChildSpec {
         ChildSpec(
             id: "public",
             kind: .task { context in
@@ -19,8 +19,15 @@ enum PublicChild {
                     await target(sessions, id)
                 }
                 let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener))
-                try await server.run(host: config.publicListener.listen.host, port: config.publicListener.listen.port, logger: logger) { port in
-                    context.markReady("listening on \(config.publicListener.listen.host):\(port)")
+                let listen = config.publicListener.listen
+                // systemd's socket (kioskd-public.socket) replaces public.listen.
+                let endpoint: ListenEndpoint = socket.map { .inherited(fd: $0, name: "public") } ?? .hostname(listen.host, port: listen.port)
+                try await server.run(endpoint, logger: logger) { port in
+                    if socket != nil, port != listen.port {
+                        logger.warning("the public socket systemd passed is not on public.listen's port: it is served, public.listen is not (edit kioskd-public.socket)",
+                                       metadata: ["systemd_port": "\(port)", "public.listen": "\(listen.host):\(listen.port)"])
+                    }
+                    context.markReady(socket == nil ? "listening on \(listen.host):\(port)" : "listening on systemd's socket, port \(port)")
                 }
             },
             restart: .permanent,

@@ -53,7 +53,7 @@ struct ListenerHarness {
         let server = PublicServer(access: access, settings: settings)
         let bound = OnceValue<Int>()
         return try await withBackground({ [logger] in
-            try await race({ await service.run() }, { try await server.run(host: "127.0.0.1", port: 0, logger: logger) { bound.set($0) } })
+            try await race({ await service.run() }, { try await server.run(.hostname("127.0.0.1", port: 0), logger: logger) { bound.set($0) } })
         }) {
             let port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
             return try await body(ListenerHarness(dir: dir, service: service, port: port))
