@@ -105,12 +105,13 @@ public struct ControlRoutes: Sendable {
             let id = try context.parameters.require("id")
             var since = try query(request, "since", as: Int.self, QueryRules.since) ?? 0
             if let resume = request.headers[HTTPField.Name("Last-Event-ID")!], let n = Int(resume), n >= 0 { since = n }
+            // Checked before the stream too: a parameter out of its range is a 400 either way.
+            let limit = try query(request, "limit", as: Int.self, QueryRules.eventLimit) ?? QueryRules.eventLimitDefault
+            let wait = try query(request, "wait", as: Int.self, QueryRules.eventWaitSeconds).map { Duration.seconds($0) }
             if request.headers[.accept]?.contains("text/event-stream") == true {
                 _ = try await service.task(id)
                 return stream(id, after: Int64(since))
             }
-            let limit = try query(request, "limit", as: Int.self, QueryRules.eventLimit) ?? QueryRules.eventLimitDefault
-            let wait = try query(request, "wait", as: Int.self, QueryRules.eventWaitSeconds).map { Duration.seconds($0) }
             let events = try await service.events(id, since: Int64(since), limit: limit, wait: wait)
             return json(JSONWriter.array(events.map(TaskJSON.event)))
         }

@@ -143,6 +143,12 @@ struct ControlAPITests {
             _ = try await appender
             #expect(woke.first?["data"]?["n"]?.int == 2, "\(woke)")
 
+            // A parameter out of its range is refused whichever form was asked for.
+            for bad in ["limit=0", "wait=999"] {
+                let refused = try await h.client.request(.GET, "/v1/tasks/ev/events?\(bad)", headers: [("Accept", "text/event-stream")])
+                #expect(refused.status == 400 && refused.text.contains("query '"), "\(bad): \(refused.text)")
+            }
+
             // The stream resumes after Last-Event-ID and ends once the task is final.
             _ = try await h.client.request(.POST, "/v1/tasks/ev/complete", json: #"{"result":{"ok":true}}"#)
             let text = try await h.client.withConnection { conn in
