@@ -31,6 +31,10 @@ swift test --skip-build --no-parallel "$@"
 echo "[test] Python: the client package and the FastAPI layer against the daemon"
 scripts/test-python.sh "$(swift build --show-bin-path)/kioskd"
 
+# API conformance: schemathesis, every phase and check, against the control API's OpenAPI document.
+echo "[test] API conformance: schemathesis against the control API (scripts/test-schemathesis.sh)"
+scripts/test-schemathesis.sh "$(swift build --show-bin-path)/kioskd"
+
 # The package under a real systemd in a container: the hardened unit, READY, a sandboxed task,
 # kill -9, the watchdog, stop, the journal, purge (builds the release binary and the .deb).
 echo "[test] systemd: the .deb under a real systemd (scripts/test-systemd.sh)"

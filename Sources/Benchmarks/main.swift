@@ -1,7 +1,8 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
-//                [--capacity-runs N] [--only-sessions | --only-control | --only-bridge | --only-capacity] [--smoke]
+//                [--capacity-runs N] [--soak-sessions N] [--soak-seconds T]
+//                [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-soak] [--smoke]
 //
 // --smoke: every part with tiny counts, so the test command proves each still runs (its
 // figures mean nothing).
@@ -16,6 +17,9 @@
 // Bridge:    the VNC bridge beside websockify and raw TCP (BridgeBench.swift).
 // Capacity:  task start cold and warm, sessions in a 4 GiB cgroup by memory-aware admission
 //            beside a fixed count, the daemon's peak RSS with 8 sessions (CapacityBench.swift).
+// Soak:      N tasks with viewers and agents under kill -9 chaos for T seconds, then nothing
+//            left and every acknowledged event there (SoakBench.swift; only with --only-soak,
+//            and --smoke's short run).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -35,11 +39,14 @@ struct Options {
     var onlyControl = false
     var onlyBridge = false
     var onlyCapacity = false
+    var onlySoak = false
+    var soakSessions = 4
+    var soakSeconds = 600
     var requests = 5000
     var capacityRuns = 20
 
     /// Whether a part runs: every part, unless one was asked for alone.
-    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity) }
+    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity || onlySoak) }
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -53,11 +60,14 @@ struct Options {
             case "--only-control": onlyControl = true
             case "--only-bridge": onlyBridge = true
             case "--only-capacity": onlyCapacity = true
+            case "--only-soak": onlySoak = true
+            case "--soak-sessions": soakSessions = Int(it.next() ?? "") ?? soakSessions
+            case "--soak-seconds": soakSeconds = Int(it.next() ?? "") ?? soakSeconds
             case "--capacity-runs": capacityRuns = Int(it.next() ?? "") ?? capacityRuns
             case "--requests": requests = Int(it.next() ?? "") ?? requests
-            case "--smoke": (kills, children, sessions, requests, capacityRuns) = (5, 3, 1, 50, 1)
+            case "--smoke": (kills, children, sessions, requests, capacityRuns, soakSessions, soakSeconds) = (5, 3, 1, 50, 1, 2, 45)
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] [--only-sessions | --only-control | --only-bridge | --only-capacity] [--smoke]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] [--soak-sessions N] [--soak-seconds T] [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-soak] [--smoke]")
             }
         }
     }
@@ -354,6 +364,10 @@ extension String {
 if CommandLine.arguments.dropFirst().first == "--serve-bridge" {
     try await serveBridge(Array(CommandLine.arguments.dropFirst(2)))
 }
+// A soak's viewer, in a process of its own so the soak can kill -9 it (SoakBench.swift).
+if CommandLine.arguments.dropFirst().first == "--soak-viewer" {
+    soakViewer(Array(CommandLine.arguments.dropFirst(2)))
+}
 let options = Options(CommandLine.arguments)
 if isSmokeRun { print("kioskd-bench --smoke: every part with tiny counts; the figures below are not measurements\n") }
 let child = sibling("kioskd-testchild")
@@ -405,4 +419,9 @@ if options.runs(options.onlyBridge) {
 
 if options.runs(options.onlyCapacity) {
     try await printCapacity(options)
+}
+
+// The soak runs alone or in the smoke run (its short form is the test command's soak).
+if options.onlySoak || isSmokeRun {
+    try await runSoak(sessions: options.soakSessions, seconds: options.soakSeconds)
 }
