@@ -28,6 +28,10 @@ echo "[test] swift test"
 # side by side starved each other's readiness waits (timeouts, not failures of what they test).
 swift test --skip-build --no-parallel "$@"
 
+# ~95 s; the virtualenv (scripts/autobahn-venv.sh, ~70 s the first time) needs pyenv's CPython 2.7.18.
+echo "[test] WebSocket conformance: Autobahn|Testsuite against the listener's stack and the bridge"
+scripts/test-autobahn.sh "$(swift build --show-bin-path)/kioskd-bench"
+
 echo "[test] Python: the client package and the FastAPI layer against the daemon"
 scripts/test-python.sh "$(swift build --show-bin-path)/kioskd"
 

@@ -364,6 +364,13 @@ extension String {
 if CommandLine.arguments.dropFirst().first == "--serve-bridge" {
     try await serveBridge(Array(CommandLine.arguments.dropFirst(2)))
 }
+// The Autobahn|Testsuite run's servers (scripts/test-autobahn.sh; Autobahn.swift).
+if CommandLine.arguments.dropFirst().first == "--serve-autobahn-echo" {
+    try await serveAutobahnEcho(Array(CommandLine.arguments.dropFirst(2)))
+}
+if CommandLine.arguments.dropFirst().first == "--serve-autobahn-bridge" {
+    try await serveAutobahnBridge(Array(CommandLine.arguments.dropFirst(2)))
+}
 // A soak's viewer, in a process of its own so the soak can kill -9 it (SoakBench.swift).
 if CommandLine.arguments.dropFirst().first == "--soak-viewer" {
     soakViewer(Array(CommandLine.arguments.dropFirst(2)))

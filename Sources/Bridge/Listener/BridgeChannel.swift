@@ -68,6 +68,10 @@ struct BridgeChannel: HTTPChannelHandler {
             let decide = self.decide
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: maxFrameSize,
+                // The decoder's refusals (a frame over the limit, a bad control frame) are
+                // answered by `ViewerHandler`, with its lingering close: NIO's own handler
+                // closes at once, and a reset could lose the close frame.
+                enableAutomaticErrorHandling: false,
                 shouldUpgrade: { channel, head in
                     let promise = channel.eventLoop.makePromise(of: HTTPHeaders?.self)
                     // NIO's upgrader asks through a future; the decision is async (token, store).

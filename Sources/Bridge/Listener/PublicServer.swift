@@ -34,6 +34,15 @@ public struct PublicServer: Sendable {
 
     /// Serves on `endpoint` until cancelled (then gracefully, 3 s); `onReady` gets the port.
     public func run(_ endpoint: ListenEndpoint, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
+        try await Self.listen(endpoint, settings: settings, tls: tls, router: httpRouter(), decide: decide(logger: logger), logger: logger, onReady: onReady)
+    }
+
+    /// The listener's connections, whatever they serve: the connection limits, the request guard
+    /// and NIO's WebSocket upgrade (`BridgeChannel`), plain requests to `router`, upgrades as
+    /// `decide` says. The daemon's listener, and the conformance suite's echo endpoint
+    /// (`EchoListener`), which must run on exactly this stack.
+    static func listen(_ endpoint: ListenEndpoint, settings: BridgeSettings, tls: NIOSSLContext?, router: Router<PublicContext>,
+                       decide: @escaping BridgeChannel.Decide, logger: Logger, onReady: @escaping @Sendable (Int) -> Void) async throws {
         let limits = ConnectionLimits.resolve(settings, openFiles: ConnectionLimits.openFileLimit())
         if let asked = settings.maxConnections, asked > limits.total {
             logger.warning("public.max_connections lowered to what the open-file limit leaves room for",
@@ -43,8 +52,7 @@ public struct PublicServer: Sendable {
         let guardLimits = RequestGuard.Limits(headerTimeout: TimeAmount(settings.headerTimeout), authTimeout: TimeAmount(settings.authTimeout),
                                               maxHeaderBytes: settings.maxHeaderBytes)
         let peers = PeerCounts(limit: limits.perPeer)
-        let (tls, decide, settings) = (self.tls, decide(logger: logger), self.settings)
-        let server = HTTPServer(router: httpRouter(), endpoint: endpoint,
+        let server = HTTPServer(router: router, endpoint: endpoint,
                                 childChannel: { responder in
                                     BridgeChannel(responder: responder, tls: tls, decide: decide, maxFrameSize: settings.maxFrameSize, peers: peers,
                                                   guardLimits: guardLimits, maxRequestLine: settings.maxRequestLine)

@@ -15,7 +15,12 @@ import NIOWebSocket
 /// closes the pending connection at once, whatever x11vnc is doing.
 ///
 /// It also owns the connection's clocks: a ping every interval (closed once two go unanswered),
-/// the idle limit and the maximum lifetime.
+/// the idle limit and the maximum lifetime; and RFC 6455's rules for the viewer's frames
+/// (`ViewerFrames`: reserved bits and opcodes, fragmentation, message size, close codes).
+///
+/// The conformance suite's echo endpoint (`EchoListener`, kioskd-bench only) runs this same
+/// handler with `startEcho`: every rule and clock as above, text accepted (checked UTF-8), and
+/// each frame of a message sent back as it arrives instead of relayed.
 final class ViewerHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundIn = WebSocketFrame
@@ -29,18 +34,24 @@ final class ViewerHandler: ChannelDuplexHandler {
     private var greeting = RFBGreeting()
     private var slot: ViewerSlot?
     private var filter = RFBFilter(policy: .init(role: .view))
+    private var frames = ViewerFrames(maxMessage: 1 << 20, acceptsText: false)
     private var settings = BridgeSettings()
+    /// Where the viewer's messages go: the VNC side (the relay), or back to the viewer (the
+    /// conformance endpoint's echo).
+    private var echo = false
+    /// Whether the viewer's messages have somewhere to go: the VNC side has joined, or the echo
+    /// has started. Until then frames are held in `early`.
+    private var joined = false
     private var done: EventLoopPromise<Relay.Totals>?
     /// Frames that arrived before the VNC side joined (at most one read's worth: reads are held).
     private var early: [WebSocketFrame] = []
     private var readPending = false
     private var ended = false
     private var inactive = false
-    /// Set when NIO's protocol handler has answered a broken frame with a close of its own.
-    private var protocolFailure: String?
+    /// Our close is out and the viewer's bytes are read and dropped until it closes (`linger`).
+    private var lingering = false
+    private var lingerDeadline: Scheduled<Void>?
     private var totals = Relay.Totals()
-    private var inMessage = false
-    private var messageBytes = 0
     private var pingsUnanswered = 0
     private var lastActivity = NIODeadline.now()
     private var clocks: [Scheduled<Void>] = []
@@ -70,11 +81,32 @@ final class ViewerHandler: ChannelDuplexHandler {
         self.done = done
         self.slot = slot
         self.filter = RFBFilter(policy: policy)
+        self.frames = ViewerFrames(maxMessage: settings.maxFrameSize, acceptsText: false)
         self.settings = settings
         self.onRefused = onRefused
         startClocks()
         deliver(ByteBuffer(bytes: RFBGreeting.version))
         deliveryComplete()
+        return done.futureResult
+    }
+
+    /// The conformance endpoint only (kioskd-bench's Autobahn run; the daemon never calls it):
+    /// no VNC side, no greeting; each message frame goes back to the viewer as it came (text
+    /// accepted, checked UTF-8), under the same rules, limits and clocks as a relayed viewer.
+    func startEcho(settings: BridgeSettings) -> EventLoopFuture<Relay.Totals> {
+        if ended { return loop.makeSucceededFuture(totals) }
+        let done = loop.makePromise(of: Relay.Totals.self)
+        self.done = done
+        self.settings = settings
+        frames = ViewerFrames(maxMessage: settings.maxFrameSize, acceptsText: true)
+        echo = true
+        startClocks()
+        joined = true
+        let held = early
+        early = []
+        for frame in held where !ended { receive(frame) }
+        context?.flush()
+        resumeReading()
         return done.futureResult
     }
 
@@ -91,6 +123,7 @@ final class ViewerHandler: ChannelDuplexHandler {
         upstream = nil
         if ended { return vnc.unlink() }
         self.vnc = vnc
+        joined = true
         vnc.join(self)
         let held = early
         early = []
@@ -103,60 +136,63 @@ final class ViewerHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard !ended else { return }
-        if vnc == nil { early.append(frame) } else { receive(frame) }
+        guard !ended else {
+            // The viewer's answer to our close: the handshake is complete, the server hangs up.
+            if lingering && frame.opcode == .connectionClose { context.close(promise: nil) }
+            return
+        }
+        if joined { receive(frame) } else { early.append(frame) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        vnc?.flush()
+        if echo { context.flush() } else { vnc?.flush() }
     }
 
     private func receive(_ frame: WebSocketFrame) {
-        switch frame.opcode {
-        case .binary, .continuation:
-            guard (frame.opcode == .binary) != inMessage else {
-                return finish("broke the WebSocket protocol (a message inside a message)", close: (1002, "unexpected continuation"))
-            }
-            messageBytes = (inMessage ? messageBytes : 0) + frame.data.readableBytes
-            inMessage = !frame.fin
-            guard messageBytes <= settings.maxFrameSize else {
-                return finish("sent a message over \(settings.maxFrameSize) bytes", close: (1009, "message too large"))
-            }
-            totals.fromViewer += frame.data.readableBytes
+        switch frames.receive(frame) {
+        case .data(let payload, let text, let first, let fin):
+            totals.fromViewer += payload.readableBytes
             lastActivity = .now()
-            let out = filter.feed(frame.unmaskedData.readableBytesView)
+            if echo {
+                totals.toViewer += payload.readableBytes
+                send(WebSocketFrame(fin: fin, opcode: first ? (text ? .text : .binary) : .continuation, data: payload))
+                return
+            }
+            let out = filter.feed(payload.readableBytesView)
             if !out.forward.isEmpty, let vnc { vnc.write(ByteBuffer(bytes: out.forward)) }
             for (kind, n) in out.dropped { Counter(label: "kioskd_bridge_dropped_total", dimensions: [("message", kind)]).increment(by: n) }
             if !out.refusedKeysyms.isEmpty { noteRefused(out.refusedKeysyms) }
             if let violation = out.violation { finish(violation.reason, close: (violation.code, violation.reason)) }
-        case .text:
-            finish("sent a text frame", close: (1003, "binary frames only"))
-        case .ping:
-            send(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData))
+        case .ping(let payload):
+            send(WebSocketFrame(fin: true, opcode: .pong, data: payload))
             context?.flush()
         case .pong:
             pingsUnanswered = 0
-        case .connectionClose:
-            // Echo the viewer's code, as RFC 6455 asks, then close.
-            var data = frame.unmaskedData
-            let code = data.readWebSocketErrorCode().map { UInt16(webSocketErrorCode: $0) } ?? 1000
-            finish("viewer closed", close: (code, ""))
-        default:
-            finish("sent an unknown frame type", close: (1002, "unknown opcode"))
+        case .closed(let code):
+            // The viewer's own close is answered with its code, as RFC 6455 asks.
+            finish("viewer closed", close: (code, ""), answering: true)
+        case .fail(let code, let reason, let why):
+            finish(why, close: (code, reason))
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         inactive = true
-        finish(protocolFailure ?? "viewer closed")
+        lingerDeadline?.cancel()
+        lingerDeadline = nil
+        finish("viewer closed")
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? NIOWebSocketError {
-            // NIO's protocol handler has written the close (1009 for an oversized frame) and
-            // closes once it is out: the relay ends when the channel does.
-            protocolFailure = error == .invalidFrameLength ? "sent a frame over \(settings.maxFrameSize) bytes" : "broke the WebSocket protocol (\(error))"
+            // NIO's decoder refused a frame (its automatic answer is off: it would close at once,
+            // without the linger): over the frame limit, or a control frame fragmented or over
+            // 125 bytes. What arrives after it is dropped by the decoder, reported as
+            // `dataReceivedInErrorState`, while the close lingers.
+            error == .invalidFrameLength
+                ? finish("sent a frame over \(settings.maxFrameSize) bytes", close: (1009, "frame too large"))
+                : finish("broke the WebSocket protocol (\(error))", close: (1002, "invalid control frame"))
         } else {
             finish("connection failed: \(error)")
         }
@@ -204,18 +240,25 @@ final class ViewerHandler: ChannelDuplexHandler {
 
     var canTakeWrites: Bool { context?.channel.isWritable ?? false }
 
+    /// Whether what the viewer sends can go on: the VNC side takes writes (or, echoing, the
+    /// viewer itself does).
+    private var sinkTakesWrites: Bool { echo ? canTakeWrites : vnc?.canTakeWrites ?? false }
+
     func read(context: ChannelHandlerContext) {
-        if let vnc, vnc.canTakeWrites { context.read() } else { readPending = true }
+        // Once ended, reads only drain the viewer (see `linger`).
+        if ended || sinkTakesWrites { context.read() } else { readPending = true }
     }
 
     func resumeReading() {
-        guard readPending, vnc?.canTakeWrites ?? false else { return }
+        guard readPending, sinkTakesWrites else { return }
         readPending = false
         context?.read()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { vnc?.resumeReading() }
+        if context.channel.isWritable {
+            if echo { resumeReading() } else { vnc?.resumeReading() }
+        }
         context.fireChannelWritabilityChanged()
     }
 
@@ -281,8 +324,10 @@ final class ViewerHandler: ChannelDuplexHandler {
     // MARK: The end
 
     /// Ends the relay once: the viewer gets `close` (code, reason) when it is still there, the
-    /// VNC side is closed, and the totals go to whoever awaits them.
-    func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil) {
+    /// VNC side is closed, and the totals go to whoever awaits them. `answering`: the close
+    /// answers the viewer's own, so the connection closes once it is out; any other close of
+    /// ours lingers (`linger`).
+    func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil, answering: Bool = false) {
         guard !ended else { return }
         ended = true
         // Before the viewer's close goes out: a client that has seen it finds the place free.
@@ -298,8 +343,12 @@ final class ViewerHandler: ChannelDuplexHandler {
                 var data = context.channel.allocator.buffer(capacity: 2 + 123)
                 data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
                 data.writeBytes(close.reason.utf8.prefix(123))
-                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
-                    .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                let sent = context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+                if answering {
+                    sent.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                } else {
+                    linger(context, after: sent)
+                }
             } else {
                 context.close(promise: nil)
             }
@@ -310,6 +359,29 @@ final class ViewerHandler: ChannelDuplexHandler {
         upstream = nil
         done?.succeed(totals)
         done = nil
+    }
+
+    /// After a close of ours the viewer may still be sending (the rest of a message over the
+    /// limit, frames after a text one): a socket closed with unread bytes is reset by the
+    /// kernel, and the reset can destroy our close frame before the viewer reads it (Autobahn
+    /// saw no close code at all, 1006, instead of 1009). So, as the listener does for its HTTP
+    /// refusals: the output is shut once the close is out (the viewer reads the close, then the
+    /// end of the stream), and what the viewer still sends is read and dropped until it answers
+    /// with its own close or hangs up, or 2 s pass.
+    private func linger(_ context: ChannelHandlerContext, after sent: EventLoopFuture<Void>) {
+        lingering = true
+        sent.assumeIsolated().whenComplete { _ in
+            // (With TLS, NIOSSL sends its close_notify first.) Where one direction cannot be
+            // shut alone, the connection closes whole.
+            context.close(mode: .output).assumeIsolated().whenFailure { _ in context.close(promise: nil) }
+        }
+        lingerDeadline = loop.assumeIsolated().scheduleTask(in: .seconds(2)) {
+            self.context?.close(promise: nil)
+        }
+        if readPending {
+            readPending = false
+            context.read()
+        }
     }
 }
 
@@ -327,5 +399,19 @@ struct ViewerConnection: Sendable {
     func refuse(_ reason: String, code: UInt16, _ text: String) {
         let handler = self.handler
         loop.execute { handler.value.finish(reason, close: (code, text)) }
+    }
+}
+
+extension ViewerConnection {
+    /// The conformance endpoint's session (`EchoListener`): echoes until the viewer, a rule or a
+    /// clock ends it; a cancelled server closes it with 1001 as it does a relayed viewer.
+    func echo(settings: BridgeSettings) async -> Relay.Totals {
+        let handler = self.handler
+        let running = loop.flatSubmit { handler.value.startEcho(settings: settings) }
+        return await withTaskCancellationHandler {
+            (try? await running.get()) ?? Relay.Totals(reason: "echo failed")
+        } onCancel: {
+            refuse("the daemon is shutting down", code: 1001, "server shutting down")
+        }
     }
 }
