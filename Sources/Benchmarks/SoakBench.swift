@@ -26,6 +26,8 @@ struct SoakFigures {
     var cdpOK = 0
     var cdpFailed = 0
     var cdpFirstFailure: String?
+    /// Evaluations given up after 5 s, their connection still waiting (see `abandonable`).
+    var cdpHung = 0
 }
 
 /// The daemon of the soak: killed and restarted on the same directory and config.
@@ -135,13 +137,15 @@ func runSoak(sessions: Int, seconds: Int) async throws {
             let (_, task) = try await daemon.get("/v1/tasks/\(id)")
             if let cdp = task["session"]?["cdp_url"]?.string {
                 let info = SessionInfo(id: id, state: .ready, display: "", cdpURL: cdp, vncSocket: "", websockifyPort: nil, directory: "", pids: [:], end: nil)
-                do {
-                    let value = try await withTimeout(.seconds(5), "an evaluation") { try await withPage(info) { cdp, session in try await evaluate(cdp, session, "String(6*7)") } }
-                    guard value == "42" else { throw TestFailure("6*7 evaluated to '\(value)'") }
-                    figures.cdpOK += 1
-                } catch {
+                switch await abandonable(.seconds(5), { try await withPage(info) { cdp, session in try await evaluate(cdp, session, "String(6*7)") } }) {
+                case .success("42")?: figures.cdpOK += 1
+                case .success(let value)?:
+                    figures.cdpFailed += 1
+                    figures.cdpFirstFailure = figures.cdpFirstFailure ?? "6*7 evaluated to '\(value)'"
+                case .failure(let error)?:
                     figures.cdpFailed += 1
                     figures.cdpFirstFailure = figures.cdpFirstFailure ?? "\(error)"
+                case nil: figures.cdpHung += 1
                 }
             }
         }
@@ -224,11 +228,24 @@ func runSoak(sessions: Int, seconds: Int) async throws {
     print(row("events acknowledged / verified after", "\(figures.appended) / \(verified)", ""))
     print(row("CDP evaluations ok / failed (during kills)", "\(figures.cdpOK) / \(figures.cdpFailed)", ""))
     if let first = figures.cdpFirstFailure { print("  first failed evaluation: \(first.prefix(200))") }
+    print(row("CDP connects that hung (abandoned after 5 s)", "\(figures.cdpHung)", ""))
     print(row("left after stop (processes, dirs, cgroups, shm, X)", "\(left.count)", ""))
     if !violations.isEmpty {
         for v in violations.prefix(20) { print("  violation: \(v)") }
         fail("soak: \(violations.count) violations")
     }
+}
+
+/// The body's result within `limit`, or nil: then it is abandoned, still running. An agent's
+/// CDP connect can hang for good: swift-websocket's client allows half-closure, so a browser
+/// killed between the TCP connect and the upgrade's answer leaves NIO's upgrade handler waiting
+/// on an open channel, deaf to cancellation (withTimeout would wait for it too).
+func abandonable<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async -> Result<T, any Error>? {
+    let done = OnceValue<Result<T, any Error>>()
+    Task {
+        do { done.set(.success(try await body())) } catch { done.set(.failure(error)) }
+    }
+    return try? await withTimeout(limit, "the body") { try await done.wait() }
 }
 
 /// The session programs of this run: (pid, program name).
