@@ -28,16 +28,21 @@ public enum ConfigLoader {
     static let otherVariables: Set<String> = ["KIOSKD_SOCKET", "KIOSKD_CONFIG"]
 
     public static func load(path: String?, environment: [String: String]) throws(ConfigErrors) -> Config {
+        guard let path else { return try load(yaml: nil, source: "", environment: environment) }
+        switch readFile(path) {
+        case .failure(let why):
+            throw ConfigErrors(issues: [ConfigIssue(key: "(file)", message: why.message, source: path)])
+        case .success(let text):
+            return try load(yaml: text, source: path, environment: environment)
+        }
+    }
+
+    /// The same from the file's text (nil: no file); `source` names it in the issues. Public for
+    /// the bench's fuzzer, which loads mutated YAML without files.
+    public static func load(yaml: String?, source: String, environment: [String: String]) throws(ConfigErrors) -> Config {
         var config = Config()
         var issues: [ConfigIssue] = []
-        if let path {
-            switch readFile(path) {
-            case .failure(let why):
-                throw ConfigErrors(issues: [ConfigIssue(key: "(file)", message: why.message, source: path)])
-            case .success(let text):
-                apply(yaml: text, source: path, to: &config, issues: &issues)
-            }
-        }
+        if let yaml { apply(yaml: yaml, source: source, to: &config, issues: &issues) }
         applyEnvironment(environment, to: &config, issues: &issues)
         issues += ProgramsParser.crossCheck(config.programs)
         issues += crossCheck(config.publicListener)
@@ -115,7 +120,7 @@ public enum ConfigLoader {
 
     private static func walk(_ mapping: Node.Mapping, prefix: String, source: String, config: inout Config, issues: inout [ConfigIssue]) {
         for (keyNode, value) in mapping {
-            let name = keyNode.scalar?.string ?? "?"
+            let name = keyName(keyNode)
             let path = prefix.isEmpty ? name : prefix + "." + name
             let at = where_(source, keyNode)
             if path == ConfigSchema.programsKey {
@@ -168,6 +173,13 @@ public enum ConfigLoader {
                 issues.append(ConfigIssue(key: name, message: "unknown variable" + (suggestion.map { " (did you mean \($0)?)" } ?? ""), source: "environment"))
             }
         }
+    }
+
+    /// A mapping key as issues name it: as written, but an empty one as "" (else the issue names
+    /// nothing) and one that is not a scalar (a list or mapping as a key) as ?.
+    static func keyName(_ node: Node) -> String {
+        guard let name = node.scalar?.string else { return "?" }
+        return name.isEmpty ? "\"\"" : name
     }
 
     static func unknownKeyMessage(_ path: String) -> String {

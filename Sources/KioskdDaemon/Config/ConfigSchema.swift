@@ -337,6 +337,10 @@ enum ConfigSchema {
         }
     }
 
+    /// The longest duration, 100 years: any duration then fits 64-bit nanoseconds (NIO's
+    /// TimeAmount) wherever it is converted.
+    static let maxDuration = Duration.seconds(100 * 365 * 86400)
+
     static func parseDuration(_ text: String) throws(ValueError) -> Duration {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
@@ -344,6 +348,10 @@ enum ConfigSchema {
             // "5ms" must not be read as "5m" + "s".
             if suffix == "s", number.hasSuffix("m") { continue }
             if let value = Double(number), value >= 0, value.isFinite {
+                // Before converting: "9.3e12s" is finite but past Int64 microseconds (a trap).
+                guard value * scale <= Double(maxDuration.components.seconds) else {
+                    throw ValueError(message: "must be at most \(maxDuration.rendered), got \"\(text)\"")
+                }
                 return .microseconds(Int64((value * scale * 1e6).rounded()))
             }
         }

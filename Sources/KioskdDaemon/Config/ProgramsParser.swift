@@ -46,7 +46,7 @@ enum ProgramsParser {
     private static func parseOne(_ mapping: Node.Mapping, prefix: String, source: String, issues: inout [ConfigIssue]) -> Config.Program? {
         var values: [String: Node] = [:]
         for (k, v) in mapping {
-            let name = k.scalar?.string ?? "?"
+            let name = ConfigLoader.keyName(k)
             guard fields[name] != nil else {
                 let suggestion = closest(name, among: Array(fields.keys))
                 issues.append(ConfigIssue(key: "\(prefix).\(name)", message: "unknown key" + (suggestion.map { " (did you mean \($0)?)" } ?? "") + "; allowed: " + fields.keys.sorted().joined(separator: ", "), source: ConfigLoader.where_(source, k)))

@@ -167,6 +167,9 @@ struct ConfigTests {
         ("contrl:\n  socket: /x\n", "contrl", "unknown key (did you mean control?)"),
         ("control: [1, 2]\n", "control", "unknown key"),
         ("log:\n  level: [info]\n", "log.level", "must be a single value"),
+        // Found by the bench's fuzzer: an empty key was named by nothing ("kioskd.yaml:1: : unknown key").
+        ("'': x\n", "\"\"", "unknown key"),
+        ("control:\n  \"\": x\n", "control.\"\"", "unknown key"),
         ("control:\n  group: no-such-group-here\n", "control.group", "no group named \"no-such-group-here\""),
         ("control:\n  allow_uids: \"0, bob\"\n", "control.allow_uids", "must be numeric ids separated by commas"),
         ("tasks:\n  retention: 7 days\n", "tasks.retention", "must be a duration such as 500ms, 5s, 2m, 1h or 7d"),
@@ -315,6 +318,16 @@ struct ConfigTests {
         #expect(throws: ValueError.self) { try ConfigSchema.parseDuration("-1s") }
         #expect(Duration.milliseconds(1500).rendered == "1500ms")
         #expect(Duration.seconds(120).rendered == "2m")
+    }
+
+    /// Found by the bench's fuzzer (Tests/Fuzz/corpus/config/crash-duration-overflow.yaml): a
+    /// finite duration past Int64 microseconds trapped the loader, from the file or a variable.
+    @Test func aDurationTooLongIsAnIssueNotATrap() throws {
+        #expect(try ConfigSchema.parseDuration("36500d") == .seconds(36500 * 86400))
+        for text in ["9.3e12s", "1e300ms", "99999999999999999999d", "36501d"] {
+            #expect(try issues("tasks:\n  retention: \(text)\n").map(\.message) == ["must be at most 36500d, got \"\(text)\""])
+            #expect(try issues("", env: ["KIOSKD_TASKS_RETENTION": text]).map(\.key) == ["tasks.retention"])
+        }
     }
 
     @Test func aSharedSecretOthersCanReadOrWriteIsWarnedAbout() async throws {
