@@ -16,7 +16,8 @@ struct BodyFields {
         }
         let value: JSONValue
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+            // Not JSONDecoder: its cost grows with values × depth (`JSONValue(parsing:)`).
+            value = try JSONValue(parsing: bytes)
         } catch {
             throw .badRequest("the body is not valid JSON")
         }
@@ -119,7 +120,8 @@ public struct CreateTask: Sendable, Equatable {
         self.metadata = metadata
     }
 
-    init(body: [UInt8]) throws(APIError) {
+    /// What `POST /v1/tasks` decodes (public so the bench's fuzzer runs the route's own path).
+    public init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: Self.fields)
         taskID = try f.string("task_id", maxLength: SessionRules.idMaxBytes)
         if let id = taskID, !SessionRules.isValidID(id) { throw .badRequest("field 'task_id' must be \(SessionRules.idRule)") }
@@ -136,7 +138,7 @@ public struct CreateTask: Sendable, Equatable {
 
     /// The request as stored: sorted keys, only what was given, so a retry with the same
     /// body compares equal and one with a different body does not.
-    var canonical: String {
+    public var canonical: String {
         var w = JSONWriter()
         w.field("height", height.map(Int64.init))
         w.field("input", input?.rawValue)
@@ -152,9 +154,9 @@ public struct CreateTask: Sendable, Equatable {
 }
 
 /// `POST /v1/tasks/{id}/events`: what the API layer appends (agent steps and the like).
-struct AppendEvent {
-    let type: String
-    let data: String
+public struct AppendEvent {
+    public let type: String
+    public let data: String
 
     /// `type`: 1–64 of a–z, 0–9, '_', '.', '-' (ASCII, so bytes and characters alike).
     static let typeMaxBytes = 64
@@ -162,7 +164,7 @@ struct AppendEvent {
     /// `data`, re-encoded compactly with sorted keys; more is 413 field_too_large.
     static let dataMaxBytes = 64 * 1024
 
-    init(body: [UInt8]) throws(APIError) {
+    public init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: ["type", "data"])
         let type = try f.string("type", maxLength: Self.typeMaxBytes, required: true)!
         guard type.utf8.allSatisfy({ c in (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2E || c == 0x2D }) else {
@@ -174,16 +176,16 @@ struct AppendEvent {
 }
 
 /// The optional body of stop / complete / fail.
-struct EndRequest {
-    let reason: String?
-    let result: String?
+public struct EndRequest {
+    public let reason: String?
+    public let result: String?
 
     /// `reason`: free text, 1–1024 characters (Unicode code points, as JSON Schema counts).
     static let reasonMaxCharacters = 1024
     /// `result` (complete only), re-encoded compactly with sorted keys; more is 413 field_too_large.
     static let resultMaxBytes = 64 * 1024
 
-    init(body: [UInt8], allowResult: Bool) throws(APIError) {
+    public init(body: [UInt8], allowResult: Bool) throws(APIError) {
         let f = try BodyFields(body, allowed: allowResult ? ["reason", "result"] : ["reason"])
         reason = try f.text("reason", maxCharacters: Self.reasonMaxCharacters)
         result = allowResult ? try f.objectText("result", maxBytes: Self.resultMaxBytes) : nil
@@ -191,15 +193,15 @@ struct EndRequest {
 }
 
 /// `POST /v1/tasks/{id}/viewer-token`.
-struct TokenRequest {
-    let role: ViewerRole
-    let ttl: Int
+public struct TokenRequest {
+    public let role: ViewerRole
+    public let ttl: Int
 
     /// `ttl_s`: the token's lifetime.
     static let ttlSeconds = 10...3600
     static let ttlDefault = 300
 
-    init(body: [UInt8]) throws(APIError) {
+    public init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: ["role", "ttl_s"])
         guard let role = try f.choice("role", ViewerRole.self) else { throw .badRequest("field 'role' is required (view or control)") }
         self.role = role
