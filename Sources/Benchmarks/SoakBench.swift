@@ -272,7 +272,9 @@ func leftovers(displays: ClosedRange<Int>, runDir: String?) -> Set<String> {
     if let uid = getpwnam("kioskd")?.pointee.pw_uid, let shm = try? readText("/proc/sysvipc/shm") {
         for line in shm.split(separator: "\n").dropFirst() {
             let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            if f.count > 8, f[7] == "\(uid)" { found.insert("shm segment \(f[1])") }
+            // Unattached only: a leaked segment has no one left; another kioskd's live
+            // session on this host (a test beside the soak) keeps its own attached.
+            if f.count > 8, f[7] == "\(uid)", f[6] == "0" { found.insert("shm segment \(f[1])") }
         }
     }
     for d in displays {
