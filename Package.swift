@@ -141,6 +141,7 @@ let package = Package(
         .executableTarget(
             name: "Benchmarks",
             dependencies: ["Essentials", "Supervision", "Kiosk", "Control", "Store", "Bridge", "ViewerInput", "KioskdTestSupport",
+                           "KioskdDaemon",  // the config loader, for the fuzzer
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Shared by the test targets: event recorder, helper lookup, /proc checks.

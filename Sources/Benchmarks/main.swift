@@ -1,8 +1,9 @@
 // kioskd-bench: supervision latency and memory, side by side with supervisord.
 //
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
-//                [--capacity-runs N] [--soak-sessions N] [--soak-seconds T]
-//                [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-soak] [--smoke]
+//                [--capacity-runs N] [--fuzz-inputs N] [--fuzz-parser-inputs N] [--fuzz-seed S] [--fuzz-corpus DIR]
+//                [--soak-sessions N] [--soak-seconds T]
+//                [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak] [--smoke]
 //
 // --smoke: every part with tiny counts, so the test command proves each still runs (its
 // figures mean nothing).
@@ -20,6 +21,8 @@
 // Soak:      N tasks with viewers and agents under kill -9 chaos for T seconds, then nothing
 //            left and every acknowledged event there (SoakBench.swift; only with --only-soak,
 //            and --smoke's short run).
+// Fuzz:      the RFB filter (N inputs), the request bodies and the config loader (M inputs
+//            each), seeded random + mutation, from the corpus in Tests/Fuzz/corpus (Fuzz.swift).
 import Dispatch
 import KioskdTestSupport
 import Logging
@@ -39,14 +42,20 @@ struct Options {
     var onlyControl = false
     var onlyBridge = false
     var onlyCapacity = false
+    var onlyFuzz = false
     var onlySoak = false
     var soakSessions = 4
     var soakSeconds = 600
     var requests = 5000
     var capacityRuns = 20
+    var fuzzInputs = 1_000_000
+    var fuzzParserInputs = 100_000
+    /// nil: a new seed each run (printed, to replay it).
+    var fuzzSeed: UInt64?
+    var fuzzCorpus = FuzzCorpus.defaultDirectory
 
     /// Whether a part runs: every part, unless one was asked for alone.
-    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity || onlySoak) }
+    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity || onlyFuzz || onlySoak) }
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -60,14 +69,21 @@ struct Options {
             case "--only-control": onlyControl = true
             case "--only-bridge": onlyBridge = true
             case "--only-capacity": onlyCapacity = true
+            case "--only-fuzz": onlyFuzz = true
             case "--only-soak": onlySoak = true
             case "--soak-sessions": soakSessions = Int(it.next() ?? "") ?? soakSessions
             case "--soak-seconds": soakSeconds = Int(it.next() ?? "") ?? soakSeconds
+            case "--fuzz-inputs": fuzzInputs = Int(it.next() ?? "") ?? fuzzInputs
+            case "--fuzz-parser-inputs": fuzzParserInputs = Int(it.next() ?? "") ?? fuzzParserInputs
+            case "--fuzz-seed": fuzzSeed = UInt64(it.next() ?? "") ?? fuzzSeed
+            case "--fuzz-corpus": fuzzCorpus = it.next() ?? fuzzCorpus
             case "--capacity-runs": capacityRuns = Int(it.next() ?? "") ?? capacityRuns
             case "--requests": requests = Int(it.next() ?? "") ?? requests
-            case "--smoke": (kills, children, sessions, requests, capacityRuns, soakSessions, soakSeconds) = (5, 3, 1, 50, 1, 2, 45)
+            case "--smoke": (kills, children, sessions, requests, capacityRuns, fuzzInputs, fuzzParserInputs, soakSessions, soakSeconds) = (5, 3, 1, 50, 1, 3000, 300, 2, 45)
             default:
-                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] [--soak-sessions N] [--soak-seconds T] [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-soak] [--smoke]")
+                fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] "
+                    + "[--fuzz-inputs N] [--fuzz-parser-inputs N] [--fuzz-seed S] [--fuzz-corpus DIR] "
+                    + "[--soak-sessions N] [--soak-seconds T] [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak] [--smoke]")
             }
         }
     }
@@ -377,8 +393,9 @@ if CommandLine.arguments.dropFirst().first == "--soak-viewer" {
 }
 let options = Options(CommandLine.arguments)
 if isSmokeRun { print("kioskd-bench --smoke: every part with tiny counts; the figures below are not measurements\n") }
-let child = sibling("kioskd-testchild")
 if options.runs(false) {
+// Only this part needs the child: `--only-*` runs work with kioskd-bench alone built.
+let child = sibling("kioskd-testchild")
 print("kioskd-bench: \(options.kills) kill -9 of a trivial child (kioskd-testchild, sleeping), \(options.children) idle children for memory")
 print("(both supervisors run here, one after the other, on the same machine and the same child)\n")
 let k = try await benchKioskd(child: child, kills: options.kills)
@@ -426,6 +443,10 @@ if options.runs(options.onlyBridge) {
 
 if options.runs(options.onlyCapacity) {
     try await printCapacity(options)
+}
+
+if options.runs(options.onlyFuzz) {
+    runFuzzers(options)
 }
 
 // The soak runs alone or in the smoke run (its short form is the test command's soak).

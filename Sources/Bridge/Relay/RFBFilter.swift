@@ -71,6 +71,10 @@ public struct RFBFilter: Sendable {
 
     public init(policy: Policy) { self.policy = policy }
 
+    /// Bytes held until their message is complete: never more than a SetEncodings header
+    /// (4 + 4 × 1024), whatever the stream (the fuzzer checks it after every feed).
+    public var bufferedBytes: Int { header.count }
+
     /// Feeds the next bytes from the viewer.
     public mutating func feed(_ bytes: some Collection<UInt8>) -> Output {
         var out = Output()
