@@ -257,8 +257,8 @@ func sessionPrograms(_ dir: String) -> [(pid_t, String)] {
     }
 }
 
-/// What a soak could leave behind, named: its processes and session directories (when `runDir`
-/// is given), kioskd cgroups, kioskd's SysV shared memory segments, X sockets and locks of the
+/// What a soak could leave behind, named: its processes, session directories and cgroups (when
+/// `runDir` is given), kioskd's SysV shared memory segments, X sockets and locks of the
 /// soak's displays. Compared before and after, so what was there already is not counted.
 func leftovers(displays: ClosedRange<Int>, runDir: String?) -> Set<String> {
     var found = Set<String>()
@@ -266,8 +266,13 @@ func leftovers(displays: ClosedRange<Int>, runDir: String?) -> Set<String> {
         for pid in processesWithEnvironment(containing: "KIOSKD_SESSION=\(runDir)/run/sessions/") { found.insert("process \(pid)") }
         for entry in (try? listDirectory(runDir + "/run/sessions")) ?? [] { found.insert("session directory \(entry)") }
     }
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"] {
-        for entry in (try? listDirectory(root)) ?? [] where entry.hasPrefix("kioskd-") { found.insert("cgroup \(root)/\(entry)") }
+    if let runDir {
+        // This run's groups only (named by its runtime directory): another kioskd on the host
+        // (a test or bench beside the soak) has groups of its own.
+        let name = "kioskd-" + cgroupTag(runDir + "/run")
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"] where access(root + "/" + name, F_OK) == 0 {
+            found.insert("cgroup \(root)/\(name)")
+        }
     }
     if let uid = getpwnam("kioskd")?.pointee.pw_uid, let shm = try? readText("/proc/sysvipc/shm") {
         for line in shm.split(separator: "\n").dropFirst() {

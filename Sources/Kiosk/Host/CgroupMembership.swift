@@ -28,7 +28,7 @@ func cgroupDirectory(_ mount: String, _ path: String) -> String {
 /// A stable short name for what keeps one daemon's groups apart from another's (its runtime
 /// directory): the same every run, so a restarted daemon finds an earlier run's groups. FNV-1a,
 /// not Swift's `Hasher`, which is seeded per process.
-func cgroupTag(_ text: String) -> String {
+public func cgroupTag(_ text: String) -> String {
     var hash: UInt64 = 0xcbf2_9ce4_8422_2325
     for byte in text.utf8 {
         hash ^= UInt64(byte)
