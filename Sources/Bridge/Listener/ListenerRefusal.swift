@@ -79,7 +79,10 @@ extension ListenerRefusal {
 
     /// Writes the status and JSON body with `Connection: close`, then closes the way HTTP
     /// servers must (RFC 9112 §9.6): output first, so the answer is not lost to a reset from
-    /// unread input, then the rest when the peer closes or `linger` has passed.
+    /// unread input, then the rest when the peer closes or `linger` has passed. The linger
+    /// counts from the write, not from its end: a write that never ends (a peer that reads
+    /// nothing, a TLS handshake that never completes, which holds every write) must not hold
+    /// the connection.
     func answer(_ context: ChannelHandlerContext, wrap: (HTTPServerResponsePart) -> NIOAny) {
         Counter(label: "kioskd_bridge_refused_total", dimensions: [("reason", metricReason)]).increment()
         let error = self.error, body = ByteBuffer(string: error.body + "\n")
@@ -91,11 +94,11 @@ extension ListenerRefusal {
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrap(.end(nil)), promise: written)
         let loop = context.eventLoop, bound = NIOLoopBound(context, eventLoop: loop)
+        loop.scheduleTask(in: Self.linger) { bound.value.close(promise: nil) }
         written.futureResult.whenComplete { _ in
             let halfClosed = loop.makePromise(of: Void.self)
             bound.value.close(mode: .output, promise: halfClosed)
             halfClosed.futureResult.whenFailure { _ in bound.value.close(promise: nil) }
-            loop.scheduleTask(in: Self.linger) { bound.value.close(promise: nil) }
         }
     }
 }

@@ -51,10 +51,12 @@ final class RequestLineLimit: ChannelInboundHandler, RemovableChannelHandler {
 /// A connection's deadlines and refusals until it is an authenticated viewer (the upgrade
 /// removes it with the decoder; the relay has its own limits). The request head must arrive
 /// within `headerTimeout` of the start or of the previous answer; the connection must have
-/// upgraded within `authTimeout`; whatever the decoder refuses, and WebSocket upgrades NIO's
-/// upgrader would drop, get their status and a JSON body, and the connection is closed (NIO's
-/// own error handler answers a bare 400 and closes nothing). Deadlines, not idle timers
-/// (IdleStateHandler): a peer sending a byte now and then would keep an idle timer from firing.
+/// upgraded within `authTimeout` (an answer under way then gets `headerTimeout` more to be
+/// sent: one its peer never reads would hold the connection); whatever the decoder refuses,
+/// and WebSocket upgrades NIO's upgrader would drop, get their status and a JSON body, and the
+/// connection is closed (NIO's own error handler answers a bare 400 and closes nothing).
+/// Deadlines, not idle timers (IdleStateHandler): a peer sending a byte now and then would keep
+/// an idle timer from firing.
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -71,6 +73,7 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private let limits: Limits
     private var headerDeadline: Scheduled<Void>?
     private var authDeadline: Scheduled<Void>?
+    private var answerDeadline: Scheduled<Void>?
     /// A request head has arrived and its answer has not ended.
     private var inRequest = false
     /// An answer's head has been written and its end has not.
@@ -116,6 +119,7 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private func cancelDeadlines() {
         headerDeadline?.cancel()
         authDeadline?.cancel()
+        answerDeadline?.cancel()
         headerDeadline = nil
     }
 
@@ -180,6 +184,8 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private func authExpired(_ context: ChannelHandlerContext) {
         if inRequest {
             closeAfterAnswer = true
+            let loop = context.eventLoop, bound = NIOLoopBound(context, eventLoop: loop)
+            answerDeadline = loop.scheduleTask(in: limits.headerTimeout) { bound.value.close(promise: nil) }
         } else if line.received == 0 && answered > 0 {
             context.close(promise: nil)
         } else {

@@ -86,8 +86,12 @@ public struct HTTPServer<Context: RequestContext>: Service where Context.Source 
         let group = MultiThreadedEventLoopGroup.singleton
         let quiescing = ServerQuiescingHelper(group: group)
         let connections = self.connections, logger = self.logger
+        // SOMAXCONN, as systemd's socket units ask (the kernel caps it at net.core.somaxconn): a
+        // burst of connects (a flood, viewers coming back after a restart) waits there rather
+        // than having SYNs dropped, each drop a 1 s retransmit for its client, a load balancer's
+        // health check included (the abuse bench saw /health take 1 s behind 256).
         let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .serverChannelInitializer { channel in

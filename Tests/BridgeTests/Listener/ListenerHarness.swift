@@ -5,6 +5,7 @@ import FoundationEssentials
 import Kiosk
 import KioskdTestSupport
 import Logging
+import NIOSSL
 import Store
 import Supervision
 
@@ -20,15 +21,15 @@ struct ListenerHarness {
     let service: TaskService
     let port: Int
 
-    /// A harness for `body`: the listener and the service run beside it and are cancelled and
-    /// awaited once it ends; then the store is closed and the directory removed.
+    /// A harness for `body`: the listener (HTTPS with `tls`) and the service run beside it and
+    /// are cancelled and awaited once it ends; then the store is closed and the directory removed.
     static func with<T>(_ name: String, settings: BridgeSettings = BridgeSettings(), external: ExternalTokens? = nil, limits: TaskLimits = TaskLimits(),
-                        _ body: (ListenerHarness) async throws -> T) async throws -> T {
+                        tls: NIOSSLContext? = nil, _ body: (ListenerHarness) async throws -> T) async throws -> T {
         let dir = try makeTempDir("kioskd-listener-\(name)")
         defer { removeTree(dir) }
         let store = try SQLiteTaskStore(path: dir + "/kioskd.sqlite")
         do {
-            let result = try await serve(store, dir: dir, settings: settings, external: external, limits: limits, body)
+            let result = try await serve(store, dir: dir, settings: settings, external: external, limits: limits, tls: tls, body)
             await store.close()
             return result
         } catch {
@@ -38,7 +39,7 @@ struct ListenerHarness {
     }
 
     private static func serve<T>(_ store: any TaskStore, dir: String, settings: BridgeSettings, external: ExternalTokens?, limits: TaskLimits,
-                                 _ body: (ListenerHarness) async throws -> T) async throws -> T {
+                                 tls: NIOSSLContext?, _ body: (ListenerHarness) async throws -> T) async throws -> T {
         var logger = Logger(label: "test.listener")
         logger.logLevel = .critical
         try await store.migrate()
@@ -50,7 +51,7 @@ struct ListenerHarness {
         let access = ViewerAccess(service: service, settings: settings, external: external) { _ in
             BridgeTarget(vncSocket: nowhere, websockify: nil) {}
         }
-        let server = PublicServer(access: access, settings: settings)
+        let server = PublicServer(access: access, settings: settings, tls: tls)
         let bound = OnceValue<Int>()
         return try await withBackground({ [logger] in
             try await race({ await service.run() }, { try await server.run(.hostname("127.0.0.1", port: 0), logger: logger) { bound.set($0) } })

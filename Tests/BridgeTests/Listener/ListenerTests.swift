@@ -5,6 +5,8 @@ import FoundationEssentials
 import JWTKit
 import Kiosk
 import KioskdTestSupport
+import NIOSSL
+import Supervision
 import Testing
 
 #if canImport(Glibc)
@@ -113,6 +115,86 @@ struct ListenerTests {
         }
     }
 
+    /// Found by the abuse bench (kioskd-bench --only-abuse): a refusal's close waited for its
+    /// answer to be written, and TLS holds every write until the handshake completes, so a
+    /// handshake never finished (its 408 at the header deadline, or the 429 of an address over
+    /// its limit) held its connection for good; a few thousand would fill the listener.
+    @Test func aTLSHandshakeThatNeverCompletesIsClosedAtTheHeaderDeadline() async throws {
+        let dir = try makeTempDir("kioskd-tls-stall")
+        defer { removeTree(dir) }
+        let openssl = try systemProgram("/usr/bin/openssl", package: "openssl")
+        #expect(try await runToExit(openssl, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                                              "-subj", "/CN=localhost", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem"],
+                                    environment: ["PATH": "/usr/bin:/bin"]) == 0)
+        let chain = try NIOSSLCertificate.fromPEMFile(dir + "/cert.pem").map { NIOSSLCertificateSource.certificate($0) }
+        let tls = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain,
+                                                                             privateKey: .privateKey(try NIOSSLPrivateKey(file: dir + "/key.pem", format: .pem))))
+        var settings = BridgeSettings()
+        settings.headerTimeout = .seconds(1)
+        settings.maxConnectionsPerPeer = 2
+        try await ListenerHarness.with("tls-stall", settings: settings, tls: tls) { h in
+            // No ClientHello, half of one (its record says 512 bytes), and a third connection
+            // from the same address, over its limit.
+            let halfHello: [UInt8] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03] + [UInt8](repeating: 7, count: 40)
+            let stalled = try [[], halfHello, []].map { first in
+                let fd = try connectLoopback(port: h.port)
+                sendAll(fd, first)
+                return fd
+            }
+            defer { stalled.forEach { close($0) } }
+            for (what, fd) in zip(["silent", "half a ClientHello", "over the address's limit"], stalled) {
+                #expect(readAnswer(fd).closed, "\(what): closed by the listener")
+            }
+            let curl = try systemProgram("/usr/bin/curl", package: "curl")
+            #expect(try await runToExit(curl, ["-skf", "-o", "/dev/null", "https://127.0.0.1:\(h.port)/health"], environment: ["PATH": "/usr/bin:/bin"]) == 0)
+        }
+    }
+
+    /// Past the auth deadline a connection was closed "after its current answer", and an answer
+    /// its peer never reads never ends (a file larger than any socket buffer, a 1 KiB receive
+    /// window): the connection was held for good. That answer now gets the header timeout more.
+    @Test func anAnswerItsPeerNeverReadsIsCutOffAfterTheAuthDeadline() async throws {
+        let files = try makeTempDir("kioskd-novnc-big")
+        defer { removeTree(files) }
+        try writeFile(files + "/big.js", [UInt8](repeating: 0x20, count: 32 << 20), mode: 0o644, owner: nil)
+        var settings = BridgeSettings()
+        settings.authTimeout = .seconds(1)
+        settings.headerTimeout = .seconds(1)
+        settings.noVNCDirectory = files
+        try await ListenerHarness.with("unread", settings: settings) { h in
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            defer { close(fd) }
+            var window: Int32 = 1024
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &window, socklen_t(MemoryLayout<Int32>.size))
+            #expect(withLoopbackAddress(port: h.port, { connect(fd, $0, $1) }) == 0)
+            sendAll(fd, Array("GET /novnc/big.js HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            // Reading would let the answer end: the listener's side of the socket is watched
+            // instead, the only sign of its close (polled, bounded).
+            var held = true
+            for _ in 0..<100 where held {
+                try await Task.sleep(for: .milliseconds(100))
+                held = try Self.listenerHolds(fd, port: h.port)
+            }
+            #expect(!held, "the listener still holds the connection 10 s after the auth deadline")
+        }
+    }
+
+    /// Whether a process still holds the listener's end of `fd`'s connection: in /proc/net/tcp
+    /// with an inode (a socket closed with data still queued for its peer stays, orphaned, 0).
+    static func listenerHolds(_ fd: Int32, port: Int) throws -> Bool {
+        func hex(_ value: UInt32, _ digits: Int) -> String {
+            let text = String(value, radix: 16, uppercase: true)
+            return String(repeating: "0", count: max(0, digits - text.count)) + text
+        }
+        var addr = sockaddr_in(), len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        let local = "0100007F:" + hex(UInt32(port), 4), peer = hex(addr.sin_addr.s_addr, 8) + ":" + hex(UInt32(UInt16(bigEndian: addr.sin_port)), 4)
+        return try readText("/proc/net/tcp").split(separator: "\n").contains { line in
+            let f = line.split(separator: " ")
+            return f.count > 9 && f[1] == local && f[2] == peer && f[9] != "0"
+        }
+    }
+
     @Test func anAddressOverItsLimitIsAnswered429UntilOneOfItsConnectionsCloses() async throws {
         var settings = BridgeSettings()
         settings.maxConnectionsPerPeer = 2
@@ -159,6 +241,36 @@ struct ListenerTests {
             var tv = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(waiting, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             #expect(readAnswer(waiting, untilComplete: true).status == 200)
+        }
+    }
+
+    /// The abuse bench's /health took 1 s while thousands connected at once: past a backlog of
+    /// 256 the kernel dropped SYNs, each a 1 s retransmit. A burst now waits in the backlog
+    /// (here with accepting paused at the total limit), as far as net.core.somaxconn allows.
+    @Test func aBurstOfConnectsWaitsInTheBacklogRatherThanBeingDropped() async throws {
+        var settings = BridgeSettings()
+        settings.maxConnections = 1
+        try await ListenerHarness.with("backlog", settings: settings) { h in
+            let held = try connectLoopback(port: h.port)
+            defer { close(held) }
+            sendAll(held, Array(Self.health.utf8))
+            #expect(readAnswer(held, untilComplete: true).status == 200)
+            let somaxconn = Int(try readText("/proc/sys/net/core/somaxconn").filter(\.isNumber)) ?? 128
+            let burst = min(600, somaxconn - 8)
+            var waiting: [Int32] = []
+            defer { waiting.forEach { close($0) } }
+            while waiting.count < burst {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                // A dropped SYN is retried after 1 s: a connect that takes that long was dropped.
+                var tv = timeval(tv_sec: 1, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                guard withLoopbackAddress(port: h.port, { connect(fd, $0, $1) }) == 0 else {
+                    close(fd)
+                    break
+                }
+                waiting.append(fd)
+            }
+            #expect(waiting.count == burst, "\(waiting.count) of \(burst) connects got into the backlog")
         }
     }
 
