@@ -45,5 +45,7 @@ echo "[test] systemd: the .deb under a real systemd (scripts/test-systemd.sh)"
 scripts/test-systemd.sh
 
 # Every benchmark part, with tiny counts, as a fresh clone runs it: so none can rot unseen.
+# The abuse part is a check here (~50 s): it fails when the public listener does not answer an
+# attack as designed, /health stops answering or the viewer's frames stop.
 echo "[test] benchmarks: smoke run of every part"
 "$(swift build --show-bin-path)/kioskd-bench" --smoke --supervisord .build/venv/bin/supervisord

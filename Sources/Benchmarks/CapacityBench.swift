@@ -45,14 +45,18 @@ let idlePage = "data:text/html,<title>idle</title><body style='background:rgb(20
 /// One daemon for the bench: its directory, process and control client; stopped by `stop()`.
 struct BenchDaemon {
     let dir: String
+    /// The public listener's port.
+    let port: Int
     let process: DaemonProcess
     let client: ControlClient
 
-    /// Runs `body` with a daemon started with `extra` config (inside the v1 memory group
-    /// `group` if given), stopped with SIGTERM after it, or killed if anything failed: a bench
-    /// that gives up leaves no daemon behind.
-    static func with<T>(_ extra: String, group: String? = nil, _ body: (BenchDaemon) async throws -> T) async throws -> T {
-        let d = try await start(extra, group: group)
+    /// Runs `body` with a daemon started with `extra` config and `publicKeys` (more `public:`
+    /// lines), inside the v1 memory group `group` and with `openFiles` as its RLIMIT_NOFILE
+    /// (the unit's LimitNOFILE) if given, stopped with SIGTERM after it, or killed if anything
+    /// failed: a bench that gives up leaves no daemon behind.
+    static func with<T>(_ extra: String, group: String? = nil, publicKeys: [String] = [], openFiles: Int? = nil,
+                        _ body: (BenchDaemon) async throws -> T) async throws -> T {
+        let d = try await start(extra, group: group, publicKeys: publicKeys, openFiles: openFiles)
         do {
             let result = try await body(d)
             try await d.stop()
@@ -65,10 +69,12 @@ struct BenchDaemon {
         }
     }
 
-    private static func start(_ extra: String, group: String?) async throws -> BenchDaemon {
+    private static func start(_ extra: String, group: String?, publicKeys: [String], openFiles: Int?) async throws -> BenchDaemon {
         let dir = try makeTempDir("kioskd-bench-capacity")
-        try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: try freePort(), extra))
-        let exec = "exec \(sibling("kioskd")) serve --config \(dir)/kioskd.yaml"
+        let port = try freePort()
+        try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: port, publicKeys: publicKeys, extra))
+        var exec = "exec \(sibling("kioskd")) serve --config \(dir)/kioskd.yaml"
+        if let openFiles { exec = "ulimit -n \(openFiles) && " + exec }
         let process = try DaemonProcess(executable: "/bin/sh", arguments: ["-c", group.map { "echo $$ > \($0)/cgroup.procs && " + exec } ?? exec],
                                         environment: ["PATH": "/usr/bin:/bin", "KIOSKD_LOG_FORMAT": "text"], directory: dir)
         let client = ControlClient(socketPath: dir + "/run/control.sock")
@@ -79,7 +85,7 @@ struct BenchDaemon {
             _ = try? await process.waitExit(timeout: .seconds(30))
             throw TestFailure("kioskd did not start: \(error)\n\(process.stderr.suffix(2000))")
         }
-        return BenchDaemon(dir: dir, process: process, client: client)
+        return BenchDaemon(dir: dir, port: port, process: process, client: client)
     }
 
     func get(_ path: String) async throws -> JSONValue {
