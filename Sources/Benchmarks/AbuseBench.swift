@@ -888,61 +888,67 @@ func printAbuse() async throws {
     let openFiles = raiseOpenFiles(65536)
     let started = monotonic()
     let dir = try makeTempDir("kioskd-bench-abuse")
-    defer { removeTree(dir) }
-    let (cert, key) = try await makeCertificate(dir)
     var problems: [String] = []
     var rows: [AbuseRow] = []
     var limits = (total: 0, perPeer: 0)
     let session = "sessions:\n  displays: 600-639\n  ports: 46000-46999\n"
+    // Removed before the report: a failed check exits at once, past any defer.
+    do {
+        let (cert, key) = try await makeCertificate(dir)
 
-    // Plain HTTP, as behind a load balancer.
-    try await BenchDaemon.with(session, publicKeys: plan.publicKeys, openFiles: openFiles) { d in
-        limits = try await listenerLimits(d)
-        waitListening(d.port)
-        let (token, vncSocket) = try await abuseTask(d, "abuse")
-        let websockify = try Websockify(vncSocket: vncSocket)
-        defer { websockify.stop() }
-        let viewers = [Viewer(try Wire.tcp(port: d.port), path: "/api/v1/vnc/ws?task_id=abuse&token=\(token)"),
-                       Viewer(try Wire.tcp(port: websockify.port), path: "/?token=good")]
-        for viewer in viewers { try await viewer.warmUp() }
-        let (daemonPID, websockifyPID) = (d.process.pid, websockify.pid)
-        let kioskd = AbuseTarget(port: d.port, cpu: { cpuSeconds(daemonPID) }, probe: healthProbe(port: d.port), viewer: viewers[0],
-                                 forgedPath: "/api/v1/vnc/ws?task_id=abuse&token=\(forged(token))")
-        let peer = AbuseTarget(port: websockify.port, cpu: { cpuSeconds(websockifyPID, children: true) }, probe: upgradeProbe(port: websockify.port, path: "/?token=probe"),
-                               viewer: viewers[1], forgedPath: "/?token=\(forged(token))")
-        do {
-            rows += try await runAttacks(plainAttacks(plan, perPeer: limits.perPeer), kioskd: kioskd, websockify: peer, plan: plan, problems: &problems)
-        } catch {
+        // Plain HTTP, as behind a load balancer.
+        try await BenchDaemon.with(session, publicKeys: plan.publicKeys, openFiles: openFiles) { d in
+            limits = try await listenerLimits(d)
+            waitListening(d.port)
+            let (token, vncSocket) = try await abuseTask(d, "abuse")
+            let websockify = try Websockify(vncSocket: vncSocket)
+            defer { websockify.stop() }
+            let viewers = [Viewer(try Wire.tcp(port: d.port), path: "/api/v1/vnc/ws?task_id=abuse&token=\(token)"),
+                           Viewer(try Wire.tcp(port: websockify.port), path: "/?token=good")]
+            for viewer in viewers { try await viewer.warmUp() }
+            let (daemonPID, websockifyPID) = (d.process.pid, websockify.pid)
+            let kioskd = AbuseTarget(port: d.port, cpu: { cpuSeconds(daemonPID) }, probe: healthProbe(port: d.port), viewer: viewers[0],
+                                     forgedPath: "/api/v1/vnc/ws?task_id=abuse&token=\(forged(token))")
+            let peer = AbuseTarget(port: websockify.port, cpu: { cpuSeconds(websockifyPID, children: true) }, probe: upgradeProbe(port: websockify.port, path: "/?token=probe"),
+                                   viewer: viewers[1], forgedPath: "/?token=\(forged(token))")
+            do {
+                rows += try await runAttacks(plainAttacks(plan, perPeer: limits.perPeer), kioskd: kioskd, websockify: peer, plan: plan, problems: &problems)
+            } catch {
+                for viewer in viewers { await viewer.stop() }
+                throw error
+            }
+            if let ended = viewers[0].ended { problems.append("the viewer through kioskd ended: \(ended)") }
             for viewer in viewers { await viewer.stop() }
-            throw error
         }
-        if let ended = viewers[0].ended { problems.append("the viewer through kioskd ended: \(ended)") }
-        for viewer in viewers { await viewer.stop() }
-    }
 
-    // TLS, for direct exposure: stalled handshakes.
-    try await BenchDaemon.with(session, publicKeys: plan.publicKeys + ["tls: {cert_file: \(cert), key_file: \(key)}"], openFiles: openFiles) { d in
-        _ = try await listenerLimits(d)
-        waitListening(d.port)
-        let (token, vncSocket) = try await abuseTask(d, "abuse-tls")
-        let websockify = try Websockify(vncSocket: vncSocket, cert: (cert, key))
-        defer { websockify.stop() }
-        let viewers = [Viewer(try Wire.tls(port: d.port), path: "/api/v1/vnc/ws?task_id=abuse-tls&token=\(token)"),
-                       Viewer(try Wire.tcp(port: websockify.port), path: "/?token=good")]
-        for viewer in viewers { try await viewer.warmUp() }
-        let (daemonPID, websockifyPID) = (d.process.pid, websockify.pid)
-        let kioskd = AbuseTarget(port: d.port, cpu: { cpuSeconds(daemonPID) }, probe: httpsHealthProbe(port: d.port), viewer: viewers[0], forgedPath: "")
-        let peer = AbuseTarget(port: websockify.port, cpu: { cpuSeconds(websockifyPID, children: true) }, probe: upgradeProbe(port: websockify.port, path: "/?token=probe"),
-                               viewer: viewers[1], forgedPath: "")
-        do {
-            rows += try await runAttacks(tlsAttacks(plan), kioskd: kioskd, websockify: peer, plan: plan, problems: &problems)
-        } catch {
+        // TLS, for direct exposure: stalled handshakes.
+        try await BenchDaemon.with(session, publicKeys: plan.publicKeys + ["tls: {cert_file: \(cert), key_file: \(key)}"], openFiles: openFiles) { d in
+            _ = try await listenerLimits(d)
+            waitListening(d.port)
+            let (token, vncSocket) = try await abuseTask(d, "abuse-tls")
+            let websockify = try Websockify(vncSocket: vncSocket, cert: (cert, key))
+            defer { websockify.stop() }
+            let viewers = [Viewer(try Wire.tls(port: d.port), path: "/api/v1/vnc/ws?task_id=abuse-tls&token=\(token)"),
+                           Viewer(try Wire.tcp(port: websockify.port), path: "/?token=good")]
+            for viewer in viewers { try await viewer.warmUp() }
+            let (daemonPID, websockifyPID) = (d.process.pid, websockify.pid)
+            let kioskd = AbuseTarget(port: d.port, cpu: { cpuSeconds(daemonPID) }, probe: httpsHealthProbe(port: d.port), viewer: viewers[0], forgedPath: "")
+            let peer = AbuseTarget(port: websockify.port, cpu: { cpuSeconds(websockifyPID, children: true) }, probe: upgradeProbe(port: websockify.port, path: "/?token=probe"),
+                                   viewer: viewers[1], forgedPath: "")
+            do {
+                rows += try await runAttacks(tlsAttacks(plan), kioskd: kioskd, websockify: peer, plan: plan, problems: &problems)
+            } catch {
+                for viewer in viewers { await viewer.stop() }
+                throw error
+            }
+            if let ended = viewers[0].ended { problems.append("the viewer through kioskd (WSS) ended: \(ended)") }
             for viewer in viewers { await viewer.stop() }
-            throw error
         }
-        if let ended = viewers[0].ended { problems.append("the viewer through kioskd (WSS) ended: \(ended)") }
-        for viewer in viewers { await viewer.stop() }
+    } catch {
+        removeTree(dir)
+        throw error
     }
+    removeTree(dir)
 
     print("\nAbuse of the public listener (kioskd: header_timeout \(Int(plan.headerTimeout)) s, \(limits.total) connections, \(limits.perPeer) per address, "
         + "RLIMIT_NOFILE \(openFiles)\(openFiles < 65536 ? " (this host's hard limit; the unit's is 65536)" : ""); websockify \(plan.smoke ? "" : "0.10 ")with its token plugin on the same x11vnc; \(plan.probes) probes per attack from 127.0.0.2; "
