@@ -16,6 +16,9 @@ public struct BridgeSettings: Sendable, Equatable {
     public var clipboard = false
     /// Largest WebSocket frame and message accepted from a viewer.
     public var maxFrameSize = 1 << 20
+    /// Largest message relayed on a task's CDP endpoint, either way: CDP answers carry whole
+    /// screenshots and documents, which Chromium never fragments.
+    public var maxAgentMessage = 64 << 20
     /// Where Debian's noVNC lives.
     public var noVNCDirectory = "/usr/share/novnc"
     /// Connections open at once on the listener; beyond it the listener stops accepting until one
@@ -46,10 +49,15 @@ public struct BridgeTarget: Sendable {
     public var websockify: (port: Int, secret: String)?
     /// Releases keys and buttons a departing controlling viewer held.
     public var releaseInput: @Sendable () async -> Void
+    /// The browser's own CDP WebSocket URL (`webSocketDebuggerUrl`, loopback; it changes with
+    /// every launch), nil while the browser does not answer; nil: no CDP endpoint.
+    public var browser: (@Sendable () async -> String?)?
 
-    public init(vncSocket: String, websockify: (port: Int, secret: String)?, releaseInput: @escaping @Sendable () async -> Void) {
+    public init(vncSocket: String, websockify: (port: Int, secret: String)?, browser: (@Sendable () async -> String?)? = nil,
+                releaseInput: @escaping @Sendable () async -> Void) {
         self.vncSocket = vncSocket
         self.websockify = websockify
+        self.browser = browser
         self.releaseInput = releaseInput
     }
 }

@@ -42,7 +42,8 @@ public final class ViewerTokens: Sendable {
     /// How far ahead of this host's clock a token's iat or nbf may be (the issuer's clock may
     /// run a little fast); a token valid only later is refused.
     public static let clockSkew: TimeInterval = 60
-    private let keys = JWTKeyCollection()
+    /// Internal: agent tokens (`AgentTokens.swift`) are signed with the same key.
+    let keys = JWTKeyCollection()
 
     public init(secret: [UInt8]) async {
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)

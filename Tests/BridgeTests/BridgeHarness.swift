@@ -66,13 +66,7 @@ struct BridgeHarness {
                                   template: { id, request in SessionSettings(id: id, url: request.url, width: 800, height: 600, bridge: bridge) },
                                   logger: logger)
         _ = try await service.interruptUnfinished()
-        let access = ViewerAccess(service: service, settings: settings, external: external) { id in
-            guard let session = await manager.session(id) else { return nil }
-            let info = await session.info()
-            return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") }) {
-                _ = try? await session.releaseHeldInput()
-            }
-        }
+        let access = ViewerAccess(service: service, settings: settings, external: external) { id in await target(manager, id) }
         let server = PublicServer(access: access, settings: settings, tls: tls)
         let bound = OnceValue<Int>()
         return try await withBackground({
@@ -80,6 +74,18 @@ struct BridgeHarness {
         }) {
             let port = try await withTimeout(.seconds(10), "the public listener") { try await bound.wait() }
             return try await body(BridgeHarness(dir: dir, manager: manager, service: service, port: port))
+        }
+    }
+
+    /// Where a task's viewers and agents go, as the daemon's public child says.
+    static func target(_ manager: SessionManager, _ id: String) async -> BridgeTarget? {
+        guard let session = await manager.session(id) else { return nil }
+        let info = await session.info()
+        var browser: (@Sendable () async -> String?)?
+        if let port = Int(info.cdpURL.split(separator: ":").last ?? "") { browser = { await browserDebuggerURL(cdpPort: port) } }
+        return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") },
+                            browser: browser) {
+            _ = try? await session.releaseHeldInput()
         }
     }
 
@@ -106,10 +112,13 @@ struct BridgeHarness {
     /// A WebSocket upgrade written by hand: the raw answer (status line, headers, body), so a
     /// refusal's status and JSON can be read; the socket is left open when it upgraded. Read a
     /// byte at a time: the bridge's greeting follows the 101 at once and belongs to the caller.
-    func upgrade(_ query: String, origin: String? = nil, protocols: String? = nil) throws -> (status: Int, text: String, fd: Int32) {
+    func upgrade(_ query: String, origin: String? = nil, protocols: String? = nil, path: String = "/api/v1/vnc/ws", port: Int? = nil,
+                 headers: [String] = []) throws -> (status: Int, text: String, fd: Int32) {
+        let port = port ?? self.port
         let fd = try connectLoopback(port: port, timeout: 5)
-        var request = "GET /api/v1/vnc/ws?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        var request = "GET \(path)?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
             + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        for header in headers { request += header + "\r\n" }
         if let origin { request += "Origin: \(origin)\r\n" }
         if let protocols { request += "Sec-WebSocket-Protocol: \(protocols)\r\n" }
         request += "\r\n"

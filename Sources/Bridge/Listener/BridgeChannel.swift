@@ -24,17 +24,31 @@ import NIOWebSocket
 /// it on the upgrade. A connection from an address over its limit gets only a 429.
 struct BridgeChannel: HTTPChannelHandler {
     enum Decision: Sendable {
-        case upgrade(HTTPFields, Session)
+        case upgrade(HTTPFields, Serving)
         case refuse(APIError)
     }
 
-    typealias Decide = @Sendable (HTTPRequest, Logger) async -> Decision
+    /// What an accepted upgrade becomes.
+    enum Serving: Sendable {
+        /// The VNC bridge (`ViewerHandler`; or the conformance suite's echo).
+        case viewer(Session)
+        /// A message relay to an upstream already upgraded (`RelayClientHandler`): a task's
+        /// CDP endpoint, or the owner host's internal listener. `maxMessage`: the client's limit.
+        case relay(NIOLoopBound<UpstreamHandler>, maxMessage: Int, RelaySession)
+    }
+
+    /// Decides on an upgrade request; `channel` is the client's connection (an upstream opened
+    /// for it runs on its event loop and closes with it).
+    typealias Decide = @Sendable (HTTPRequest, any Channel, Logger) async -> Decision
     /// Serves an upgraded viewer: its connection (the relay's handler is already in its
     /// pipeline) and its logger.
     typealias Session = @Sendable (ViewerConnection, Logger) async -> Void
+    /// Serves an upgraded relay's client (its handler already joined to the upstream).
+    typealias RelaySession = @Sendable (RelayConnection, Logger) async -> Void
 
     enum Negotiated: Sendable {
         case websocket(ViewerConnection, Session, Logger)
+        case relayed(RelayConnection, RelaySession, Logger)
         case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
         case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, APIError)
         /// Over the per-address limit: `PeerRefusal` answers and closes.
@@ -51,6 +65,10 @@ struct BridgeChannel: HTTPChannelHandler {
     let tls: NIOSSLContext?
     let decide: Decide
     let maxFrameSize: Int
+    /// The frame limit of relayed connections' decoders (CDP's messages are large).
+    let maxRelayFrameSize: Int
+    /// The clocks of relayed connections (viewers have theirs from their session).
+    let settings: BridgeSettings
     let peers: PeerCounts
     let guardLimits: RequestGuard.Limits
     let maxRequestLine: Int
@@ -63,11 +81,11 @@ struct BridgeChannel: HTTPChannelHandler {
                 try channel.pipeline.syncOperations.addHandlers([HTTPResponseEncoder(), PeerRefusal(.tooManyFromPeer(limit: peers.limit))])
                 return Value(negotiated: channel.eventLoop.makeSucceededFuture(.turnedAway), channel: channel)
             }
-            let chosen = NIOLockedValueBox<Session?>(nil)
+            let chosen = NIOLockedValueBox<Serving?>(nil)
             let refusal = NIOLockedValueBox<APIError?>(nil)
             let decide = self.decide
-            let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
-                maxFrameSize: maxFrameSize,
+            let settings = self.settings
+            let upgrader = SizedWebSocketUpgrader(chosen: chosen, maxFrameSize: maxFrameSize, maxRelayFrameSize: maxRelayFrameSize,
                 // The decoder's refusals (a frame over the limit, a bad control frame) are
                 // answered by `ViewerHandler`, with its lingering close: NIO's own handler
                 // closes at once, and a reset could lose the close frame.
@@ -80,9 +98,9 @@ struct BridgeChannel: HTTPChannelHandler {
                             refusal.withLockedValue { $0 = APIError(.badRequest, "invalid_request", "malformed upgrade request") }
                             return nil
                         }
-                        switch await decide(request, logger) {
-                        case .upgrade(let fields, let session):
-                            chosen.withLockedValue { $0 = session }
+                        switch await decide(request, channel, logger) {
+                        case .upgrade(let fields, let serving):
+                            chosen.withLockedValue { $0 = serving }
                             return HTTPHeaders(fields)
                         case .refuse(let error):
                             refusal.withLockedValue { $0 = error }
@@ -93,11 +111,22 @@ struct BridgeChannel: HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
-                        guard let session = chosen.withLockedValue({ $0 }) else { throw ChannelError.inappropriateOperationForState }
-                        let handler = ViewerHandler(loop: channel.eventLoop)
-                        try channel.pipeline.syncOperations.addHandler(handler)
-                        let viewer = ViewerConnection(loop: channel.eventLoop, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
-                        return Negotiated.websocket(viewer, session, logger)
+                        switch chosen.withLockedValue({ $0 }) {
+                        case .viewer(let session):
+                            let handler = ViewerHandler(loop: channel.eventLoop)
+                            try channel.pipeline.syncOperations.addHandler(handler)
+                            let viewer = ViewerConnection(loop: channel.eventLoop, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                            return Negotiated.websocket(viewer, session, logger)
+                        case .relay(let upstream, let maxMessage, let session):
+                            // The upstream was opened on this connection's event loop.
+                            let handler = RelayClientHandler(loop: channel.eventLoop, settings: settings, maxMessage: maxMessage)
+                            try channel.pipeline.syncOperations.addHandler(handler)
+                            handler.start(upstream.value)
+                            let client = RelayConnection(loop: channel.eventLoop, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                            return Negotiated.relayed(client, session, logger)
+                        case nil:
+                            throw ChannelError.inappropriateOperationForState
+                        }
                     }
                 })
             let upgrades = NIOTypedHTTPServerUpgradeConfiguration<Negotiated>(
@@ -145,11 +174,50 @@ struct BridgeChannel: HTTPChannelHandler {
                 }
             case .websocket(let viewer, let session, let logger):
                 await session(viewer, logger)
+            case .relayed(let client, let session, let logger):
+                await session(client, logger)
             case .turnedAway:
                 break
             }
         } catch {
             logger.debug("connection ended", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// NIO's WebSocket upgrader with the frame limit of what the upgrade becomes: a viewer's
+/// (`public.max_frame_size`, small: RFB input) or a relayed connection's (CDP's large
+/// messages). NIO keeps one upgrader per protocol name and fixes the decoder's limit in it, so
+/// this one holds both and picks, after `shouldUpgrade` has decided, the one that builds the
+/// pipeline; the answer is built by either (they share the decision).
+struct SizedWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
+    typealias UpgradeResult = BridgeChannel.Negotiated
+    let chosen: NIOLockedValueBox<BridgeChannel.Serving?>
+    let viewer: NIOTypedWebSocketServerUpgrader<UpgradeResult>
+    let relay: NIOTypedWebSocketServerUpgrader<UpgradeResult>
+
+    init(chosen: NIOLockedValueBox<BridgeChannel.Serving?>, maxFrameSize: Int, maxRelayFrameSize: Int,
+         enableAutomaticErrorHandling: Bool,
+         shouldUpgrade: @escaping @Sendable (any Channel, HTTPRequestHead) -> EventLoopFuture<HTTPHeaders?>,
+         upgradePipelineHandler: @escaping @Sendable (any Channel, HTTPRequestHead) -> EventLoopFuture<UpgradeResult>) {
+        self.chosen = chosen
+        viewer = NIOTypedWebSocketServerUpgrader(maxFrameSize: maxFrameSize, enableAutomaticErrorHandling: enableAutomaticErrorHandling,
+                                                 shouldUpgrade: shouldUpgrade, upgradePipelineHandler: upgradePipelineHandler)
+        relay = NIOTypedWebSocketServerUpgrader(maxFrameSize: maxRelayFrameSize, enableAutomaticErrorHandling: enableAutomaticErrorHandling,
+                                                shouldUpgrade: shouldUpgrade, upgradePipelineHandler: upgradePipelineHandler)
+    }
+
+    var supportedProtocol: String { viewer.supportedProtocol }
+    var requiredUpgradeHeaders: [String] { viewer.requiredUpgradeHeaders }
+
+    func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+        viewer.buildUpgradeResponse(channel: channel, upgradeRequest: upgradeRequest, initialResponseHeaders: initialResponseHeaders)
+    }
+
+    func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<UpgradeResult> {
+        if case .relay = chosen.withLockedValue({ $0 }) {
+            return relay.upgrade(channel: channel, upgradeRequest: upgradeRequest)
+        }
+        return viewer.upgrade(channel: channel, upgradeRequest: upgradeRequest)
     }
 }

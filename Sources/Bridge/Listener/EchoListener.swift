@@ -18,12 +18,12 @@ public enum EchoListener {
                            onReady: @escaping @Sendable (Int) -> Void) async throws {
         let router = Router(context: PublicContext.self)
         router.middlewares.add(PublicErrors())
-        let decide: BridgeChannel.Decide = { head, _ in
+        let decide: BridgeChannel.Decide = { head, _, _ in
             let offered = head.headerFields[.secWebSocketProtocol]?.split(separator: ",").map { $0.filter { !$0.isWhitespace } } ?? []
-            return .upgrade(offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:], { viewer, log in
+            return .upgrade(offered.contains("binary") ? [.secWebSocketProtocol: "binary"] : [:], .viewer({ viewer, log in
                 let totals = await viewer.echo(settings: settings)
                 log.debug("echo ended", metadata: ["reason": "\(totals.reason)", "bytes_in": "\(totals.fromViewer)"])
-            })
+            }))
         }
         try await PublicServer.listen(endpoint, settings: settings, tls: nil, router: router, decide: decide, logger: logger, onReady: onReady)
     }

@@ -1,4 +1,5 @@
 import Metrics
+import ViewerInput
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -10,7 +11,8 @@ import NIOWebSocket
 /// viewer's side starts first (it greets the viewer while the VNC side connects), so a viewer
 /// that leaves during the connect ends the relay at once and abandons the connect.
 struct Relay {
-    let grant: ViewerAccess.Grant
+    let role: ViewerRole
+    let target: BridgeTarget
     let settings: BridgeSettings
 
     struct Totals: Sendable {
@@ -23,7 +25,7 @@ struct Relay {
     /// end gives `slot` back. `onRefused` gets the keysyms the filter refused (at most once a
     /// second).
     func run(_ viewer: ViewerConnection, slot: ViewerSlot, onRefused: @escaping @Sendable ([UInt32: Int]) -> Void) async -> Totals {
-        let policy = RFBFilter.Policy(role: grant.role == .control ? .control : .view, clipboard: settings.clipboard)
+        let policy = RFBFilter.Policy(role: role == .control ? .control : .view, clipboard: settings.clipboard)
         let settings = self.settings, handler = viewer.handler
         let running = viewer.loop.flatSubmit { handler.value.start(policy: policy, settings: settings, slot: slot, onRefused: onRefused) }
         // A cancelled server (its graceful period over) ends the relay instead of waiting on it.
@@ -44,10 +46,10 @@ struct Relay {
     }
 
     private func connect(_ viewer: ViewerConnection) async throws -> NIOLoopBound<VNCHandler> {
-        if let websockify = grant.target.websockify {
+        if let websockify = target.websockify {
             return try await viaWebsockify(websockify.port, secret: websockify.secret, viewer)
         }
-        return try await direct(grant.target.vncSocket, viewer)
+        return try await direct(target.vncSocket, viewer)
     }
 
     /// x11vnc on its Unix socket, with big reads (a screen update crosses in a few frames, not

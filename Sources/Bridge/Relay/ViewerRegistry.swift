@@ -1,7 +1,7 @@
 import Metrics
 import NIOConcurrencyHelpers
 
-/// Viewers per task, bounded; and the bridge's metrics.
+/// Viewers (or agents) per task, bounded; and the bridge's metrics.
 ///
 /// A lock rather than an actor: a viewer's place is given back from its relay's event loop, in
 /// the same call that closes the viewer, so a client that has seen its connection close finds
@@ -9,8 +9,13 @@ import NIOConcurrencyHelpers
 final class ViewerRegistry: Sendable {
     private let counts = NIOLockedValueBox<[String: Int]>([:])
     let limit: Int
+    /// Records the places held over all tasks (a gauge: viewers, agents, relayed connections).
+    private let record: @Sendable (Int) -> Void
 
-    init(limit: Int) { self.limit = limit }
+    init(limit: Int, record: @escaping @Sendable (Int) -> Void = { Gauge(label: "kioskd_bridge_viewers").record($0) }) {
+        self.limit = limit
+        self.record = record
+    }
 
     func count(_ task: String) -> Int { counts.withLockedValue { $0[task, default: 0] } }
 
@@ -22,7 +27,7 @@ final class ViewerRegistry: Sendable {
             return counts.values.reduce(0, +)
         }
         guard let total else { return nil }
-        Gauge(label: "kioskd_bridge_viewers").record(total)
+        record(total)
         return ViewerSlot { self.leave(task) }
     }
 
@@ -32,7 +37,7 @@ final class ViewerRegistry: Sendable {
             if counts[task] == 0 { counts[task] = nil }
             return counts.values.reduce(0, +)
         }
-        Gauge(label: "kioskd_bridge_viewers").record(total)
+        record(total)
     }
 }
 

@@ -117,11 +117,19 @@ public struct ControlRoutes: Sendable {
         }
         routes.post("/v1/tasks/{id}/viewer-token") { request, context in
             let ask = try TokenRequest(body: try await body(request, context))
-            let token = try await service.viewerToken(try context.parameters.require("id"), role: ask.role, ttl: ask.ttl)
+            let id = try context.parameters.require("id")
+            let token: (token: String, taskID: String, expiresAt: Int64)
+            if let role = ask.role.viewer {
+                let minted = try await service.viewerToken(id, role: role, ttl: ask.ttl)
+                token = (minted.token, minted.taskID, minted.expiresAt)
+            } else {
+                let minted = try await service.agentToken(id, ttl: ask.ttl)
+                token = (minted.token, minted.taskID, minted.expiresAt)
+            }
             var w = JSONWriter()
             w.field("token", token.token)
             w.field("task_id", token.taskID)
-            w.field("role", token.role.rawValue)
+            w.field("role", ask.role.rawValue)
             w.field("expires_at", TaskJSON.rfc3339(token.expiresAt))
             return json(w.text, status: .created)
         }

@@ -194,7 +194,8 @@ public struct EndRequest {
 
 /// `POST /v1/tasks/{id}/viewer-token`.
 public struct TokenRequest {
-    public let role: ViewerRole
+    /// view or control (a viewer), or agent (the task's CDP endpoint).
+    public let role: TokenRole
     public let ttl: Int
 
     /// `ttl_s`: the token's lifetime.
@@ -203,7 +204,7 @@ public struct TokenRequest {
 
     public init(body: [UInt8]) throws(APIError) {
         let f = try BodyFields(body, allowed: ["role", "ttl_s"])
-        guard let role = try f.choice("role", ViewerRole.self) else { throw .badRequest("field 'role' is required (view or control)") }
+        guard let role = try f.choice("role", TokenRole.self) else { throw .badRequest("field 'role' is required (view, control or agent)") }
         self.role = role
         ttl = try f.integer("ttl_s", Self.ttlSeconds) ?? Self.ttlDefault
     }

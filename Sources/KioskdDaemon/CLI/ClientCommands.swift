@@ -168,10 +168,10 @@ struct TaskEvents: AsyncParsableCommand {
 }
 
 struct TokenCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "token", abstract: "A short-lived viewer token for a task.")
+    static let configuration = CommandConfiguration(commandName: "token", abstract: "A short-lived viewer (or agent) token for a task.")
     @OptionGroup var options: ClientOptions
     @Argument(help: "The task id.") var id: String
-    @Option(help: "view or control.") var role = "view"
+    @Option(help: "view or control (a viewer), or agent (the task's CDP endpoint, /api/v1/cdp/ws).") var role = "view"
     @Option(help: "Lifetime in seconds (10–3600).") var ttl = 300
 
     func run() async throws {

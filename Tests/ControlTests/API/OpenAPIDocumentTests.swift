@@ -225,12 +225,12 @@ struct OpenAPIDocumentTests {
     @Test func viewerTokensAreTokenRequestsLimits() {
         let schema = requestSchema("/v1/tasks/{id}/viewer-token")
         #expect(schema["required"].strings == ["role"] && schema["additionalProperties"] == .bool(false))
-        #expect(Set(schema["properties"]["role"]["enum"].strings) == Set(ViewerRole.allCases.map(\.rawValue)))
+        #expect(Set(schema["properties"]["role"]["enum"].strings) == Set(TokenRole.allCases.map(\.rawValue)))
         #expect(!schema["properties"]["role"]["enum"].items.contains(.null), "role is required: null is refused")
         let ttl = schema["properties"]["ttl_s"]
         #expect(range(ttl) == TokenRequest.ttlSeconds && ttl["default"].int == TokenRequest.ttlDefault)
         let answer = doc["paths"]["/v1/tasks/{id}/viewer-token"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
-        #expect(Set(answer["properties"]["role"]["enum"].strings) == Set(ViewerRole.allCases.map(\.rawValue)))
+        #expect(Set(answer["properties"]["role"]["enum"].strings) == Set(TokenRole.allCases.map(\.rawValue)))
     }
 
     // MARK: - Helpers

@@ -8,7 +8,7 @@ from .client import Kioskd
 from .errors import KioskdError
 from .models import (
     AppendEvent, Capacity, CompleteTask, CreateTask, Drain, ErrorBody, Event, FailTask, Health, Role,
-    Session, StopTask, Task, TaskSession, TaskState, ViewerToken, ViewerTokenRequest,
+    Session, StopTask, Task, TaskSession, TaskState, TokenRole, ViewerToken, ViewerTokenRequest,
 )
 
 __version__ = "0.1.0"
@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_SOCKET", "OPERATIONS", "AsyncKioskd", "Kioskd", "KioskdError", "new_task_id",
     "AppendEvent", "Capacity", "CompleteTask", "CreateTask", "Drain", "ErrorBody", "Event", "FailTask",
-    "Health", "Role", "Session", "StopTask", "Task", "TaskSession", "TaskState", "ViewerToken",
+    "Health", "Role", "Session", "StopTask", "Task", "TaskSession", "TaskState", "TokenRole", "ViewerToken",
     "ViewerTokenRequest",
 ]

@@ -9,7 +9,7 @@ import httpx
 from . import _calls as calls
 from .errors import KioskdError
 from .models import (
-    AppendEvent, Capacity, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask,
+    AppendEvent, Capacity, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask, TokenRole,
     Task, TaskState, ViewerToken, ViewerTokenRequest,
 )
 
@@ -235,9 +235,9 @@ class Kioskd:
 
     # Viewers ----------------------------------------------------------------------------------
 
-    def viewer_token(self, task_id: str, *, role: Role = "view", ttl_s: int | None = None) -> ViewerToken:
+    def viewer_token(self, task_id: str, *, role: TokenRole = "view", ttl_s: int | None = None) -> ViewerToken:
         """POST /v1/tasks/{id}/viewer-token: a signed token for one viewer of the task, `role`
-        view or control, valid `ttl_s` seconds (10-3600, default 300). The viewer opens
+        view or control (or agent: the task's CDP endpoint, /api/v1/cdp/ws), valid `ttl_s` seconds (10-3600, default 300). The viewer opens
         `task.session.vnc_ws_path + "&token=" + token` on the public listener. 409
         task_finished once the task is final."""
         return self._send(calls.viewer_token(task_id, ViewerTokenRequest(role=role, ttl_s=ttl_s)))

@@ -35,12 +35,17 @@ __all__ = [
     "Task",
     "TaskSession",
     "TaskState",
+    "TokenRole",
     "ViewerToken",
     "ViewerTokenRequest",
 ]
 
 Role = Literal["view", "control"]
 """A viewer's role: `view` (pixels only) or `control` (keys and pointer too)."""
+
+TokenRole = Literal["view", "control", "agent"]
+"""What a token opens: a viewer's role, or `agent`: the task's CDP endpoint
+(/api/v1/cdp/ws on the public listener, for Playwright's connect_over_cdp)."""
 
 
 class TaskState(str, enum.Enum):
@@ -178,9 +183,10 @@ class ViewerToken:
     )
 
     token: str
-    """A signed JWT: the viewer's `token=` on /api/v1/vnc/ws and /viewer."""
+    """A signed JWT: the viewer's `token=` on /api/v1/vnc/ws and /viewer, or the agent's on
+    /api/v1/cdp/ws."""
     task_id: str
-    role: Role
+    role: TokenRole
     expires_at: datetime
 
 
@@ -258,7 +264,7 @@ class ViewerTokenRequest:
         "#/paths/~1v1~1tasks~1{id}~1viewer-token/post/requestBody/content/application~1json/schema"
     )
 
-    role: Role
+    role: TokenRole
     ttl_s: int | None = None
 
 
