@@ -7,10 +7,10 @@ import PostgresNIO
 /// appends an event runs in one transaction that locks the task's row (`FOR UPDATE`), so
 /// sequence numbers have no gaps however many writers there are.
 public final class PostgresTaskStore: TaskStore {
-    private let client: PostgresClient
+    let client: PostgresClient
     private let runner: Task<Void, Never>
-    private let logger: Logger
-    private let settings: PostgresSettings
+    let logger: Logger
+    let settings: PostgresSettings
     /// The pool retries a refused connection forever: a bound turns "PostgreSQL is down" into
     /// an error (503 at the API) instead of a request that never ends.
     private let timeout: Duration
@@ -57,9 +57,9 @@ public final class PostgresTaskStore: TaskStore {
             var task = task
             task.lastSeq = 1
             let inserted = try await db.query("""
-                INSERT INTO tasks (id, state, request, created_at, updated_at, ended_at, reason, session, last_seq)
+                INSERT INTO tasks (id, state, request, created_at, updated_at, ended_at, reason, session, last_seq, origin, host, queued_at)
                 VALUES (\(task.id), \(task.state.rawValue), \(task.request), \(task.createdAt), \(task.updatedAt),
-                        \(task.endedAt), \(task.reason), \(task.session), \(task.lastSeq))
+                        \(task.endedAt), \(task.reason), \(task.session), \(task.lastSeq), \(task.origin), \(task.host), \(unescaped: Self.nowSQL))
                 ON CONFLICT (id) DO NOTHING RETURNING id
                 """, logger: self.logger).collect()
             guard !inserted.isEmpty else {
@@ -87,17 +87,20 @@ public final class PostgresTaskStore: TaskStore {
     }
 
     public func transition(_ id: String, from: Set<TaskState>, to: TaskState, update: TaskUpdate, event: NewEvent) async throws -> TransitionResult {
-        try await transaction { db in
-            guard var task = try await self.task(db, id, lock: true) else { return .notFound }
-            guard from.contains(task.state) else { return .conflict(task) }
-            task.apply(to, update)
-            let stored = try await self.appendEvent(db, &task, event)
-            try await db.query("""
-                UPDATE tasks SET state = \(task.state.rawValue), updated_at = \(task.updatedAt), ended_at = \(task.endedAt),
-                       reason = \(task.reason), session = \(task.session) WHERE id = \(id)
-                """, logger: self.logger)
-            return .moved(task, stored)
-        }
+        try await transaction { db in try await self.transition(db, id, from: from, to: to, update: update, event: event) }
+    }
+
+    func transition(_ db: PostgresConnection, _ id: String, from: Set<TaskState>, to: TaskState, update: TaskUpdate,
+                    event: NewEvent) async throws -> TransitionResult {
+        guard var task = try await self.task(db, id, lock: true) else { return .notFound }
+        guard from.contains(task.state) else { return .conflict(task) }
+        task.apply(to, update)
+        let stored = try await appendEvent(db, &task, event)
+        try await db.query("""
+            UPDATE tasks SET state = \(task.state.rawValue), updated_at = \(task.updatedAt), ended_at = \(task.endedAt),
+                   reason = \(task.reason), session = \(task.session) WHERE id = \(id)
+            """, logger: logger)
+        return .moved(task, stored)
     }
 
     public func append(_ id: String, event: NewEvent) async throws -> EventRecord? {
@@ -154,8 +157,12 @@ public final class PostgresTaskStore: TaskStore {
 
     // MARK: - Helpers
 
+    /// The store's clock in milliseconds since the epoch: leases and queue ages are measured
+    /// on one clock, whatever the hosts' clocks say.
+    static let nowSQL = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+
     /// Database errors become `StoreError` with the server's own message.
-    private func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         do {
             return try await withTimeout(timeout, "PostgreSQL") { try await body() }
         } catch let error as PSQLError {
@@ -165,9 +172,17 @@ public final class PostgresTaskStore: TaskStore {
         }
     }
 
-    private func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let client = self.client, logger = self.logger
-        return try await run { try await client.withTransaction(logger: logger) { try await body($0) } }
+        return try await run {
+            do {
+                return try await client.withTransaction(logger: logger) { try await body($0) }
+            } catch let error as PostgresTransactionError {
+                // The body's own refusal (a fence, a conflict named in words) is the answer.
+                if let own = error.closureError as? StoreError { throw own }
+                throw error.closureError ?? error.commitError ?? error.beginError ?? error
+            }
+        }
     }
 
     private static func describe(_ error: PSQLError) -> String {
@@ -175,28 +190,29 @@ public final class PostgresTaskStore: TaskStore {
         return "PostgreSQL: \(error.code)"
     }
 
-    private func task(_ db: PostgresConnection, _ id: String, lock: Bool) async throws -> TaskRecord? {
+    func task(_ db: PostgresConnection, _ id: String, lock: Bool) async throws -> TaskRecord? {
         let rows = lock
             ? try await db.query("SELECT * FROM tasks WHERE id = \(id) FOR UPDATE", logger: logger)
             : try await db.query("SELECT * FROM tasks WHERE id = \(id)", logger: logger)
         return try await records(rows).first
     }
 
-    private func records(_ rows: PostgresRowSequence) async throws -> [TaskRecord] {
+    func records(_ rows: PostgresRowSequence) async throws -> [TaskRecord] {
         var out: [TaskRecord] = []
-        for try await row in rows {
-            let r = row.makeRandomAccess()
-            out.append(TaskRecord(
-                id: try r["id"].decode(String.self), state: TaskState(rawValue: try r["state"].decode(String.self)) ?? .failed,
-                request: try r["request"].decode(String.self), createdAt: try r["created_at"].decode(Int64.self),
-                updatedAt: try r["updated_at"].decode(Int64.self), endedAt: try r["ended_at"].decode(Int64?.self),
-                reason: try r["reason"].decode(String?.self), session: try r["session"].decode(String?.self),
-                lastSeq: try r["last_seq"].decode(Int64.self)))
-        }
+        for try await row in rows { out.append(try record(row.makeRandomAccess())) }
         return out
     }
 
-    private func appendEvent(_ db: PostgresConnection, _ task: inout TaskRecord, _ event: NewEvent) async throws -> EventRecord {
+    func record(_ r: PostgresRandomAccessRow) throws -> TaskRecord {
+        TaskRecord(
+            id: try r["id"].decode(String.self), state: TaskState(rawValue: try r["state"].decode(String.self)) ?? .failed,
+            request: try r["request"].decode(String.self), createdAt: try r["created_at"].decode(Int64.self),
+            updatedAt: try r["updated_at"].decode(Int64.self), endedAt: try r["ended_at"].decode(Int64?.self),
+            reason: try r["reason"].decode(String?.self), session: try r["session"].decode(String?.self),
+            lastSeq: try r["last_seq"].decode(Int64.self), origin: try r["origin"].decode(String?.self), host: try r["host"].decode(String?.self))
+    }
+
+    func appendEvent(_ db: PostgresConnection, _ task: inout TaskRecord, _ event: NewEvent) async throws -> EventRecord {
         task.lastSeq += 1
         let stored = EventRecord(taskID: task.id, seq: task.lastSeq, type: event.type, time: event.time, data: event.data)
         try await db.query("UPDATE tasks SET last_seq = \(task.lastSeq) WHERE id = \(task.id)", logger: logger)
@@ -204,7 +220,7 @@ public final class PostgresTaskStore: TaskStore {
         return stored
     }
 
-    private func insert(_ db: PostgresConnection, _ e: EventRecord) async throws {
+    func insert(_ db: PostgresConnection, _ e: EventRecord) async throws {
         try await db.query("INSERT INTO events (task_id, seq, type, time, data) VALUES (\(e.taskID), \(e.seq), \(e.type), \(e.time), \(e.data))",
                            logger: logger)
     }

@@ -39,10 +39,11 @@ public final class SQLiteTaskStore: TaskStore {
             task.lastSeq = 1
             try db.execute(
                 sql: """
-                    INSERT INTO tasks (id, state, request, created_at, updated_at, ended_at, reason, session, last_seq)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO tasks (id, state, request, created_at, updated_at, ended_at, reason, session, last_seq, origin, host)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
-                arguments: [task.id, task.state.rawValue, task.request, task.createdAt, task.updatedAt, task.endedAt, task.reason, task.session, task.lastSeq])
+                arguments: [task.id, task.state.rawValue, task.request, task.createdAt, task.updatedAt, task.endedAt, task.reason, task.session, task.lastSeq,
+                            task.origin, task.host])
             try Self.insert(db, EventRecord(taskID: task.id, seq: 1, type: event.type, time: event.time, data: event.data))
             return (task, true)
         }
@@ -128,7 +129,7 @@ public final class SQLiteTaskStore: TaskStore {
     private static func record(_ row: Row) -> TaskRecord {
         TaskRecord(id: row["id"], state: TaskState(rawValue: row["state"]) ?? .failed, request: row["request"],
                    createdAt: row["created_at"], updatedAt: row["updated_at"], endedAt: row["ended_at"],
-                   reason: row["reason"], session: row["session"], lastSeq: row["last_seq"])
+                   reason: row["reason"], session: row["session"], lastSeq: row["last_seq"], origin: row["origin"], host: row["host"])
     }
 
     /// Gives the event the task's next number and stores both.

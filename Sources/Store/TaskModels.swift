@@ -32,9 +32,13 @@ public struct TaskRecord: Sendable, Equatable, Codable {
     public var session: String?
     /// The last event's sequence number: events are 1…lastSeq, with no gaps.
     public var lastSeq: Int64
+    /// Cluster mode: the host it was created on, and the host that claimed it (nil: in the
+    /// shared queue, or outside cluster mode).
+    public var origin: String?
+    public var host: String?
 
     public init(id: String, state: TaskState, request: String, createdAt: Int64, updatedAt: Int64, endedAt: Int64? = nil,
-                reason: String? = nil, session: String? = nil, lastSeq: Int64 = 0) {
+                reason: String? = nil, session: String? = nil, lastSeq: Int64 = 0, origin: String? = nil, host: String? = nil) {
         self.id = id
         self.state = state
         self.request = request
@@ -44,6 +48,8 @@ public struct TaskRecord: Sendable, Equatable, Codable {
         self.reason = reason
         self.session = session
         self.lastSeq = lastSeq
+        self.origin = origin
+        self.host = host
     }
 }
 
@@ -101,9 +107,12 @@ public enum TransitionResult: Sendable, Equatable {
 public enum StoreError: Error, Equatable, CustomStringConvertible {
     case unavailable(String)
     case migration(String)
+    /// A cluster write under a lease the host no longer holds (or for a task it no longer owns).
+    case fenced(String)
 
     public var description: String {
         switch self {
+        case .fenced(let why): "refused by the store's fence: \(why)"
         case .unavailable(let why): "the task store is unavailable: \(why)"
         case .migration(let why): "the task store's migration failed: \(why)"
         }

@@ -60,6 +60,12 @@ public struct ControlRoutes: Sendable {
             await service.capacity().write(into: &w)
             return json(w.text)
         }
+        routes.get("/v1/cluster") { _, _ in
+            guard let cluster = service.cluster else {
+                throw APIError(.notFound, "not_clustered", "this host is not in cluster mode (cluster.enabled is false)")
+            }
+            return json(ClusterJSON.view(try await cluster.store.view(), me: cluster.hostID))
+        }
         routes.post("/v1/drain") { request, _ in
             let wait = try query(request, "wait", as: Int.self, QueryRules.drainWaitSeconds)
             var (active, queued) = await service.drain()

@@ -153,6 +153,9 @@ public struct Admission: Sendable, Equatable {
     }
 
     public func isQueued(_ id: String) -> Bool { queue.contains { $0.id == id } }
+    /// Tasks in the queue, head first, and tasks holding a session.
+    public var queuedIDs: [String] { queue.map(\.id) }
+    public var taskIDs: [String] { holders.filter { $0.value.kind == .task }.map(\.key).sorted() }
     public func holds(_ id: String) -> Bool { holders[id] != nil }
     /// A warm session (booting, ready or being given up), not a task's.
     public func isWarm(_ id: String) -> Bool { holders[id].map { $0.kind != .task } ?? false }

@@ -14,6 +14,8 @@ public enum TaskJSON {
         w.raw("request", t.request)
         w.raw("session", t.session)
         w.field("last_event", t.lastSeq)
+        // Cluster mode: the host that claimed it (nil while in the shared queue).
+        if t.origin != nil || t.host != nil { w.field("host", t.host) }
         return w.text
     }
 

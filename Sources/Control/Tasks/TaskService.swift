@@ -35,9 +35,11 @@ public actor TaskService {
     /// How often sessions are measured and host pressure read.
     static let sampleInterval = Duration.seconds(2)
     nonisolated let logger: Logger
+    /// Cluster mode: the shared queue, the lease and its fence (TaskService+Cluster); nil on one host.
+    public nonisolated let cluster: ClusterLink?
 
     /// Work the actor hands to `run()`'s group: it may not start tasks of its own.
-    private enum Work: Sendable {
+    enum Work: Sendable {
         /// Boot the task's session, or give it the warm session named.
         case boot(TaskRecord, CreateTask, warm: String?)
         case bootWarm(String)
@@ -46,16 +48,16 @@ public actor TaskService {
         case resumeWarm(after: Duration)
     }
     private nonisolated let work: AsyncStream<Work>
-    private nonisolated let post: AsyncStream<Work>.Continuation
+    nonisolated let post: AsyncStream<Work>.Continuation
     /// Subscribed at creation, so no session event falls between a boot and `run()`'s follower.
     private nonisolated let sessionEvents: AsyncStream<(session: String, event: SessionEvent)>
 
     /// Who may start: slots, memory, pressure, the queue and the warm pool (decisions only).
-    private var admission: Admission
+    var admission: Admission
     /// Queued tasks' validated requests.
-    private var requests: [String: CreateTask] = [:]
+    var requests: [String: CreateTask] = [:]
     /// The session of each task that took a warm one (which keeps its own id), and back.
-    private var warmSessionOf: [String: String] = [:]
+    var warmSessionOf: [String: String] = [:]
     private var taskOfSession: [String: String] = [:]
     /// Warm boots that failed in a row: the pool waits longer after each.
     private var warmFailures = 0
@@ -65,16 +67,25 @@ public actor TaskService {
     private var adopting = 0
     /// When each task with a session became running.
     private var runningSince: [String: ContinuousClock.Instant] = [:]
-    private var deadlines = TaskDeadlines()
+    var deadlines = TaskDeadlines()
     /// Set when the deadlines change, to wake the deadline loop.
-    private var deadlinesChanged = OnceValue<Void>()
+    var deadlinesChanged = OnceValue<Void>()
+    /// Tasks whose session is being stopped after their final state (that state may be stored
+    /// by another host too: the session is stopped once).
+    var stopping: Set<String> = []
+    /// Cluster mode: when this host's lease ends unless renewed (its own clock, from the
+    /// renewal's sending, so it ends here before the store ends it), and the claimer's turn.
+    var leaseExpiry = ContinuousClock.now
+    var claiming = false
+    var claimAgain = false
 
     /// `budget`: bytes the sessions may use together (`HostMemory.budget`); nil: unbounded.
     public init(store: any TaskStore, sessions: any SessionProvider, tokens: ViewerTokens, limits: TaskLimits,
                 capacity: CapacitySettings = CapacitySettings(), budget: UInt64? = nil,
                 template: @escaping @Sendable (String, CreateTask) -> SessionSettings,
                 warmTemplate: (@Sendable (String) -> SessionSettings)? = nil,
-                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, logger: Logger) {
+                hostPressure: @escaping @Sendable () -> Double? = { HostMemory.pressure() }, cluster: ClusterLink? = nil, logger: Logger) {
+        self.cluster = cluster
         self.store = store
         self.sessions = sessions
         self.tokens = tokens
@@ -97,6 +108,8 @@ public actor TaskService {
     /// Marks what a previous run left unfinished as interrupted (its sessions died with it).
     /// Call once, before `run()`; returns the interrupted tasks.
     public func interruptUnfinished() async throws -> [TaskRecord] {
+        // The store is shared: only this host's own earlier tasks are its to end.
+        if cluster != nil { return try await joinCluster() }
         let now = nowMS()
         let reason = "kioskd restarted while the task was unfinished; its session is gone"
         let interrupted = try await store.interruptUnfinished(
@@ -118,6 +131,11 @@ public actor TaskService {
             group.addTask { await self.enforceDeadlines() }
             group.addTask { await self.pruneFinished() }
             group.addTask { await self.sample() }
+            if let cluster {
+                group.addTask { await self.heartbeat() }
+                group.addTask { await self.followCluster() }
+                group.addTask { for await _ in cluster.wake { await self.claimCycle() } }
+            }
             await self.step()
             // Ends when cancelled.
             for await item in work {
@@ -134,6 +152,7 @@ public actor TaskService {
             }
             group.cancelAll()
         }
+        await leaveCluster()
     }
 
     private func followSessions() async {
@@ -195,10 +214,12 @@ public actor TaskService {
     public func create(_ request: CreateTask) async throws -> (task: TaskRecord, created: Bool) {
         let id = request.taskID ?? "t-" + randomHex(12)
         let now = nowMS()
-        let record = TaskRecord(id: id, state: .queued, request: request.canonical, createdAt: now, updatedAt: now)
+        let record = TaskRecord(id: id, state: .queued, request: request.canonical, createdAt: now, updatedAt: now, origin: cluster?.hostID)
         if let existing = try await store.task(id) { return try same(existing, request) }
         let settings = template(id, request)
-        if let refusal = admission.refusal(limit: settings.limits.memoryMax) { throw Self.error(refusal) }
+        if let refusal = cluster != nil ? clusterRefusal(limit: settings.limits.memoryMax) : admission.refusal(limit: settings.limits.memoryMax) {
+            throw Self.error(refusal)
+        }
         let (task, created) = try await store.create(record, event: NewEvent(type: "state_changed", time: now, data: #"{"to":"queued"}"#))
         guard created else { return try same(task, request) }
         if let first = try await store.events(id, after: 0, limit: 1).first { appended.publish(first) }
@@ -208,6 +229,11 @@ public actor TaskService {
         deadlines.arm(id, now: .now, startTimeout: request.timeoutSeconds.map { .seconds($0) } ?? limits.startTimeout,
                       lifetime: request.maxLifetimeSeconds.map { .seconds($0) } ?? limits.maxLifetime)
         deadlinesChanged.set(())
+        if cluster != nil {
+            // Into the shared queue; this host claims it at once if it has room.
+            await claimCycle()
+            return (try await store.task(id) ?? task, true)
+        }
         requests[id] = request
         admission.enqueue(id, shape: settings.shape, limit: settings.limits.memoryMax)
         await step()
@@ -239,7 +265,7 @@ public actor TaskService {
     }
 
     /// Carries out what admission decides now: starts, warm boots, warm sessions given up.
-    private func step() async {
+    func step() async {
         var actions = admission.next(newWarmID: { "w-" + randomHex(6) })
         // A task taking a warm session in this very step counts as adopting already.
         if warmPaused || adopting > 0 || actions.contains(where: { if case .start(_, .some) = $0 { true } else { false } }) {
@@ -378,7 +404,7 @@ public actor TaskService {
     /// One lifecycle step, stored with its `state_changed` event (raw JSON `data` fields
     /// included), retried if the state changed underneath. A final state ends the session.
     @discardableResult
-    private func move(_ id: String, _ command: TaskCommand, reason: String? = nil, session: String? = nil,
+    func move(_ id: String, _ command: TaskCommand, reason: String? = nil, session: String? = nil,
                       data: [String: String]) async throws -> TransitionResult {
         for _ in 0..<5 {
             guard let task = try await store.task(id) else { return .notFound }
@@ -389,8 +415,12 @@ public actor TaskService {
             event.field("to", to.rawValue)
             if let reason { event.field("reason", reason) }
             for (k, v) in data.sorted(by: { $0.key < $1.key }) { event.raw(k, v) }
-            let result = try await store.transition(id, from: [task.state], to: to, update: TaskUpdate(time: now, reason: reason, session: session),
-                                                    event: NewEvent(type: "state_changed", time: now, data: event.text))
+            let update = TaskUpdate(time: now, reason: reason, session: session), stored = NewEvent(type: "state_changed", time: now, data: event.text)
+            let result = if let cluster, owns(id) {
+                try await cluster.store.transition(id, from: [task.state], to: to, update: update, event: stored, fence: try fence())
+            } else {
+                try await store.transition(id, from: [task.state], to: to, update: update, event: stored)
+            }
             guard case .moved(let moved, let stored) = result else {
                 if case .conflict = result { continue }
                 return result
@@ -410,8 +440,9 @@ public actor TaskService {
 
     /// A final state: no more deadlines; the session (if any) is stopped, and its slot is given
     /// back when it has ended.
-    private func finished(_ task: TaskRecord) async {
+    func finished(_ task: TaskRecord) async {
         deadlines.remove(task.id)
+        guard !stopping.contains(task.id) else { return }
         if admission.isQueued(task.id) {
             admission.withdraw(task.id)
             requests[task.id] = nil
@@ -424,13 +455,16 @@ public actor TaskService {
             await release(id)
             return
         }
+        stopping.insert(id)
         post.yield(.stopSession(warmSessionOf[id] ?? id, reason: "task \(id) is \(state.rawValue)"))
     }
 
     /// The task's session has ended (or never came to be): its slot and memory are free.
-    private func release(_ id: String) async {
+    func release(_ id: String) async {
         guard admission.holds(id) else { return }
         admission.released(id)
+        stopping.remove(id)
+        cluster?.wakeClaimer()
         runningSince[id] = nil
         if let session = warmSessionOf.removeValue(forKey: id) { taskOfSession[session] = nil }
         await step()
@@ -462,7 +496,13 @@ public actor TaskService {
     private func note(_ id: String, _ type: String, _ fields: [String: String]) async {
         var data = JSONWriter()
         for (k, v) in fields.sorted(by: { $0.key < $1.key }) { data.field(k, v) }
-        if let stored = try? await store.append(id, event: NewEvent(type: type, time: nowMS(), data: data.text)) {
+        let event = NewEvent(type: type, time: nowMS(), data: data.text)
+        let stored = if let cluster, owns(id) {
+            try? await cluster.store.append(id, event: event, fence: try fence())
+        } else {
+            try? await store.append(id, event: event)
+        }
+        if let stored {
             appended.publish(stored)
         }
     }
@@ -524,6 +564,7 @@ public actor TaskService {
     public func drain() async -> (active: Int, queued: Int) {
         admission.drain()
         logger.notice("draining: no new tasks")
+        await requeueClaims(reason: "host \(cluster?.hostID ?? "") is draining")
         await step()
         return (admission.active, admission.queued)
     }

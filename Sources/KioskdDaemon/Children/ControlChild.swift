@@ -22,13 +22,16 @@ enum ControlChild {
                 let store = try location.open(logger: logger)
                 do {
                     try await store.migrate()
-                    let tokens = await ViewerTokens(secret: try ViewerTokens.secret(at: config.state.dir + "/viewer-token.key"))
+                    let link = try cluster(config, store: store)
+                    let tokenKey = try link.map { _ in try clusterSecret(config).viewerTokenKey }
+                        ?? ViewerTokens.secret(at: config.state.dir + "/viewer-token.key")
+                    let tokens = await ViewerTokens(secret: tokenKey)
                     let budget = memoryBudget(config, sessions.host, logger: logger)
                     let service = TaskService(store: store, sessions: sessions, tokens: tokens, limits: config.tasks,
                                               capacity: config.capacity, budget: budget,
                                               template: { id, request in settings(config, id: id, request, budget: budget) },
                                               warmTemplate: { id in SessionsChild.settings(config, id: id, url: "about:blank", budget: budget) },
-                                              logger: logger)
+                                              cluster: link, logger: logger)
                     let interrupted = try await service.interruptUnfinished()
                     published.set(service)
                     let server = try server(config, inherited: socket, logger: logger)
@@ -51,6 +54,30 @@ enum ControlChild {
             shutdown: .timeout(.seconds(5)),
             readiness: .signaled,
             readyTimeout: .seconds(30))
+    }
+
+    /// Cluster mode's link to the shared store (the loader has checked the store is PostgreSQL
+    /// and the secret and address are given); nil on one host.
+    static func cluster(_ config: Config, store: any TaskStore) throws -> ClusterLink? {
+        guard config.cluster.settings.enabled else { return nil }
+        guard let shared = store as? any ClusterStore else {
+            throw DaemonError.setup(key: "store.url", message: "cluster mode needs a PostgreSQL store")
+        }
+        var settings = config.cluster.settings
+        if settings.hostID.isEmpty {
+            var name = [CChar](repeating: 0, count: 256)
+            gethostname(&name, name.count - 1)
+            settings.hostID = String(cString: name)
+        }
+        return ClusterLink(store: shared, settings: settings, version: kioskdVersion)
+    }
+
+    static func clusterSecret(_ config: Config) throws -> ClusterSecret {
+        do {
+            return try ClusterSecret(file: config.cluster.secretFile)
+        } catch {
+            throw DaemonError.setup(key: "cluster.secret_file", message: error.description)
+        }
     }
 
     /// What the sessions may use together: the smallest of kioskd's cgroup limit, the machine's

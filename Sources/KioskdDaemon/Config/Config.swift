@@ -20,6 +20,7 @@ public struct Config: Sendable, Equatable {
     public var shutdown = ShutdownSettings()
     public var sessions = SessionDefaults()
     public var demo = Demo()
+    public var cluster = Cluster()
     public var programs: [Program] = []
     /// Deprecated keys this configuration used (each still works; `ConfigWarning` names its
     /// replacement).
@@ -119,6 +120,15 @@ public struct Config: Sendable, Equatable {
         public var lockdownAdd: [KeyCombo] = []
         public var lockdownRemove: [KeyCombo] = []
         public var tabs = TabPolicy.agent
+    }
+
+    /// Cluster mode: the shared queue's settings, the internal listener other hosts relay
+    /// viewers and agents to, and the secret they prove themselves with.
+    public struct Cluster: Sendable, Equatable {
+        public var settings = ClusterSettings()
+        public var listen = HostPort(host: "0.0.0.0", port: 8081)
+        /// 32 or more random bytes, the same file on every host; empty: none (cluster mode needs one).
+        public var secretFile = ""
     }
 
     /// A session booted with the daemon, to look at (the README's run command).

@@ -48,6 +48,7 @@ public enum ConfigLoader {
         issues += crossCheck(config.publicListener)
         issues += crossCheck(config.capacity, config.sessions)
         issues += socketPathCheck(config)
+        issues += crossCheck(config.cluster, storeURL: config.store.url)
         if !issues.isEmpty { throw ConfigErrors(issues: issues) }
         return config
     }
@@ -78,6 +79,22 @@ public enum ConfigLoader {
         if let high = sessions.memoryHigh, let max = sessions.memoryMax, high > max {
             issues.append(ConfigIssue(key: "sessions.memory_high", message: "must not be above sessions.memory_max (\(max.rendered)), got \(high.rendered)",
                                       source: "sessions"))
+        }
+        return issues
+    }
+
+    /// Cluster mode needs what every host shares: PostgreSQL, the secret, an address to be
+    /// reached at; a lease must outlast a few heartbeats.
+    static func crossCheck(_ cluster: Config.Cluster, storeURL: String) -> [ConfigIssue] {
+        guard cluster.settings.enabled else { return [] }
+        var issues: [ConfigIssue] = []
+        func issue(_ key: String, _ message: String) { issues.append(ConfigIssue(key: key, message: message, source: "cluster")) }
+        if !storeURL.hasPrefix("postgres") { issue("store.url", "must be a postgres:// URL in cluster mode (the hosts share the store)") }
+        if cluster.secretFile.isEmpty { issue("cluster.secret_file", "required in cluster mode (the same file on every host)") }
+        if cluster.settings.address.isEmpty { issue("cluster.advertise", "required in cluster mode (this host's private address and the cluster.listen port)") }
+        let heartbeat = cluster.settings.heartbeat, ttl = cluster.settings.leaseTTL
+        if ttl < heartbeat * 3 {
+            issue("cluster.lease_ttl", "must be at least 3 × cluster.heartbeat (\(heartbeat.rendered)), got \(ttl.rendered)")
         }
         return issues
     }

@@ -105,6 +105,14 @@ enum ConfigSchema {
         key("sessions.lockdown.add", "Combinations the key grabber holds besides its default list, comma-separated (Ctrl+Shift+X, F9).", \.sessions.lockdownAdd, combos(inDefaults: false)),
         key("sessions.lockdown.remove", "Default combinations the key grabber leaves to the browser, comma-separated (F5, Ctrl+R).", \.sessions.lockdownRemove, combos(inDefaults: true)),
         key("sessions.lockdown.tabs", "Which tabs live besides the kiosk tab: agent (tabs a CDP client creates; the page's popups are closed) or kiosk_only (none).", \.sessions.tabs, choice(TabPolicy.self)),
+        key("cluster.enabled", "Cluster mode: hosts on one PostgreSQL store (store.url) share one task queue, rescue each other's work and serve each other's viewers and agents.", \.cluster.settings.enabled, boolean),
+        key("cluster.host_id", "This host's name in the cluster, unique among its hosts (letters, digits, . _ -). Empty: the machine's host name.", \.cluster.settings.hostID, hostID),
+        key("cluster.advertise", "host:port at which the other hosts reach this host's internal listener (its private address, not 0.0.0.0).", \.cluster.settings.address, advertise),
+        key("cluster.listen", "host:port of the internal listener: viewers and agents relayed by the other hosts, each request proven with the cluster secret.", \.cluster.listen, hostPort),
+        key("cluster.secret_file", "A file of 32 or more random bytes, the same on every host (mode 0600): host-to-host requests are signed with it and viewer tokens minted on one host work on all.", \.cluster.secretFile, optionalPath),
+        key("cluster.heartbeat", "How often a host renews its lease, reads the cluster and rescues dead hosts' tasks.", \.cluster.settings.heartbeat, duration(min: .milliseconds(100))),
+        key("cluster.lease_ttl", "A host whose lease is not renewed for this long is dead: its running tasks are interrupted, its unstarted ones queued again (and a host that cannot renew stops its own sessions by then).", \.cluster.settings.leaseTTL, duration(min: .seconds(1))),
+        key("cluster.claim_grace", "How long a new task waits for the host it was created on before any other host may claim it.", \.cluster.settings.claimGrace, duration(min: .zero)),
         key("demo.enabled", "Run one task with the daemon and print a viewer link (with a view token) and its CDP URL on standard output.", \.demo.enabled, boolean),
         key("demo.url", "The demo task's page.", \.demo.url, pageURL),
     ]
@@ -171,6 +179,24 @@ enum ConfigSchema {
         guard !text.isEmpty else { return text }
         guard getgrnam(text) != nil else { throw ValueError(message: "no group named \"\(text)\" on this host") }
         return text
+    }
+
+    /// Empty, or a name other hosts and the store can carry.
+    static func hostID(_ text: String) throws(ValueError) -> String {
+        guard text.utf8.count <= 63, text.utf8.allSatisfy({ $0 < 0x80 && ($0 == 0x2D || $0 == 0x2E || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)) }) else {
+            throw ValueError(message: "must be at most 63 letters, digits, '.', '_' or '-', got \"\(text)\"")
+        }
+        return text
+    }
+
+    /// Empty, or a host:port the other hosts can connect to.
+    static func advertise(_ text: String) throws(ValueError) -> String {
+        guard !text.isEmpty else { return text }
+        let address = try hostPort(text)
+        guard !["0.0.0.0", "::"].contains(address.host) else {
+            throw ValueError(message: "must be an address the other hosts can reach, not the wildcard \(address.host)")
+        }
+        return address.description
     }
 
     /// Empty, or an absolute path.

@@ -125,6 +125,14 @@ struct ConfigTests {
         "sessions.lockdown.tabs": "kiosk_only",
         "demo.enabled": "true",
         "demo.url": "https://example.com/",
+        "cluster.enabled": "true",
+        "cluster.host_id": "browser-7",
+        "cluster.advertise": "10.0.1.7:8081",
+        "cluster.listen": "10.0.1.7:8081",
+        "cluster.secret_file": "/etc/kioskd/cluster.key",
+        "cluster.heartbeat": "1s",
+        "cluster.lease_ttl": "10s",
+        "cluster.claim_grace": "250ms",
     ]
 
     @Test func everyKeyCanBeSetFromItsEnvironmentVariable() throws {
@@ -178,6 +186,8 @@ struct ConfigTests {
         ("sessions:\n  lockdown:\n    add: \"Ctrl+Bogus\"\n", "sessions.lockdown.add", "'Ctrl+Bogus': 'Bogus' is not an X keysym name"),
         ("sessions:\n  lockdown:\n    add: \"Hyper+W\"\n", "sessions.lockdown.add", "unknown modifier 'Hyper'"),
         ("sessions:\n  lockdown:\n    remove: \"F5, Ctrl+G\"\n", "sessions.lockdown.remove", "'Ctrl+G' is not in the grab list"),
+        ("cluster:\n  host_id: \"web 7\"\n", "cluster.host_id", "letters, digits"),
+        ("cluster:\n  advertise: 0.0.0.0:8081\n", "cluster.advertise", "not the wildcard 0.0.0.0"),
     ])
     func aBadValueNamesItsKeyAndWhatIsAllowed(yaml: String, key: String, message: String) throws {
         let found = try issues(yaml)
@@ -197,6 +207,15 @@ struct ConfigTests {
         let found = try issues(yaml)
         #expect(found.map(\.key).sorted() == keys, "\(found)")
         #expect(found.allSatisfy { $0.message.hasPrefix("required ") }, "\(found)")
+    }
+
+    @Test func clusterModeNeedsTheSharedStoreTheSecretAnAddressAndALongEnoughLease() throws {
+        let found = try issues("cluster:\n  enabled: true\n  heartbeat: 2s\n  lease_ttl: 5s\n")
+        #expect(found.map(\.key).sorted() == ["cluster.advertise", "cluster.lease_ttl", "cluster.secret_file", "store.url"], "\(found)")
+        #expect(found.first { $0.key == "store.url" }?.message.contains("postgres://") == true)
+        #expect(found.first { $0.key == "cluster.lease_ttl" }?.message == "must be at least 3 × cluster.heartbeat (2s), got 5s")
+        let fine = "store:\n  url: postgres://k@db/k\ncluster:\n  enabled: true\n  advertise: 10.0.0.5:8081\n  secret_file: /etc/kioskd/cluster.key\n"
+        #expect(try issues(fine).isEmpty)
     }
 
     @Test func everyMistakeIsReportedNotJustTheFirst() throws {
