@@ -129,7 +129,7 @@ struct MetricsDocTests {
     @Test func labelValuesFromEnumsAreAllDocumented() throws {
         let values: [(metric: String, values: [String])] = [
             ("kioskd_tasks_finished_total", TaskState.allCases.filter(\.isFinal).map(\.rawValue)),
-            ("kioskd_bridge_connections_total", ViewerRole.allCases.map(\.rawValue)),
+            ("kioskd_bridge_connections_total", TokenRole.allCases.map(\.rawValue)),
             ("kioskd_bridge_keysyms_refused_total", ViewerKeysyms.Refusal.allCases.map(\.rawValue) + ["unknown"]),
             ("kioskd_lockdown_blocked_total", GrabPurpose.allCases.map(\.rawValue)),
         ]
