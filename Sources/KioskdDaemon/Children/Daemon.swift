@@ -65,7 +65,7 @@ public struct Daemon {
                         await rootRef.current?.snapshot() ?? TreeNode(id: "kioskd", kind: "supervisor", status: "starting")
                     },
                     PublicChild.spec(config, socket: sockets.publicListener, service: service, sessions: sessions, logger: logger),
-                ]),
+                ] + (config.cluster.settings.enabled ? [InternalChild.spec(config, service: service, sessions: sessions, logger: logger)] : [])),
             events: events, logger: logger)
         rootRef.set(root)
         for warning in ConfigWarning.check(config) {

@@ -7,7 +7,9 @@ import NIOSSL
 import Supervision
 
 /// The public listener as a child of the root, after the control API (whose task service and
-/// tokens it uses). Ready once it listens.
+/// tokens it uses). Ready once it listens. In cluster mode the task service's cluster link names
+/// each task's owner (`ClusterRouting`), and a task another host owns is relayed to that host's
+/// internal listener with this cluster's proof.
 enum PublicChild {
     static func spec(_ config: Config, socket: CInt?, service: OnceValue<TaskService>, sessions: SessionManager, logger: Logger) -> ChildSpec {
         ChildSpec(
@@ -15,10 +17,13 @@ enum PublicChild {
             kind: .task { context in
                 let service = try await service.wait()
                 let settings = config.publicListener.bridge
-                let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt)) { id in
+                let routing: any TaskRouting = service.cluster.map { ClusterRouting($0) } ?? LocalRouting()
+                let access = ViewerAccess(service: service, settings: settings, external: try await external(config.publicListener.jwt),
+                                          routing: routing) { id in
                     await target(sessions, id)
                 }
-                let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener))
+                let relay = service.cluster == nil ? nil : ClusterRelay(auth: ClusterAuth(secret: try ControlChild.clusterSecret(config).bytes))
+                let server = PublicServer(access: access, settings: settings, tls: try tls(config.publicListener), relay: relay)
                 let listen = config.publicListener.listen
                 // systemd's socket (kioskd-public.socket) replaces public.listen.
                 let endpoint: ListenEndpoint = socket.map { .inherited(fd: $0, name: "public") } ?? .hostname(listen.host, port: listen.port)
@@ -75,12 +80,17 @@ enum PublicChild {
         }
     }
 
-    /// Where a running task's viewers go: its session's x11vnc, or its websockify.
+    /// Where a running task's viewers go (its session's x11vnc, or its websockify) and its
+    /// agents (its browser's CDP WebSocket, asked for at each connection: it changes with every
+    /// browser launch).
     static func target(_ sessions: SessionManager, _ id: String) async -> BridgeTarget? {
         guard let session = await sessions.session(id) else { return nil }
         let info = await session.info()
         guard info.state == .ready else { return nil }
-        return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") }) {
+        var browser: (@Sendable () async -> String?)?
+        if let port = info.cdpURL.split(separator: ":").last.flatMap({ Int($0) }) { browser = { await browserDebuggerURL(cdpPort: port) } }
+        return BridgeTarget(vncSocket: info.vncSocket, websockify: info.websockifyPort.map { ($0, session.websockifySecret ?? "") },
+                            browser: browser) {
             _ = try? await session.releaseHeldInput()
         }
     }
