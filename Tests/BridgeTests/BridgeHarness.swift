@@ -114,30 +114,35 @@ struct BridgeHarness {
     /// byte at a time: the bridge's greeting follows the 101 at once and belongs to the caller.
     func upgrade(_ query: String, origin: String? = nil, protocols: String? = nil, path: String = "/api/v1/vnc/ws", port: Int? = nil,
                  headers: [String] = []) throws -> (status: Int, text: String, fd: Int32) {
-        let port = port ?? self.port
-        let fd = try connectLoopback(port: port, timeout: 5)
-        var request = "GET \(path)?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        for header in headers { request += header + "\r\n" }
-        if let origin { request += "Origin: \(origin)\r\n" }
-        if let protocols { request += "Sec-WebSocket-Protocol: \(protocols)\r\n" }
-        request += "\r\n"
-        _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-        var answer: [UInt8] = []
-        var byte: UInt8 = 0
-        while true {
-            guard recv(fd, &byte, 1, 0) == 1 else { break }
-            answer.append(byte)
-            let text = String(decoding: answer, as: UTF8.self)
-            if text.hasPrefix("HTTP/1.1 101"), text.contains("\r\n\r\n") { break }
-            if let end = text.range(of: "\r\n\r\n"), let length = text.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") })
-                .flatMap({ Int($0.split(separator: ":")[1].filter { !$0.isWhitespace }) }),
-               text[end.upperBound...].utf8.count >= length { break }
-        }
-        let text = String(decoding: answer, as: UTF8.self)
-        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
-        return (status, text, fd)
+        try rawUpgrade(port: port ?? self.port, query, origin: origin, protocols: protocols, path: path, headers: headers)
     }
+}
+
+/// A WebSocket upgrade written by hand to a listener on `port` (`BridgeHarness.upgrade`).
+func rawUpgrade(port: Int, _ query: String, origin: String? = nil, protocols: String? = nil, path: String = "/api/v1/vnc/ws",
+            headers: [String] = []) throws -> (status: Int, text: String, fd: Int32) {
+    let fd = try connectLoopback(port: port, timeout: 5)
+    var request = "GET \(path)?\(query) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    for header in headers { request += header + "\r\n" }
+    if let origin { request += "Origin: \(origin)\r\n" }
+    if let protocols { request += "Sec-WebSocket-Protocol: \(protocols)\r\n" }
+    request += "\r\n"
+    _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+    var answer: [UInt8] = []
+    var byte: UInt8 = 0
+    while true {
+        guard recv(fd, &byte, 1, 0) == 1 else { break }
+        answer.append(byte)
+        let text = String(decoding: answer, as: UTF8.self)
+        if text.hasPrefix("HTTP/1.1 101"), text.contains("\r\n\r\n") { break }
+        if let end = text.range(of: "\r\n\r\n"), let length = text.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("content-length:") })
+            .flatMap({ Int($0.split(separator: ":")[1].filter { !$0.isWhitespace }) }),
+           text[end.upperBound...].utf8.count >= length { break }
+    }
+    let text = String(decoding: answer, as: UTF8.self)
+    let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+    return (status, text, fd)
 }
 
 /// RFB 3.8 over the bridge's WebSocket, as noVNC speaks it.
