@@ -145,6 +145,13 @@ func rawUpgrade(port: Int, _ query: String, origin: String? = nil, protocols: St
     return (status, text, fd)
 }
 
+/// `rawUpgrade` on a thread of its own: its blocking reads must not hold one of the few
+/// cooperative threads (two on a 2-core machine) that the listeners under test, in this process,
+/// need to answer; with suites running side by side, two such reads starved every listener.
+func upgradeOffPool(port: Int, _ query: String, path: String = "/api/v1/vnc/ws", headers: [String] = []) async throws -> (status: Int, text: String, fd: Int32) {
+    try await blocking { try rawUpgrade(port: port, query, path: path, headers: headers) }
+}
+
 /// RFB 3.8 over the bridge's WebSocket, as noVNC speaks it.
 struct WSViewer {
     var pending: [UInt8] = []

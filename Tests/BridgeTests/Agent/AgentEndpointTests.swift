@@ -7,6 +7,7 @@ import KioskdTestSupport
 import Logging
 import NIOCore
 import Store
+import Supervision
 import Testing
 import WSClient
 
@@ -69,9 +70,9 @@ struct AgentEndpointTests {
         ]
     }
 
-    func expectRefused(_ h: BridgeHarness, _ cases: [(String, String, Int, String)], port: Int, headers: @escaping (String, String) -> [String] = { _, _ in [] }) throws {
+    func expectRefused(_ h: BridgeHarness, _ cases: [(String, String, Int, String)], port: Int, headers: @escaping (String, String) -> [String] = { _, _ in [] }) async throws {
         for (query, path, status, code) in cases {
-            let answer = try h.upgrade(query, path: path, port: port, headers: headers(path, query))
+            let answer = try await upgradeOffPool(port: port, query, path: path, headers: headers(path, query))
             close(answer.fd)
             #expect(answer.status == status && answer.text.contains(#""code":"\#(code)""#) && answer.text.contains("application/json"),
                     "\(path)?\(query.prefix(40)) on :\(port): \(answer.text.prefix(300))")
@@ -83,9 +84,9 @@ struct AgentEndpointTests {
             let (info, view) = try await h.task("c1", url: Self.page)
             #expect(try await waitForPage(info, url: "data:text/html") == "kiosk-agent")
             let agent = try await h.service.agentToken("c1", ttl: 300).token
-            try expectRefused(h, try await refusals(h, task: "c1", view: view, agent: agent), port: h.port)
+            try await expectRefused(h, try await refusals(h, task: "c1", view: view, agent: agent), port: h.port)
             // The right token upgrades (and the socket is then closed at once).
-            let ok = try h.upgrade("task_id=c1&token=\(agent)", path: "/api/v1/cdp/ws")
+            let ok = try await upgradeOffPool(port: h.port, "task_id=c1&token=\(agent)", path: "/api/v1/cdp/ws")
             close(ok.fd)
             #expect(ok.status == 101, "\(ok.text)")
 
@@ -98,7 +99,7 @@ struct AgentEndpointTests {
 
             // An ended task has no endpoint; its tokens can no longer be minted.
             _ = try await h.service.command("c1", .cancel, reason: "done")
-            let ended = try h.upgrade("task_id=c1&token=\(agent)", path: "/api/v1/cdp/ws")
+            let ended = try await upgradeOffPool(port: h.port, "task_id=c1&token=\(agent)", path: "/api/v1/cdp/ws")
             close(ended.fd)
             #expect(ended.status == 404 && ended.text.contains("task_ended"), "\(ended.text)")
             await #expect(throws: APIError.self) { _ = try await h.service.agentToken("c1", ttl: 60) }
@@ -154,11 +155,13 @@ struct AgentEndpointTests {
         let vncTarget = "/api/v1/vnc/ws?task_id=r1&token=\(view)"
         let now = Int64(Date().timeIntervalSince1970)
         // The internal listener: nothing without a valid proof, not even the answer to a plain request.
-        let plain = try connectLoopback(port: internalPort, timeout: 5)
-        sendAll(plain, Array("GET /api/v1/vnc/ws?task_id=r1&token=\(view) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
-        let plainAnswer = readAnswer(plain, untilComplete: true)
-        close(plain)
-        #expect(plainAnswer.status == 401 && plainAnswer.code == "cluster_proof_missing", "\(plainAnswer)")
+        let plainAnswer = try await blocking {
+            let plain = try connectLoopback(port: internalPort, timeout: 5)
+            defer { close(plain) }
+            sendAll(plain, Array("GET /api/v1/vnc/ws?task_id=r1&token=\(view) HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            return readAnswer(plain, untilComplete: true).text
+        }
+        #expect(plainAnswer.hasPrefix("HTTP/1.1 401") && plainAnswer.contains(#""code":"cluster_proof_missing""#), "\(plainAnswer)")
         let header = ClusterAuth.header
         let proofs: [(String?, String)] = [
             (nil, "cluster_proof_missing"),
@@ -169,24 +172,24 @@ struct AgentEndpointTests {
             ("\(header): \(auth.proof(method: "GET", target: "/api/v1/vnc/ws?task_id=r1&token=\(agent)", now: now))", "cluster_proof_invalid"),
         ]
         for (proof, code) in proofs {
-            let answer = try h.upgrade("task_id=r1&token=\(view)", port: internalPort, headers: proof.map { [$0] } ?? [])
+            let answer = try await upgradeOffPool(port: internalPort, "task_id=r1&token=\(view)", headers: proof.map { [$0] } ?? [])
             close(answer.fd)
             #expect(answer.status == 401 && answer.text.contains(#""code":"\#(code)""#), "\(code): \(answer.text.prefix(300))")
         }
         // With a valid proof: the same checks as the public listener's, then the upgrade.
         let proven = { (path: String, query: String) in ["\(header): \(auth.proof(method: "GET", target: path + "?" + query, now: Int64(Date().timeIntervalSince1970)))"] }
-        try expectRefused(h, try await refusals(h, task: "r1", view: view, agent: agent).filter { $0.1 != "/api/v1/other" }, port: internalPort, headers: proven)
-        let direct = try h.upgrade("task_id=r1&token=\(view)", port: internalPort, headers: proven("/api/v1/vnc/ws", "task_id=r1&token=\(view)"))
+        try await expectRefused(h, try await refusals(h, task: "r1", view: view, agent: agent).filter { $0.1 != "/api/v1/other" }, port: internalPort, headers: proven)
+        let direct = try await upgradeOffPool(port: internalPort, "task_id=r1&token=\(view)", headers: proven("/api/v1/vnc/ws", "task_id=r1&token=\(view)"))
         close(direct.fd)
         #expect(direct.status == 101, "\(direct.text)")
 
         // Through host B: refused there before anything is relayed, and the owner's answers
         // (its checks, or its refusal of another cluster's proof) come back as they are.
-        try expectRefused(h, try await refusals(h, task: "r1", view: view, agent: agent), port: b)
-        let foreign = try h.upgrade("task_id=r1&token=\(view)", port: wrongSecret)
+        try await expectRefused(h, try await refusals(h, task: "r1", view: view, agent: agent), port: b)
+        let foreign = try await upgradeOffPool(port: wrongSecret, "task_id=r1&token=\(view)")
         close(foreign.fd)
         #expect(foreign.status == 502 && foreign.text.contains(#""code":"owner_refused_proof""#), "\(foreign.text)")
-        let nowhere = try h.upgrade("task_id=r1&token=\(view)", port: unreachable)
+        let nowhere = try await upgradeOffPool(port: unreachable, "task_id=r1&token=\(view)")
         close(nowhere.fd)
         #expect(nowhere.status == 502 && nowhere.text.contains(#""code":"owner_unreachable""#), "\(nowhere.text)")
 

@@ -5,6 +5,7 @@ import Kiosk
 import KioskdTestSupport
 import Logging
 import NIOCore
+import Supervision
 import Testing
 import WSClient
 
@@ -81,12 +82,12 @@ struct ClusterRelayTests {
         let view = try await token("view"), agent = try await token("agent")
 
         // A's internal listener: nothing without the proof, whatever the token.
-        let bare = try rawUpgrade(port: a.internalPort, "task_id=x1&token=\(view)")
+        let bare = try await upgradeOffPool(port: a.internalPort, "task_id=x1&token=\(view)")
         close(bare.fd)
         #expect(bare.status == 401 && bare.text.contains(#""code":"cluster_proof_missing""#), "\(bare.text)")
 
         // B refuses wrong tokens itself, before any relay.
-        let forged = try rawUpgrade(port: b.publicPort, "task_id=x1&token=forged.token.here", path: "/api/v1/cdp/ws")
+        let forged = try await upgradeOffPool(port: b.publicPort, "task_id=x1&token=forged.token.here", path: "/api/v1/cdp/ws")
         close(forged.fd)
         #expect(forged.status == 401 && forged.text.contains("token_invalid"), "\(forged.text)")
         _ = try json(try await b.control.request(.POST, "/v1/tasks", json: #"{"task_id":"x2","url":"about:blank"}"#))
@@ -94,7 +95,7 @@ struct ClusterRelayTests {
         for (query, path, status, code) in [("task_id=x1&token=\(otherTask)", "/api/v1/cdp/ws", 403, "token_other_task"),
                                             ("task_id=x1&token=\(view)", "/api/v1/cdp/ws", 403, "token_other_role"),
                                             ("task_id=x1&token=\(agent)", "/api/v1/vnc/ws", 403, "token_other_role")] {
-            let answer = try rawUpgrade(port: b.publicPort, query, path: path)
+            let answer = try await upgradeOffPool(port: b.publicPort, query, path: path)
             close(answer.fd)
             #expect(answer.status == status && answer.text.contains(#""code":"\#(code)""#), "\(path) \(code): \(answer.text)")
         }
