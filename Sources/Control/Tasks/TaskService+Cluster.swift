@@ -37,44 +37,53 @@ extension TaskService {
         return rescued.filter { $0.interrupted && $0.host == cluster.hostID }.map(\.task)
     }
 
-    /// Renews the lease, rescues dead hosts' tasks, reads the cluster, claims: every heartbeat.
+    /// Every heartbeat: renews the lease (or joins), and apart from that, so that a slow store
+    /// never delays noticing a lost lease, rescues dead hosts' tasks, reads the cluster, claims.
     func heartbeat() async {
-        repeat {
-            await beat()
-        } while (try? await Task.sleep(for: cluster?.settings.heartbeat ?? .seconds(2))) != nil
+        let period = cluster?.settings.heartbeat ?? .seconds(2)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                repeat { await self.keepLease() } while (try? await Task.sleep(for: period)) != nil
+            }
+            group.addTask {
+                repeat { await self.housekeep() } while (try? await Task.sleep(for: period)) != nil
+            }
+        }
     }
 
-    private func beat() async {
+    private func keepLease() async {
         guard let cluster else { return }
         let sent = ContinuousClock.now
-        if let fence = cluster.fence {
-            do {
-                // Bounded by the lease: a store that does not answer in time has let it lapse.
-                let load = hostLoad
-                let renewed = try await withTimeout(max(leaseExpiry - sent, .milliseconds(1)), "the lease's renewal") {
-                    try await cluster.store.renew(fence, load: load, ttlMS: cluster.leaseTTLms)
-                }
-                if renewed {
-                    leaseExpiry = sent + cluster.settings.leaseTTL
-                } else {
-                    await leaseLost("the store says this host's lease is gone (it expired or was replaced)")
-                }
-            } catch {
-                if ContinuousClock.now >= leaseExpiry {
-                    await leaseLost("the lease could not be renewed in time: \(error)")
-                } else {
-                    logger.warning("the lease could not be renewed; trying again", metadata: ["reason": "\(error)", "lease_left": "\(leaseExpiry - .now)"])
-                }
-            }
-        } else {
+        guard let fence = cluster.fence else {
             do {
                 _ = try await joinCluster()
             } catch {
                 logger.warning("cannot join the cluster; trying again", metadata: ["reason": "\(error)"])
-                return
+            }
+            return
+        }
+        do {
+            // Bounded by the lease: a store that does not answer in time has let it lapse.
+            let load = hostLoad
+            let renewed = try await withTimeout(max(leaseExpiry - sent, .milliseconds(1)), "the lease's renewal") {
+                try await cluster.store.renew(fence, load: load, ttlMS: cluster.leaseTTLms)
+            }
+            if renewed {
+                leaseExpiry = sent + cluster.settings.leaseTTL
+            } else {
+                await leaseLost("the store says this host's lease is gone (it expired or was replaced)")
+            }
+        } catch {
+            if ContinuousClock.now >= leaseExpiry {
+                await leaseLost("the lease could not be renewed in time: \(error)")
+            } else {
+                logger.warning("the lease could not be renewed; trying again", metadata: ["reason": "\(error)", "lease_left": "\(leaseExpiry - .now)"])
             }
         }
-        guard cluster.fence != nil else { return }
+    }
+
+    private func housekeep() async {
+        guard let cluster, cluster.fence != nil else { return }
         if let rescued = try? await cluster.store.rescue() { announce(rescued) }
         if let view = try? await cluster.store.view() {
             cluster.saw(view)
