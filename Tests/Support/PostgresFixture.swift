@@ -34,6 +34,11 @@ public final class PostgresFixture: Sendable {
         }
         let bin = "/usr/lib/postgresql/\(version)/bin"
         let user = try Credentials.lookup(user: "kioskd")
+        // Starts take turns, in this process and in the others on the host: a start's directory
+        // has no postmaster.pid until its server runs, so another start's sweep of leftovers took
+        // it for a dead run's and removed it under initdb or the starting server.
+        let turn = try await takeStartTurn()
+        defer { close(turn) }
         removeLeftovers()
         let root = try makeTempDir("kioskd-pg")
         let data = root + "/data"
@@ -71,9 +76,36 @@ public final class PostgresFixture: Sendable {
     public func createDatabase(_ name: String) async throws -> String {
         let rc = try await runToExit("/usr/bin/setpriv", ["--reuid=kioskd", "--regid=kioskd", "--init-groups", bin + "/createdb",
                                                           "-h", "127.0.0.1", "-p", "\(port)", "-U", "kioskd", name],
-                                     environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"])
-        guard rc == 0 else { throw TestFailure("createdb \(name) failed with status \(rc)") }
+                                     environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], output: directory + "/createdb-\(name).log")
+        guard rc == 0 else {
+            throw TestFailure("createdb \(name) failed with status \(rc): \((try? readText(directory + "/createdb-\(name).log")) ?? "")")
+        }
         return "postgres://kioskd@127.0.0.1:\(port)/\(name)?sslmode=disable"
+    }
+
+    /// An exclusive flock on a host-wide file (released by closing the descriptor, or when the
+    /// process dies), taken on a thread of its own: waiting must not hold a cooperative thread.
+    static func takeStartTurn() async throws -> CInt {
+        let fd = open("/tmp/kioskd-postgres-fixture.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o666)
+        guard fd >= 0 else { throw TestFailure("cannot open /tmp/kioskd-postgres-fixture.lock: errno \(errno)") }
+        let taken = OnceValue<Int32>()
+        Thread.detach {
+            var rc: Int32 = 0
+            repeat { rc = flock(fd, LOCK_EX) } while rc != 0 && errno == EINTR
+            // A waiter that was cancelled meanwhile set its own value: the lock is nobody's.
+            if !taken.set(rc == 0 ? 0 : errno) { close(fd) }
+        }
+        do {
+            let error = try await taken.wait()
+            guard error == 0 else {
+                close(fd)
+                throw TestFailure("cannot lock /tmp/kioskd-postgres-fixture.lock: errno \(error)")
+            }
+            return fd
+        } catch is CancellationError {
+            if !taken.set(-1) { close(fd) }  // taken just now: ours to release
+            throw CancellationError()
+        }
     }
 
     /// Data directories of earlier test runs whose server is gone (a killed run cannot clean up).
