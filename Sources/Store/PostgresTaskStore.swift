@@ -168,7 +168,9 @@ public final class PostgresTaskStore: TaskStore {
         } catch let error as PSQLError {
             throw StoreError.unavailable(Self.describe(error))
         } catch is TimeoutError {
-            throw StoreError.unavailable("PostgreSQL at \(settings.host):\(settings.port) did not answer within \(timeout)")
+            // The pool keeps a failed connect's reason to itself (a TLS or pg_hba refusal): ask.
+            throw StoreError.unavailable(await settings.connectionProblem()
+                ?? "PostgreSQL at \(settings.host):\(settings.port) did not answer within \(timeout)")
         }
     }
 

@@ -12,12 +12,15 @@ import Glibc
 public final class PostgresFixture: Sendable {
     public let port: Int
     public let directory: String
+    /// The certificates of a server started with `tls: true`.
+    public let tls: PostgresTLSFiles?
     let bin: String
     let supervisor: Supervisor
 
-    private init(port: Int, directory: String, bin: String, supervisor: Supervisor) {
+    private init(port: Int, directory: String, tls: PostgresTLSFiles?, bin: String, supervisor: Supervisor) {
         self.port = port
         self.directory = directory
+        self.tls = tls
         self.bin = bin
         self.supervisor = supervisor
     }
@@ -27,7 +30,11 @@ public final class PostgresFixture: Sendable {
     public static let shared = Task { try await PostgresFixture.start(durable: false) }
 
     /// `durable: false` turns fsync off (tests); the benchmark measures with PostgreSQL's defaults.
-    public static func start(durable: Bool) async throws -> PostgresFixture {
+    /// `tls: true` is a managed server's setup (RDS with rds.force_ssl): certificates made by
+    /// `PostgresTLSFiles.generate` for localhost and 127.0.0.1, and pg_hba.conf refuses every TCP
+    /// session without TLS, so a session that works is a TLS one. That server also listens on
+    /// 127.0.0.2, an address its certificate does not name.
+    public static func start(durable: Bool, tls: Bool = false) async throws -> PostgresFixture {
         let versions = directoryEntries("/usr/lib/postgresql").sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
         guard let version = versions.first(where: { access("/usr/lib/postgresql/\($0)/bin/postgres", X_OK) == 0 }) else {
             throw TestFailure("PostgreSQL is not installed (Debian package postgresql): run scripts/setup.sh")
@@ -52,6 +59,24 @@ public final class PostgresFixture: Sendable {
         let port = try freePort()
         var args = ["-D", data, "-p", "\(port)", "-k", root, "-c", "listen_addresses=127.0.0.1"]
         if !durable { args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] }
+        var files: PostgresTLSFiles?
+        if tls {
+            let made = try await PostgresTLSFiles.generate(in: root + "/tls")
+            // PostgreSQL refuses a key file others can read, or one owned by anyone but its own
+            // user or root ("private key file … has group or world access").
+            guard chown(made.serverKey, user.uid, user.gid) == 0, chmod(made.serverKey, 0o600) == 0 else {
+                throw TestFailure("cannot give \(made.serverKey) to kioskd with mode 0600: errno \(errno)")
+            }
+            try writeText(data + "/pg_hba.conf", """
+                local all all trust
+                hostssl all all 127.0.0.0/8 trust
+                hostssl all all ::1/128 trust
+
+                """)
+            args[args.firstIndex(of: "listen_addresses=127.0.0.1")!] = "listen_addresses=127.0.0.1,127.0.0.2"
+            args += ["-c", "ssl=on", "-c", "ssl_cert_file=\(made.serverCertificate)", "-c", "ssl_key_file=\(made.serverKey)"]
+            files = made
+        }
         let postgres = ChildSpec(
             id: "postgres",
             kind: .process(ProcessSpec(executable: bin + "/postgres", arguments: args,
@@ -69,7 +94,7 @@ public final class PostgresFixture: Sendable {
         // Unscoped: the server outlives this call, until `stop()` or the process ends.
         Task { _ = await supervisor.run() }
         try await supervisor.waitReady()
-        return PostgresFixture(port: port, directory: root, bin: bin, supervisor: supervisor)
+        return PostgresFixture(port: port, directory: root, tls: files, bin: bin, supervisor: supervisor)
     }
 
     /// A new, empty database; returns its URL.
@@ -119,5 +144,65 @@ public final class PostgresFixture: Sendable {
 
     public func stop() {
         supervisor.shutdown()
+    }
+}
+
+/// A CA, a server certificate it signed for `localhost` and `127.0.0.1` (subjectAltName) with
+/// its key, and a second CA that signed nothing of the server's, made with openssl.
+public struct PostgresTLSFiles: Sendable {
+    public let directory: String
+    /// The CA that signed the server's certificate (an sslrootcert that verifies).
+    public let caCertificate: String
+    /// A CA unrelated to the server (an sslrootcert that must not verify).
+    public let otherCACertificate: String
+    public let serverCertificate: String
+    public let serverKey: String
+
+    /// Into `directory` (created): EC P-256 keys, certificates valid for two days.
+    public static func generate(in directory: String) async throws -> PostgresTLSFiles {
+        let openssl = "/usr/bin/openssl"
+        guard access(openssl, X_OK) == 0 else {
+            throw TestFailure("openssl is not installed (Debian package openssl): run scripts/setup.sh")
+        }
+        guard mkdir(directory, 0o755) == 0 else { throw TestFailure("cannot create \(directory): errno \(errno)") }
+        let files = PostgresTLSFiles(directory: directory, caCertificate: directory + "/ca.pem", otherCACertificate: directory + "/other-ca.pem",
+                                     serverCertificate: directory + "/server.pem", serverKey: directory + "/server.key")
+        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        let ca = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+        try writeText(directory + "/server.ext", """
+            subjectAltName=DNS:localhost,IP:127.0.0.1
+            extendedKeyUsage=serverAuth
+            basicConstraints=critical,CA:FALSE
+            keyUsage=critical,digitalSignature
+
+            """)
+        let steps: [[String]] = [
+            ["req", "-x509", "-new"] + key + ["-keyout", directory + "/ca.key", "-out", files.caCertificate, "-days", "2",
+                                              "-subj", "/CN=kioskd test CA"] + ca,
+            ["req", "-x509", "-new"] + key + ["-keyout", directory + "/other-ca.key", "-out", files.otherCACertificate, "-days", "2",
+                                              "-subj", "/CN=kioskd unrelated CA"] + ca,
+            ["req", "-new"] + key + ["-keyout", files.serverKey, "-out", directory + "/server.csr", "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", directory + "/server.csr", "-CA", files.caCertificate, "-CAkey", directory + "/ca.key",
+             "-set_serial", "\(UInt32.random(in: 1...UInt32.max))", "-days", "2", "-extfile", directory + "/server.ext", "-out", files.serverCertificate],
+        ]
+        for step in steps {
+            let log = directory + "/openssl.log"
+            let rc = try await runToExit(openssl, step, environment: ["PATH": "/usr/bin:/bin"], output: log)
+            guard rc == 0 else {
+                throw TestFailure("openssl \(step.joined(separator: " ")) failed with status \(rc): \((try? readText(log)) ?? "")")
+            }
+        }
+        return files
+    }
+}
+
+/// Writes `text` to a new file (mode 0644) or over an old one.
+private func writeText(_ path: String, _ text: String) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw TestFailure("cannot write \(path): errno \(errno)") }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else {
+        throw TestFailure("cannot write \(path): errno \(errno)")
     }
 }
