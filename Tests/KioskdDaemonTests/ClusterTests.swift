@@ -131,6 +131,8 @@ struct ClusterTests {
             let cluster = try await hosts[0].json(.GET, "/v1/cluster")
             #expect(cluster["hosts"]?.array?.filter { $0["alive"]?.bool == true }.count == 3, "\(cluster)")
             #expect(cluster["signals"]?["live_hosts"]?.number == 3)
+            let listing = try await runTool(try builtProduct("kioskd"), ["cluster", "--socket", hosts[1].dir + "/run/control.sock"])
+            #expect(listing.contains("h2 (this host)") && listing.components(separatedBy: "· alive ·").count == 4 && listing.contains("suggested hosts"), "\(listing)")
             for n in 0..<30 {
                 let created = try await hosts[n % 3].json(.POST, "/v1/tasks", #"{"task_id":"c\#(n)","url":"data:text/html,task \#(n)"}"#, status: 201)
                 #expect(["queued", "starting"].contains(state(created)))

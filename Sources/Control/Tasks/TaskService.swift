@@ -368,6 +368,7 @@ public actor TaskService {
             session.field("display", info.display)
             session.field("viewer_path", "/viewer?task_id=\(id)")
             session.field("vnc_ws_path", "/api/v1/vnc/ws?task_id=\(id)")
+            session.field("cdp_ws_path", "/api/v1/cdp/ws?task_id=\(id)")
             let outcome = try? await move(id, .ready, session: session.text, data: ["session": session.text])
             if case .moved? = outcome { runningSince[id] = .now }
             // The pool waited for this task's page: it may refill now.

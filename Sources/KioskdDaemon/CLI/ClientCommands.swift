@@ -52,6 +52,27 @@ struct StatusCommand: AsyncParsableCommand {
     }
 }
 
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster", abstract: "Cluster mode: the hosts, their leases and room, and the shared queue.")
+    @OptionGroup var options: ClientOptions
+
+    func run() async throws {
+        let cluster = try await options.call(.GET, "/v1/cluster")
+        guard !options.json else { return }
+        for host in cluster["hosts"]?.array ?? [] {
+            let name = (host["id"]?.string ?? "?") + (host["self"]?.bool == true ? " (this host)" : "")
+            let state = host["alive"]?.bool == true ? (host["draining"]?.bool == true ? "draining" : "alive") : "dead"
+            print("\(name) \(host["address"]?.string ?? "?") · \(state) · epoch \(host["epoch"].map(integer) ?? "?") · "
+                  + "\(host["active"].map(integer) ?? "?")/\(host["max_sessions"].map(integer) ?? "?") sessions, \(host["available"].map(integer) ?? "?") free · "
+                  + "renewed \(host["lease_age_ms"].map(integer) ?? "?") ms ago")
+        }
+        let signals = cluster["signals"]
+        print("queue \(signals?["queue_depth"].map(integer) ?? "?") (oldest \(signals?["oldest_queued_seconds"]?.number ?? 0) s) · "
+              + "running \(signals?["running"].map(integer) ?? "?") · free \(signals?["free_slots"].map(integer) ?? "?") · "
+              + "suggested hosts \(signals?["suggested_hosts"].map(integer) ?? "?")")
+    }
+}
+
 struct TaskCommandGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "task", abstract: "Start, inspect and stop tasks.",

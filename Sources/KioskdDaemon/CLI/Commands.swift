@@ -12,7 +12,7 @@ public struct KioskdCommand: AsyncParsableCommand {
         abstract: "Supervises browser kiosk sessions: Xvfb, Openbox, x11vnc, websockify and Chromium.",
         version: "kioskd \(kioskdVersion)",
         subcommands: [Serve.self, ConfigCommand.self, LockdownCommand.self,
-                      StatusCommand.self, TaskCommandGroup.self, TokenCommand.self, DrainCommand.self,
+                      StatusCommand.self, ClusterCommand.self, TaskCommandGroup.self, TokenCommand.self, DrainCommand.self,
                       DoctorCommand.self, PortGuardCommand.self])
 
     public init() {}

@@ -314,7 +314,7 @@ struct ControlAPITests {
                     checked += 1
                 }
             }
-            #expect(checked == 16, "every operation was called")
+            #expect(checked == 17, "every operation was called")
         }
     }
 }

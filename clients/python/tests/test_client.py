@@ -36,6 +36,10 @@ def test_the_daemon_health_capacity_and_the_document_it_serves(client: Kioskd) -
     assert "# TYPE kioskd_" in client.metrics()
     assert isinstance(client.tree(), dict)
     assert isinstance(client.sessions(), list)
+    # One host, not a cluster: the cluster's view is a clear 404, not an empty list.
+    with pytest.raises(KioskdError) as single:
+        client.cluster()
+    assert single.value.status == 404 and single.value.code == "not_clustered"
 
 
 def test_a_task_through_its_life(client: Kioskd) -> None:

@@ -7,7 +7,7 @@ from .aio import AsyncKioskd
 from .client import Kioskd
 from .errors import KioskdError
 from .models import (
-    AppendEvent, Capacity, CompleteTask, CreateTask, Drain, ErrorBody, Event, FailTask, Health, Role,
+    AppendEvent, Capacity, Cluster, ClusterHost, ClusterQueue, ClusterSignals, CompleteTask, CreateTask, Drain, ErrorBody, Event, FailTask, Health, Role,
     Session, StopTask, Task, TaskSession, TaskState, TokenRole, ViewerToken, ViewerTokenRequest,
 )
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_SOCKET", "OPERATIONS", "AsyncKioskd", "Kioskd", "KioskdError", "new_task_id",
-    "AppendEvent", "Capacity", "CompleteTask", "CreateTask", "Drain", "ErrorBody", "Event", "FailTask",
+    "AppendEvent", "Capacity", "Cluster", "ClusterHost", "ClusterQueue", "ClusterSignals", "CompleteTask", "CreateTask", "Drain", "ErrorBody", "Event", "FailTask",
     "Health", "Role", "Session", "StopTask", "Task", "TaskSession", "TaskState", "TokenRole", "ViewerToken",
     "ViewerTokenRequest",
 ]

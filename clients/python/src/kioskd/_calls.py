@@ -13,7 +13,7 @@ import httpx
 
 from .errors import KioskdError
 from .models import (
-    AppendEvent, Capacity, CompleteTask, CreateTask, DecodeError, Drain, ErrorBody, Event,
+    AppendEvent, Capacity, Cluster, CompleteTask, CreateTask, DecodeError, Drain, ErrorBody, Event,
     FailTask, Health, Role, Session, StopTask, Task, TaskState, ViewerToken, ViewerTokenRequest,
     decode, encode,
 )
@@ -37,6 +37,7 @@ OPERATIONS: dict[str, str] = {
     "tree": "tree",
     "sessions": "sessions",
     "capacity": "capacity",
+    "cluster": "cluster",
     "drain": "drain",
     "createTask": "create_task",
     "listTasks": "list_tasks",
@@ -169,6 +170,10 @@ def sessions() -> Call:
 
 def capacity() -> Call:
     return Call("GET", "/v1/capacity", _one(Capacity), idempotent=True)
+
+
+def cluster() -> Call:
+    return Call("GET", "/v1/cluster", _one(Cluster), idempotent=True)
 
 
 def drain(wait: int | None) -> Call:

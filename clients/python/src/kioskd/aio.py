@@ -10,7 +10,7 @@ import httpx
 from . import _calls as calls
 from .errors import KioskdError
 from .models import (
-    AppendEvent, Capacity, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask, TokenRole,
+    AppendEvent, Capacity, Cluster, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask, TokenRole,
     Task, TaskState, ViewerToken, ViewerTokenRequest,
 )
 
@@ -88,6 +88,11 @@ class AsyncKioskd:
     async def capacity(self) -> Capacity:
         """GET /v1/capacity: session slots (max, active, queued, available) and draining."""
         return await self._send(calls.capacity())
+
+    async def cluster(self) -> Cluster:
+        """GET /v1/cluster (cluster mode; 404 not_clustered otherwise): the hosts with their
+        leases and room, the shared queue, and the autoscaler's signals."""
+        return await self._send(calls.cluster())
 
     async def drain(self, wait: int | None = None) -> Drain:
         """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on.

@@ -9,7 +9,7 @@ import httpx
 from . import _calls as calls
 from .errors import KioskdError
 from .models import (
-    AppendEvent, Capacity, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask, TokenRole,
+    AppendEvent, Capacity, Cluster, CompleteTask, Drain, Event, FailTask, Health, Role, Session, StopTask, TokenRole,
     Task, TaskState, ViewerToken, ViewerTokenRequest,
 )
 
@@ -87,6 +87,11 @@ class Kioskd:
     def capacity(self) -> Capacity:
         """GET /v1/capacity: session slots (max, active, queued, available) and draining."""
         return self._send(calls.capacity())
+
+    def cluster(self) -> Cluster:
+        """GET /v1/cluster (cluster mode; 404 not_clustered otherwise): the hosts with their
+        leases and room, the shared queue, and the autoscaler's signals."""
+        return self._send(calls.cluster())
 
     def drain(self, wait: int | None = None) -> Drain:
         """POST /v1/drain: take no new tasks (creates answer 503 draining); running ones go on.

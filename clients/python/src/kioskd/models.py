@@ -22,6 +22,10 @@ from typing import Any, ClassVar, Literal, Union
 __all__ = [
     "AppendEvent",
     "Capacity",
+    "Cluster",
+    "ClusterHost",
+    "ClusterQueue",
+    "ClusterSignals",
     "CompleteTask",
     "CreateTask",
     "Drain",
@@ -91,6 +95,9 @@ class TaskSession:
     """The noVNC page on the public listener; add `&token=…` (viewer_token)."""
     vnc_ws_path: str | None = None
     """The viewer WebSocket on the public listener; add `&token=…` (viewer_token)."""
+    cdp_ws_path: str | None = None
+    """The task's CDP endpoint on the public listener (any host of a cluster); add `&token=…`
+    (viewer_token with role agent) and give Playwright's connect_over_cdp the ws:// URL."""
 
 
 @_model
@@ -108,6 +115,8 @@ class Task:
     ended_at: datetime | None = None
     reason: str | None = None
     session: TaskSession | None = None
+    host: str | None = None
+    """Cluster mode: the host that claimed it (None while it waits in the shared queue)."""
 
 
 @_model
@@ -155,6 +164,62 @@ class Capacity:
     memory_pressure: float
     pressured: bool
     draining: bool
+
+
+@_model
+class ClusterHost:
+    """One host of the cluster (Cluster.hosts)."""
+
+    __openapi__: ClassVar[str] = "#/components/schemas/Cluster/properties/hosts/items"
+
+    id: str
+    address: str
+    version: str
+    epoch: int
+    alive: bool
+    self: bool
+    started_at: datetime
+    lease_age_ms: int
+    lease_left_ms: int
+    max_sessions: int
+    active: int
+    available: int
+    draining: bool
+
+
+@_model
+class ClusterQueue:
+    __openapi__: ClassVar[str] = "#/components/schemas/Cluster/properties/queue"
+
+    queued: int
+    claimed: int
+    running: int
+    oldest_queued_ms: int | None
+
+
+@_model
+class ClusterSignals:
+    """What an autoscaler reads (a CloudWatch publisher, a KEDA scaler)."""
+
+    __openapi__: ClassVar[str] = "#/components/schemas/Cluster/properties/signals"
+
+    live_hosts: int
+    queue_depth: int
+    oldest_queued_seconds: float
+    free_slots: int
+    running: int
+    suggested_hosts: int
+
+
+@_model
+class Cluster:
+    __openapi__: ClassVar[str] = "#/components/schemas/Cluster"
+
+    host: str
+    now: datetime
+    hosts: list[ClusterHost]
+    queue: ClusterQueue
+    signals: ClusterSignals
 
 
 @_model
@@ -269,7 +334,7 @@ class ViewerTokenRequest:
 
 
 MODELS: tuple[type, ...] = (
-    TaskSession, Task, Event, Session, Capacity, Health, Drain, ViewerToken, ErrorBody,
+    TaskSession, Task, Event, Session, Capacity, ClusterHost, ClusterQueue, ClusterSignals, Cluster, Health, Drain, ViewerToken, ErrorBody,
     CreateTask, StopTask, CompleteTask, FailTask, AppendEvent, ViewerTokenRequest,
 )
 """Every dataclass above: the drift test checks each against its `__openapi__` schema."""
