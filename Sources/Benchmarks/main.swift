@@ -3,7 +3,7 @@
 //   kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N]
 //                [--capacity-runs N] [--fuzz-inputs N] [--fuzz-parser-inputs N] [--fuzz-seed S] [--fuzz-corpus DIR]
 //                [--soak-sessions N] [--soak-seconds T]
-//                [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak | --only-abuse] [--smoke]
+//                [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak | --only-abuse | --only-cluster] [--smoke]
 //
 // --smoke: every part with tiny counts, so the test command proves each still runs (its
 // figures mean nothing).
@@ -23,6 +23,9 @@
 //            and --smoke's short run).
 // Fuzz:      the RFB filter (N inputs), the request bodies and the config loader (M inputs
 //            each), seeded random + mutation, from the corpus in Tests/Fuzz/corpus (Fuzz.swift).
+// Cluster:   create → running through the shared queue with 1 and 3 hosts, claims per second,
+//            rescue after kill -9, viewers and agents via the owner vs via another host
+//            (ClusterBench.swift).
 // Abuse:     the public listener under slowloris, idle floods, oversized and garbage requests,
 //            forged-token upgrades and stalled TLS, beside websockify; with --smoke a check
 //            that exits 1 when an attack is not answered as designed (AbuseBench.swift).
@@ -48,6 +51,7 @@ struct Options {
     var onlyFuzz = false
     var onlySoak = false
     var onlyAbuse = false
+    var onlyCluster = false
     var soakSessions = 4
     var soakSeconds = 600
     var requests = 5000
@@ -59,7 +63,7 @@ struct Options {
     var fuzzCorpus = FuzzCorpus.defaultDirectory
 
     /// Whether a part runs: every part, unless one was asked for alone.
-    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity || onlyFuzz || onlySoak || onlyAbuse) }
+    func runs(_ only: Bool) -> Bool { only || !(onlySessions || onlyControl || onlyBridge || onlyCapacity || onlyFuzz || onlySoak || onlyAbuse || onlyCluster) }
 
     init(_ args: [String]) {
         var it = args.dropFirst().makeIterator()
@@ -76,6 +80,7 @@ struct Options {
             case "--only-fuzz": onlyFuzz = true
             case "--only-soak": onlySoak = true
             case "--only-abuse": onlyAbuse = true
+            case "--only-cluster": onlyCluster = true
             case "--soak-sessions": soakSessions = Int(it.next() ?? "") ?? soakSessions
             case "--soak-seconds": soakSeconds = Int(it.next() ?? "") ?? soakSeconds
             case "--fuzz-inputs": fuzzInputs = Int(it.next() ?? "") ?? fuzzInputs
@@ -88,7 +93,7 @@ struct Options {
             default:
                 fail("unknown option \(a); usage: kioskd-bench [--kills N] [--children N] [--supervisord PATH] [--sessions N] [--requests N] [--capacity-runs N] "
                     + "[--fuzz-inputs N] [--fuzz-parser-inputs N] [--fuzz-seed S] [--fuzz-corpus DIR] "
-                    + "[--soak-sessions N] [--soak-seconds T] [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak | --only-abuse] [--smoke]")
+                    + "[--soak-sessions N] [--soak-seconds T] [--only-sessions | --only-control | --only-bridge | --only-capacity | --only-fuzz | --only-soak | --only-abuse | --only-cluster] [--smoke]")
             }
         }
     }
@@ -452,6 +457,10 @@ if options.runs(options.onlyCapacity) {
 
 if options.runs(options.onlyFuzz) {
     runFuzzers(options)
+}
+
+if options.runs(options.onlyCluster) {
+    try await printCluster(options)
 }
 
 if options.runs(options.onlyAbuse) {
