@@ -72,7 +72,7 @@ enum ConfigSchema {
         key("public.jwt.any_task", "Accept a token without the task claim for any task (only if the API layer checks ownership).", \.publicListener.jwt.anyTask, boolean),
         key("state.dir", "Persistent state: the SQLite store, the record of running sessions.", \.state.dir, absolutePath),
         key("runtime.dir", "Runtime files: sockets and per-session directories.", \.runtime.dir, absolutePath),
-        key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…", \.store.url, storeURL),
+        key("store.url", "Task store: empty for SQLite in state.dir; sqlite:///path, or postgres://user@host/db?sslmode=…[&sslrootcert=/abs/ca.pem]", \.store.url, storeURL),
         key("log.level", "Lowest level logged: " + LogLevel.allCases.map(\.rawValue).joined(separator: ", ") + ".", \.log.level, choice(LogLevel.self)),
         key("log.format", "auto (journal under systemd, text otherwise), journal, or text.", \.log.format, choice(LogFormat.self)),
         key("supervisor.strategy", "Restart strategy of the programs group: one_for_one, one_for_all, rest_for_one.", \.supervisor.strategy, choice(Strategy.self)),
