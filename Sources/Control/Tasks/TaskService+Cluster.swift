@@ -215,9 +215,13 @@ extension TaskService {
         cluster.hold(nil)
         let (store, logger) = (cluster.store, self.logger)
         do {
+            // Shielded (the stop has cancelled this task) and bounded: a store that does not
+            // answer must not hold the stop; the lease then simply runs out.
             let rescued = try await shielded {
-                try await store.leave(fence)
-                return try await store.rescue()
+                try await withTimeout(.seconds(3), "leaving the cluster") {
+                    try await store.leave(fence)
+                    return try await store.rescue()
+                }
             }
             logger.notice("left the cluster", metadata: ["epoch": "\(fence.epoch)", "rescued": "\(rescued.count)"])
         } catch {
