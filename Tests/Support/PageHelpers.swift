@@ -10,8 +10,13 @@ public func testPage(_ title: String) -> String {
 
 /// A CDP connection to the session's first page, for driving it the way an agent does.
 public func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
-    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
-          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    try await withPage(cdpURL: info.cdpURL, body)
+}
+
+/// The same for a session known by its `cdp_url` only (a daemon's task).
+public func withPage<T: Sendable>(cdpURL: String, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
+    guard let port = Int(cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(cdpURL)") }
     return try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
         let targets = try await cdp.send("Target.getTargets")["targetInfos"]?.array ?? []
         guard let page = targets.first(where: BrowserWatch.isTab)?["targetId"]?.string else {
@@ -37,8 +42,12 @@ public let loadedTitle = "new Promise(r => document.readyState === 'complete' ? 
 /// starting with `prefix`: a ready session's tab may still be replacing about:blank. Then waits
 /// for that page's load and returns its title.
 public func waitForPage(_ info: SessionInfo, url prefix: String, timeout: Duration = .seconds(20)) async throws -> String {
-    guard let port = Int(info.cdpURL.split(separator: ":").last ?? ""),
-          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(info.cdpURL)") }
+    try await waitForPage(cdpURL: info.cdpURL, url: prefix, timeout: timeout)
+}
+
+public func waitForPage(cdpURL: String, url prefix: String, timeout: Duration = .seconds(20)) async throws -> String {
+    guard let port = Int(cdpURL.split(separator: ":").last ?? ""),
+          let url = await browserDebuggerURL(cdpPort: port) else { throw TestFailure("no CDP endpoint at \(cdpURL)") }
     try await withTimeout(timeout, "a tab at \(prefix)") {
         try await CDPConnection.connect(url: url, logger: Logger(label: "test.cdp")) { cdp in
             // Subscribed before asking: existing targets are announced as created, changes after.
@@ -51,5 +60,5 @@ public func waitForPage(_ info: SessionInfo, url prefix: String, timeout: Durati
             throw TestFailure("the browser's CDP connection ended")
         }
     }
-    return try await withPage(info) { cdp, session in try await evaluate(cdp, session, loadedTitle) }
+    return try await withPage(cdpURL: cdpURL) { cdp, session in try await evaluate(cdp, session, loadedTitle) }
 }

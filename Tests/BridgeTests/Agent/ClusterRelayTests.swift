@@ -133,4 +133,74 @@ struct ClusterRelayTests {
         #expect(try await a.daemon.waitExit(timeout: .seconds(30)) == 0, "\(a.daemon.stderr.suffix(3000))")
         #expect(try await b.daemon.waitExit(timeout: .seconds(30)) == 0, "\(b.daemon.stderr.suffix(3000))")
     }
+
+    /// noVNC in a real Chromium, served by host B, shows host A's task; a control viewer on B
+    /// types into A's page (the RFB client's KeyEvent, relayed).
+    @Test func noVNCInChromiumOnHostBShowsTheTaskOnHostAAndAControlViewerTypesIntoIt() async throws {
+        let root = try makeTempDir("kioskd-cluster-novnc")
+        defer { removeTree(root) }
+        let store = try await PostgresFixture.shared.value.createDatabase("novnc_\(UInt32.random(in: 0...UInt32.max))")
+        let secret = root + "/cluster.key"
+        try writeFile(secret, randomBytes(32), mode: 0o600, owner: nil)
+        let a = try await start("a", root: root, store: store, secret: secret, displays: "680-689", ports: "49000-49499")
+        let b = try await start("b", root: root, store: store, secret: secret, displays: "690-699", ports: "49500-49999")
+        defer {
+            a.daemon.signal(SIGTERM)
+            b.daemon.signal(SIGTERM)
+        }
+        let page = "data:text/html,<title>on-a</title><body style='margin:0;background:rgb(200,30,30)' onkeydown='document.title=event.key'><h1>a</h1></body>"
+        let shown = try json(try await a.control.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"n1","url":"\#(page)"}"#))
+        #expect(shown["state"]?.string == "running" && shown["host"]?.string == "a", "\(shown)")
+        let taskCDP = try #require(shown["session"]?["cdp_url"]?.string)
+        func token(_ role: String) async throws -> String {
+            let answer = try await b.control.request(.POST, "/v1/tasks/n1/viewer-token", json: #"{"role":"\#(role)"}"#)
+            guard answer.status == 201, let token = try json(answer)["token"]?.string else { throw TestFailure("token: \(answer.status) \(answer.text)") }
+            return token
+        }
+        // The viewer's browser: a task of its own (on B, where it is created), at B's viewer page.
+        let viewerPage = "http://127.0.0.1:\(b.publicPort)/viewer?task_id=n1&token=\(try await token("view"))"
+        let viewer = try json(try await b.control.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"v1","url":"\#(viewerPage)","width":800,"height":600}"#))
+        let viewerCDP = try #require(viewer["session"]?["cdp_url"]?.string, "\(viewer)")
+        _ = try await waitForPage(cdpURL: viewerCDP, url: "http://127.0.0.1:\(b.publicPort)/novnc/")
+        // noVNC draws into a canvas: checked on every animation frame (the browser's paint signal).
+        let painted = """
+            new Promise(resolve => {
+              const check = () => {
+                const c = document.querySelector('canvas');
+                if (c && c.width > 0) {
+                  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let hits = 0;
+                  for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
+                  if (hits * 4 > d.length / 4) return resolve('painted');
+                }
+                requestAnimationFrame(check);
+              };
+              check();
+            })
+            """
+        #expect(try await withTimeout(.seconds(30), "noVNC on B to show A's page") {
+            try await withPage(cdpURL: viewerCDP) { cdp, s in try await evaluate(cdp, s, painted) }
+        } == "painted")
+
+        // A control viewer on B presses a key: A's page gets it.
+        let control = try await token("control")
+        try await WebSocketClient.connect(url: "ws://127.0.0.1:\(b.publicPort)/api/v1/vnc/ws?task_id=n1&token=\(control)",
+                                          configuration: WebSocketClientConfiguration(maxFrameSize: 1 << 24), logger: quiet) { inbound, outbound, _ in
+            var rfb = WSViewer(inbound, outbound)
+            _ = try await rfb.handshake()
+            for down: UInt8 in [1, 0] { try await rfb.send([4, down, 0, 0, 0, 0, 0, 0x71]) }  // KeyEvent, keysym 'q'
+            let typed = "new Promise(r => { const t = () => document.title === 'q' ? r('q') : requestAnimationFrame(t); t(); })"
+            #expect(try await withTimeout(.seconds(20), "A's page to get the key") {
+                try await withPage(cdpURL: taskCDP) { cdp, s in try await evaluate(cdp, s, typed) }
+            } == "q")
+            try await outbound.close(.normalClosure, reason: nil)
+        }
+        let events = try await a.control.request(.GET, "/v1/tasks/n1/events?since=0")
+        #expect(events.text.contains(#""role":"view""#) && events.text.contains(#""role":"control""#),
+                "A's bridge served noVNC (view) and the control viewer: \(events.text.prefix(1500))")
+        a.daemon.signal(SIGTERM)
+        b.daemon.signal(SIGTERM)
+        #expect(try await a.daemon.waitExit(timeout: .seconds(30)) == 0, "\(a.daemon.stderr.suffix(3000))")
+        #expect(try await b.daemon.waitExit(timeout: .seconds(30)) == 0, "\(b.daemon.stderr.suffix(3000))")
+    }
 }
