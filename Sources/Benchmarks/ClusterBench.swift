@@ -26,24 +26,15 @@ private final class BenchHost: @unchecked Sendable {
         dir = root + "/" + id
         guard mkdir(dir, 0o755) == 0 else { throw TestFailure("mkdir \(dir): errno \(errno)") }
         client = ControlClient(socketPath: dir + "/run/control.sock")
-        let internalPort = try freePort()
-        try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: try freePort(), """
-            store:
-              url: "\(storeURL)"
+        let cluster = testClusterConfig(id: id, storeURL: storeURL, internalPort: try freePort(), secret: secret,
+                                        timing: ["heartbeat: \(heartbeat)", "lease_ttl: \(leaseTTL)"])
+        try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: try freePort(), cluster + """
             tasks:
               max_sessions: 3
             sessions:
               warm: \(warm)
               displays: \(950 + index * 15)-\(964 + index * 15)
               ports: \(51000 + index * 1000)-\(51999 + index * 1000)
-            cluster:
-              enabled: true
-              host_id: \(id)
-              advertise: 127.0.0.1:\(internalPort)
-              listen: 127.0.0.1:\(internalPort)
-              secret_file: \(secret)
-              heartbeat: \(heartbeat)
-              lease_ttl: \(leaseTTL)
             """))
     }
 

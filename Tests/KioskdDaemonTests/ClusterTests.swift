@@ -28,11 +28,10 @@ struct ClusterTests {
             dir = root + "/" + id
             guard mkdir(dir, 0o755) == 0 else { throw TestFailure("mkdir \(dir): errno \(errno)") }
             client = ControlClient(socketPath: dir + "/run/control.sock")
-            let internalPort = try freePort()
             config = dir + "/kioskd.yaml"
-            try writeFile(config, testDaemonConfig(dir: dir, port: try freePort(), """
-                store:
-                  url: "\(storeURL)"
+            let cluster = testClusterConfig(id: id, storeURL: storeURL, internalPort: try freePort(), secret: secret,
+                                            timing: ["heartbeat: 300ms", "lease_ttl: 3s", "claim_grace: 200ms"])
+            try writeFile(config, testDaemonConfig(dir: dir, port: try freePort(), cluster + """
                 tasks:
                   max_sessions: \(maxSessions)
                 capacity:
@@ -41,15 +40,6 @@ struct ClusterTests {
                 sessions:
                   displays: \(600 + index * 20)-\(619 + index * 20)
                   ports: \(46000 + index * 1000)-\(46999 + index * 1000)
-                cluster:
-                  enabled: true
-                  host_id: \(id)
-                  advertise: 127.0.0.1:\(internalPort)
-                  listen: 127.0.0.1:\(internalPort)
-                  secret_file: \(secret)
-                  heartbeat: 300ms
-                  lease_ttl: 3s
-                  claim_grace: 200ms
                 """))
         }
 
@@ -224,6 +214,26 @@ struct ClusterTests {
             let after = try await h2.json(.GET, "/v1/cluster")["hosts"]?.array?.first { $0["id"]?.string == "h2" }
             #expect(after?["alive"]?.bool == true && (after?["epoch"]?.number ?? 0) > (before?["epoch"]?.number ?? .infinity), "\(String(describing: after))")
             _ = try await h1.json(.POST, "/v1/tasks/k3/complete", "{}")
+        }
+    }
+
+    @Test func aDrainingHostClaimsNothingButStillTakesCreatesForTheOthers() async throws {
+        try await withCluster("cluster_drain", hosts: 2) { hosts, _ in
+            let (h1, h2) = (hosts[0], hosts[1])
+            _ = try await h1.json(.POST, "/v1/tasks", #"{"task_id":"d1","url":"data:text/html,d1"}"#, status: 201)
+            #expect(try await waitTask(h1, "d1", "running") { $0["state"]?.string == "running" }["host"]?.string == "h1")
+            _ = try await h1.json(.POST, "/v1/drain")
+            // Created on the draining host: queued for the cluster, run by the other.
+            _ = try await h1.json(.POST, "/v1/tasks", #"{"task_id":"d2","url":"data:text/html,d2"}"#, status: 201)
+            #expect(try await waitTask(h1, "d2", "running") { $0["state"]?.string == "running" }["host"]?.string == "h2")
+            try await withTimeout(.seconds(10), "the cluster to see h1 draining") {
+                while try await h2.json(.GET, "/v1/cluster")["hosts"]?.array?.first(where: { $0["id"]?.string == "h1" })?["draining"]?.bool != true {
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            // Its running task goes on, and ends as asked.
+            #expect(try await h2.json(.GET, "/v1/tasks/d1")["state"]?.string == "running")
+            for id in ["d1", "d2"] { _ = try await h2.json(.POST, "/v1/tasks/\(id)/complete", "{}") }
         }
     }
 

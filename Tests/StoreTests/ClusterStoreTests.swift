@@ -167,6 +167,25 @@ struct ClusterStoreTests {
         }
     }
 
+    @Test func aDrainPutsOnlyItsOwnUnstartedClaimsBack() async throws {
+        try await with("cluster_requeue") { stores in
+            let store = stores[0]
+            let a = try await store.register(host: "a", address: "127.0.0.1:1", version: "t", load: Self.idle, ttlMS: 60_000)
+            let b = try await store.register(host: "b", address: "127.0.0.1:2", version: "t", load: Self.idle, ttlMS: 60_000)
+            for id in ["w1", "w2", "started"] { _ = try await store.create(queued(id, origin: "a"), event: event("state_changed")) }
+            _ = try await store.create(queued("theirs", origin: "b"), event: event("state_changed"))
+            #expect(try await store.claim(a, limit: 3, graceMS: 60_000).count == 3)
+            #expect(try await store.claim(b, limit: 1, graceMS: 60_000).map(\.id) == ["theirs"])
+            _ = try await start(store, "started", a)
+            let back = try await store.requeue(a, ids: ["w1", "w2", "started", "theirs"], reason: "host a is draining")
+            #expect(back.map(\.task.id).sorted() == ["w1", "w2"], "a started task and another host's claim stay")
+            let w1 = try await store.task("w1"), theirs = try await store.task("theirs")
+            #expect(w1?.host == nil && w1?.state == .queued && theirs?.host == "b")
+            #expect(try await store.events("w1", after: 0, limit: 10).last?.data == #"{"host":"a","reason":"host a is draining"}"#)
+            #expect(try await store.view().queued == 2)
+        }
+    }
+
     @Test func everyHostHearsEveryChange() async throws {
         try await with("cluster_notify", hosts: 2) { stores in
             let heard = Recorder<ClusterChange>()

@@ -158,6 +158,23 @@ public func testDaemonConfig(dir: String, port: Int, publicKeys: [String] = [], 
     """
 }
 
+/// The `store:` and `cluster:` sections of a test cluster's host: PostgreSQL at `storeURL`, its
+/// internal listener on loopback `internalPort`, the shared `secret` file; `timing` more
+/// `cluster:` lines (heartbeat, lease_ttl, claim_grace).
+public func testClusterConfig(id: String, storeURL: String, internalPort: Int, secret: String, timing: [String] = []) -> String {
+    """
+    store:
+      url: "\(storeURL)"
+    cluster:
+      enabled: true
+      host_id: \(id)
+      advertise: 127.0.0.1:\(internalPort)
+      listen: 127.0.0.1:\(internalPort)
+      secret_file: \(secret)
+    \(timing.map { "  " + $0 + "\n" }.joined())
+    """
+}
+
 /// Children of `pid` that are zombies (exited, not reaped).
 public func zombieChildren(of pid: Int32) -> [Int32] {
     allPIDs().filter { p in

@@ -33,15 +33,8 @@ struct ClusterRelayTests {
         let dir = root + "/" + id
         guard mkdir(dir, 0o755) == 0 else { throw TestFailure("cannot make \(dir): errno \(errno)") }
         let publicPort = try freePort(), internalPort = try freePort()
-        try writeFile(dir + "/kioskd.yaml", Array(testDaemonConfig(dir: dir, port: publicPort, """
-            store:
-              url: "\(store)"
-            cluster:
-              enabled: true
-              host_id: \(id)
-              advertise: 127.0.0.1:\(internalPort)
-              listen: 127.0.0.1:\(internalPort)
-              secret_file: \(secret)
+        let cluster = testClusterConfig(id: id, storeURL: store, internalPort: internalPort, secret: secret)
+        try writeFile(dir + "/kioskd.yaml", Array(testDaemonConfig(dir: dir, port: publicPort, cluster + """
             sessions:
               displays: \(displays)
               ports: \(ports)
@@ -159,9 +152,18 @@ struct ClusterRelayTests {
         }
         // The viewer's browser: a task of its own (on B, where it is created), at B's viewer page.
         let viewerPage = "http://127.0.0.1:\(b.publicPort)/viewer?task_id=n1&token=\(try await token("view"))"
-        let viewer = try json(try await b.control.request(.POST, "/v1/tasks?wait=true", json: #"{"task_id":"v1","url":"\#(viewerPage)","width":800,"height":600}"#))
+        _ = try json(try await b.control.request(.POST, "/v1/tasks", json: #"{"task_id":"v1","url":"\#(viewerPage)","width":800,"height":600}"#))
+        // A busy machine boots a browser slowly: its state in the store is the signal.
+        let viewer = try await withTimeout(.seconds(90), "the viewer's browser to run") {
+            while true {
+                let task = try self.json(try await b.control.request(.GET, "/v1/tasks/v1"))
+                if task["state"]?.string == "running" { return task }
+                guard task["state"]?.string.map({ ["queued", "starting"].contains($0) }) == true else { throw TestFailure("the viewer's task: \(task)") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
         let viewerCDP = try #require(viewer["session"]?["cdp_url"]?.string, "\(viewer)")
-        _ = try await waitForPage(cdpURL: viewerCDP, url: "http://127.0.0.1:\(b.publicPort)/novnc/")
+        _ = try await waitForPage(cdpURL: viewerCDP, url: "http://127.0.0.1:\(b.publicPort)/novnc/", timeout: .seconds(60))
         // noVNC draws into a canvas: checked on every animation frame (the browser's paint signal).
         let painted = """
             new Promise(resolve => {
