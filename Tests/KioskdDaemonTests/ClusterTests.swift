@@ -222,6 +222,15 @@ struct ClusterTests {
             let (h1, h2) = (hosts[0], hosts[1])
             _ = try await h1.json(.POST, "/v1/tasks", #"{"task_id":"d1","url":"data:text/html,d1"}"#, status: 201)
             #expect(try await waitTask(h1, "d1", "running") { $0["state"]?.string == "running" }["host"]?.string == "h1")
+            // A long poll on the other host ends with an event appended on the owner (NOTIFY).
+            let last = Int(try await h2.json(.GET, "/v1/tasks/d1")["last_event"]?.number ?? 0)
+            let asked = ContinuousClock.now
+            async let polled = h2.json(.GET, "/v1/tasks/d1/events?since=\(last)&wait=20")
+            _ = try await h1.json(.POST, "/v1/tasks/d1/events", #"{"type":"agent_step","data":{"n":1}}"#, status: 201)
+            let heard = try await polled.array ?? []
+            #expect(heard.first?["type"]?.string == "agent_step", "\(heard)")
+            // Woken, not timed out: without the notification it would answer after its 20 s.
+            #expect(ContinuousClock.now - asked < .seconds(10))
             _ = try await h1.json(.POST, "/v1/drain")
             // Created on the draining host: queued for the cluster, run by the other.
             _ = try await h1.json(.POST, "/v1/tasks", #"{"task_id":"d2","url":"data:text/html,d2"}"#, status: 201)
