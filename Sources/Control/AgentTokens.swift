@@ -19,7 +19,9 @@ public enum TokenRole: String, Sendable, CaseIterable {
 }
 
 /// The claims of an agent token: which task, from when until when.
-struct AgentClaims: JWTPayload {
+struct AgentClaims: KioskdClaims {
+    static var audience: String { ViewerTokens.agentAudience }
+
     var sub: SubjectClaim
     var exp: ExpirationClaim
     var iat: IssuedAtClaim
@@ -27,15 +29,6 @@ struct AgentClaims: JWTPayload {
     var iss: IssuerClaim
     var aud: AudienceClaim
     var jti: IDClaim
-
-    func verify(using _: some JWTAlgorithm) throws {
-        try exp.verifyNotExpired()
-        try aud.verifyIntendedAudience(includes: ViewerTokens.agentAudience)
-        guard iss.value == ViewerTokens.issuer else { throw JWTError.claimVerificationFailure(failedClaim: iss, reason: "not issued by kioskd") }
-        let skewed = Date().addingTimeInterval(ViewerTokens.clockSkew)
-        guard iat.value <= skewed else { throw JWTError.claimVerificationFailure(failedClaim: iat, reason: "issued in the future") }
-        if let nbf, nbf.value > skewed { throw JWTError.claimVerificationFailure(failedClaim: nbf, reason: "not valid yet") }
-    }
 }
 
 public struct AgentToken: Sendable, Equatable {

@@ -6,7 +6,9 @@ import Supervision
 import ViewerInput
 
 /// The claims of a viewer token: which task, which role, from when until when.
-struct ViewerClaims: JWTPayload {
+struct ViewerClaims: KioskdClaims {
+    static var audience: String { ViewerTokens.audience }
+
     var sub: SubjectClaim
     var role: ViewerRole
     var exp: ExpirationClaim
@@ -15,10 +17,25 @@ struct ViewerClaims: JWTPayload {
     var iss: IssuerClaim
     var aud: AudienceClaim
     var jti: IDClaim
+}
 
+/// What kioskd's own tokens (viewer and agent) share, and the one check of it: not expired,
+/// issued by kioskd for this kind's audience, and `iat`/`nbf` at most `ViewerTokens.clockSkew`
+/// ahead. Each kind has its own audience, so one kind never verifies as another.
+protocol KioskdClaims: JWTPayload {
+    /// The audience this kind of token is minted for and the only one it verifies with.
+    static var audience: String { get }
+    var exp: ExpirationClaim { get }
+    var iat: IssuedAtClaim { get }
+    var nbf: NotBeforeClaim? { get }
+    var iss: IssuerClaim { get }
+    var aud: AudienceClaim { get }
+}
+
+extension KioskdClaims {
     func verify(using _: some JWTAlgorithm) throws {
         try exp.verifyNotExpired()
-        try aud.verifyIntendedAudience(includes: ViewerTokens.audience)
+        try aud.verifyIntendedAudience(includes: Self.audience)
         guard iss.value == ViewerTokens.issuer else { throw JWTError.claimVerificationFailure(failedClaim: iss, reason: "not issued by kioskd") }
         let skewed = Date().addingTimeInterval(ViewerTokens.clockSkew)
         guard iat.value <= skewed else { throw JWTError.claimVerificationFailure(failedClaim: iat, reason: "issued in the future") }

@@ -11,7 +11,7 @@ import NIOWebSocket
 ///
 /// The client's frames obey RFC 6455 as a viewer's do (`ViewerFrames`: masking, reserved bits,
 /// fragmentation, close codes, UTF-8 text, the message limit); the connection has a viewer's
-/// clocks (pings, idle, lifetime) and lingering close. A close from either side is passed on
+/// clocks (`ConnectionClocks`: pings, idle, lifetime) and lingering close. A close from either side is passed on
 /// with its code: the client's to the upstream (and answered), the upstream's to the client.
 final class RelayClientHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
@@ -31,14 +31,13 @@ final class RelayClientHandler: ChannelDuplexHandler {
     private var lingering = false
     private var lingerDeadline: Scheduled<Void>?
     private var totals = Relay.Totals(reason: "client closed")
-    private var pingsUnanswered = 0
-    private var lastActivity = NIODeadline.now()
-    private var clocks: [Scheduled<Void>] = []
+    private let clocks: ConnectionClocks
 
     /// `maxMessage`: the largest message the client may send (frames of a message together).
     init(loop: any EventLoop, settings: BridgeSettings, maxMessage: Int) {
         self.loop = loop
         self.settings = settings
+        clocks = ConnectionClocks(loop: loop)
         frames = ViewerFrames(maxMessage: maxMessage, acceptsText: true)
         done = loop.makePromise()
     }
@@ -53,7 +52,9 @@ final class RelayClientHandler: ChannelDuplexHandler {
     /// starts the clocks.
     func start(_ upstream: UpstreamHandler) {
         self.upstream = upstream
-        startClocks()
+        clocks.start(settings, lifetimeReason: "reached the maximum connection lifetime",
+                     finish: { self.finish($0, close: $1) },
+                     sendPing: { self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil) })
         upstream.join(self)
     }
 
@@ -73,12 +74,12 @@ final class RelayClientHandler: ChannelDuplexHandler {
         switch frames.receive(frame) {
         case .data(let payload, let text, let first, let fin):
             totals.fromViewer += payload.readableBytes
-            lastActivity = .now()
+            clocks.lastActivity = .now()
             upstream?.write(WebSocketFrame(fin: fin, opcode: first ? (text ? .text : .binary) : .continuation, data: payload))
         case .ping(let payload):
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
         case .pong:
-            pingsUnanswered = 0
+            clocks.pong()
         case .closed(let code):
             finish("client closed", close: (code, ""), answering: true, upstreamClose: (code, ""))
         case .fail(let code, let reason, let why):
@@ -121,7 +122,7 @@ final class RelayClientHandler: ChannelDuplexHandler {
     func fromUpstream(_ frame: WebSocketFrame) {
         guard !ended else { return }
         totals.toViewer += frame.length
-        lastActivity = .now()
+        clocks.lastActivity = .now()
         context?.write(wrapOutboundOut(frame), promise: nil)
     }
 
@@ -154,39 +155,6 @@ final class RelayClientHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    // MARK: Clocks
-
-    private func startClocks() {
-        let isolated = loop.assumeIsolated()
-        clocks.append(isolated.scheduleTask(in: TimeAmount(settings.maxLifetime)) {
-            self.finish("reached the maximum connection lifetime", close: (1001, "maximum lifetime reached"))
-        })
-        scheduleIdleCheck(at: lastActivity + TimeAmount(settings.idleTimeout))
-        scheduleNextPing()
-    }
-
-    private func scheduleIdleCheck(at deadline: NIODeadline) {
-        clocks.append(loop.assumeIsolated().scheduleTask(deadline: deadline) {
-            let due = self.lastActivity + TimeAmount(self.settings.idleTimeout)
-            if due <= .now() {
-                self.finish("idle for \(self.settings.idleTimeout)", close: (1001, "idle"))
-            } else {
-                self.scheduleIdleCheck(at: due)
-            }
-        })
-    }
-
-    private func scheduleNextPing() {
-        clocks.append(loop.assumeIsolated().scheduleTask(in: TimeAmount(settings.pingInterval)) {
-            guard self.pingsUnanswered < 2 else {
-                return self.finish("did not answer 2 pings", close: (1001, "ping timeout"))
-            }
-            self.pingsUnanswered += 1
-            self.context?.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
-            self.scheduleNextPing()
-        })
-    }
-
     // MARK: The end
 
     /// Ends the relay once: the client gets `close` when it is still there (lingering, unless
@@ -199,8 +167,7 @@ final class RelayClientHandler: ChannelDuplexHandler {
         slot?.release()
         slot = nil
         totals.reason = reason
-        for clock in clocks { clock.cancel() }
-        clocks = []
+        clocks.stop()
         if let context, !inactive {
             if let close {
                 var data = context.channel.allocator.buffer(capacity: 2 + 123)

@@ -14,9 +14,10 @@ import NIOWebSocket
 /// (`RFBGreeting`), and a viewer that leaves meanwhile ends the relay, gives its place back and
 /// closes the pending connection at once, whatever x11vnc is doing.
 ///
-/// It also owns the connection's clocks: a ping every interval (closed once two go unanswered),
-/// the idle limit and the maximum lifetime; and RFC 6455's rules for the viewer's frames
-/// (`ViewerFrames`: reserved bits and opcodes, fragmentation, message size, close codes).
+/// It also runs the connection's clocks (`ConnectionClocks`: a ping every interval, closed once
+/// two go unanswered, the idle limit and the maximum lifetime) and enforces RFC 6455's rules for
+/// the viewer's frames (`ViewerFrames`: reserved bits and opcodes, fragmentation, message size,
+/// close codes).
 ///
 /// The conformance suite's echo endpoint (`EchoListener`, kioskd-bench only) runs this same
 /// handler with `startEcho`: every rule and clock as above, text accepted (checked UTF-8), and
@@ -52,17 +53,16 @@ final class ViewerHandler: ChannelDuplexHandler {
     private var lingering = false
     private var lingerDeadline: Scheduled<Void>?
     private var totals = Relay.Totals()
-    private var pingsUnanswered = 0
-    private var lastActivity = NIODeadline.now()
-    private var clocks: [Scheduled<Void>] = []
+    private let clocks: ConnectionClocks
     /// Keysyms the filter refused and not yet reported; reports go at most once a second.
     private var refused: [UInt32: Int] = [:]
     private var lastReport: NIODeadline?
-    private var reportScheduled = false
+    private var reportDue: Scheduled<Void>?
     private var onRefused: (@Sendable ([UInt32: Int]) -> Void)?
 
     init(loop: any EventLoop) {
         self.loop = loop
+        clocks = ConnectionClocks(loop: loop)
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -152,7 +152,7 @@ final class ViewerHandler: ChannelDuplexHandler {
         switch frames.receive(frame) {
         case .data(let payload, let text, let first, let fin):
             totals.fromViewer += payload.readableBytes
-            lastActivity = .now()
+            clocks.lastActivity = .now()
             if echo {
                 totals.toViewer += payload.readableBytes
                 send(WebSocketFrame(fin: fin, opcode: first ? (text ? .text : .binary) : .continuation, data: payload))
@@ -167,7 +167,7 @@ final class ViewerHandler: ChannelDuplexHandler {
             send(WebSocketFrame(fin: true, opcode: .pong, data: payload))
             context?.flush()
         case .pong:
-            pingsUnanswered = 0
+            clocks.pong()
         case .closed(let code):
             // The viewer's own close is answered with its code, as RFC 6455 asks.
             finish("viewer closed", close: (code, ""), answering: true)
@@ -224,7 +224,7 @@ final class ViewerHandler: ChannelDuplexHandler {
     private func deliver(_ buffer: ByteBuffer) {
         guard !ended else { return }
         totals.toViewer += buffer.readableBytes
-        lastActivity = .now()
+        clocks.lastActivity = .now()
         send(WebSocketFrame(fin: true, opcode: .binary, data: buffer))
     }
 
@@ -265,35 +265,12 @@ final class ViewerHandler: ChannelDuplexHandler {
     // MARK: Clocks
 
     private func startClocks() {
-        let isolated = loop.assumeIsolated()
-        clocks.append(isolated.scheduleTask(in: TimeAmount(settings.maxLifetime)) {
-            self.finish("reached the maximum viewer lifetime", close: (1001, "maximum lifetime reached"))
-        })
-        scheduleIdleCheck(at: lastActivity + TimeAmount(settings.idleTimeout))
-        scheduleNextPing()
-    }
-
-    private func scheduleIdleCheck(at deadline: NIODeadline) {
-        clocks.append(loop.assumeIsolated().scheduleTask(deadline: deadline) {
-            let due = self.lastActivity + TimeAmount(self.settings.idleTimeout)
-            if due <= .now() {
-                self.finish("idle for \(self.settings.idleTimeout)", close: (1001, "idle"))
-            } else {
-                self.scheduleIdleCheck(at: due)
-            }
-        })
-    }
-
-    private func scheduleNextPing() {
-        clocks.append(loop.assumeIsolated().scheduleTask(in: TimeAmount(settings.pingInterval)) {
-            guard self.pingsUnanswered < 2 else {
-                return self.finish("did not answer 2 pings", close: (1001, "ping timeout"))
-            }
-            self.pingsUnanswered += 1
-            self.send(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
-            self.context?.flush()
-            self.scheduleNextPing()
-        })
+        clocks.start(settings, lifetimeReason: "reached the maximum viewer lifetime",
+                     finish: { self.finish($0, close: $1) },
+                     sendPing: {
+                         self.send(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer()))
+                         self.context?.flush()
+                     })
     }
 
     // MARK: Refused keysyms
@@ -304,14 +281,13 @@ final class ViewerHandler: ChannelDuplexHandler {
             let refusal = ViewerKeysyms.refusal(keysym)?.rawValue ?? "unknown"
             Counter(label: "kioskd_bridge_keysyms_refused_total", dimensions: [("class", refusal)]).increment()
         }
-        guard !reportScheduled else { return }
+        guard reportDue == nil else { return }
         let due = lastReport.map { $0 + .seconds(1) } ?? .now()
         if due <= .now() { return reportRefused() }
-        reportScheduled = true
-        clocks.append(loop.assumeIsolated().scheduleTask(deadline: due) {
-            self.reportScheduled = false
+        reportDue = loop.assumeIsolated().scheduleTask(deadline: due) {
+            self.reportDue = nil
             self.reportRefused()
-        })
+        }
     }
 
     private func reportRefused() {
@@ -335,8 +311,9 @@ final class ViewerHandler: ChannelDuplexHandler {
         slot = nil
         totals.reason = reason
         reportRefused()
-        for clock in clocks { clock.cancel() }
-        clocks = []
+        reportDue?.cancel()
+        reportDue = nil
+        clocks.stop()
         early = []
         if let context, !inactive {
             if let close {
