@@ -20,6 +20,7 @@ PACKAGES=(
   "x11-utils:/usr/bin/xdpyinfo"            # tests: X connection and cookie checks; xmessage, xprop
   "x11-xserver-utils:/usr/bin/xmodmap"     # tests: a keymap change under the key grabber
   "nftables:/usr/sbin/nft"                 # the port guard: sessions' ports refuse other local users
+  "iproute2:/usr/sbin/ip:/bin/ip"          # tests: network namespaces and veth links (ClusterNetnsTests)
   "openssl:/usr/bin/openssl"               # tests: a certificate for the public listener's TLS
   "curl:/usr/bin/curl"                     # tests: HTTPS health check
   "libx11-dev:/usr/include/X11/Xlib.h"     # the key grabber links libX11 ...

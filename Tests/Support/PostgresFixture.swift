@@ -34,7 +34,9 @@ public final class PostgresFixture: Sendable {
     /// `PostgresTLSFiles.generate` for localhost and 127.0.0.1, and pg_hba.conf refuses every TCP
     /// session without TLS, so a session that works is a TLS one. That server also listens on
     /// 127.0.0.2, an address its certificate does not name.
-    public static func start(durable: Bool, tls: Bool = false) async throws -> PostgresFixture {
+    /// `alsoListen`: more addresses to listen on (a veth link's, for a daemon in a network
+    /// namespace), and pg_hba.conf trusts the `trusting` networks (CIDR) besides loopback.
+    public static func start(durable: Bool, tls: Bool = false, alsoListen: [String] = [], trusting: [String] = []) async throws -> PostgresFixture {
         let versions = directoryEntries("/usr/lib/postgresql").sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
         guard let version = versions.first(where: { access("/usr/lib/postgresql/\($0)/bin/postgres", X_OK) == 0 }) else {
             throw TestFailure("PostgreSQL is not installed (Debian package postgresql): run scripts/setup.sh")
@@ -57,7 +59,11 @@ public final class PostgresFixture: Sendable {
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"], timeout: .seconds(60))
         guard initdb == 0 else { throw TestFailure("initdb failed with status \(initdb)") }
         let port = try freePort()
-        var args = ["-D", data, "-p", "\(port)", "-k", root, "-c", "listen_addresses=127.0.0.1"]
+        var args = ["-D", data, "-p", "\(port)", "-k", root, "-c", "listen_addresses=" + (["127.0.0.1"] + alsoListen).joined(separator: ",")]
+        if !tls, !trusting.isEmpty {
+            let hba = try readText(data + "/pg_hba.conf")
+            try writeText(data + "/pg_hba.conf", hba + trusting.map { "host all all \($0) trust\n" }.joined())
+        }
         if !durable { args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] }
         var files: PostgresTLSFiles?
         if tls {
@@ -72,8 +78,8 @@ public final class PostgresFixture: Sendable {
                 hostssl all all 127.0.0.0/8 trust
                 hostssl all all ::1/128 trust
 
-                """)
-            args[args.firstIndex(of: "listen_addresses=127.0.0.1")!] = "listen_addresses=127.0.0.1,127.0.0.2"
+                """ + trusting.map { "hostssl all all \($0) trust\n" }.joined())
+            args[args.firstIndex { $0.hasPrefix("listen_addresses=") }!] = "listen_addresses=" + (["127.0.0.1", "127.0.0.2"] + alsoListen).joined(separator: ",")
             args += ["-c", "ssl=on", "-c", "ssl_cert_file=\(made.serverCertificate)", "-c", "ssl_key_file=\(made.serverKey)"]
             files = made
         }
