@@ -18,7 +18,6 @@ final class RelayClientHandler: ChannelDuplexHandler {
     typealias OutboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
-    private let loop: any EventLoop
     private let settings: BridgeSettings
     private var context: ChannelHandlerContext?
     private var upstream: UpstreamHandler?
@@ -27,15 +26,12 @@ final class RelayClientHandler: ChannelDuplexHandler {
     private let done: EventLoopPromise<Relay.Totals>
     private var readPending = false
     private var ended = false
-    private var inactive = false
-    private var lingering = false
-    private var lingerDeadline: Scheduled<Void>?
+    private let connection = LingeringClose()
     private var totals = Relay.Totals(reason: "client closed")
     private let clocks: ConnectionClocks
 
     /// `maxMessage`: the largest message the client may send (frames of a message together).
     init(loop: any EventLoop, settings: BridgeSettings, maxMessage: Int) {
-        self.loop = loop
         self.settings = settings
         clocks = ConnectionClocks(loop: loop)
         frames = ViewerFrames(maxMessage: maxMessage, acceptsText: true)
@@ -67,10 +63,7 @@ final class RelayClientHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard !ended else {
-            if lingering && frame.opcode == .connectionClose { context.close(promise: nil) }
-            return
-        }
+        guard !ended else { return connection.afterEnd(frame, context) }
         switch frames.receive(frame) {
         case .data(let payload, let text, let first, let fin):
             totals.fromViewer += payload.readableBytes
@@ -92,9 +85,7 @@ final class RelayClientHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        inactive = true
-        lingerDeadline?.cancel()
-        lingerDeadline = nil
+        connection.inactivated()
         finish("client closed", upstreamClose: (1001, "client gone"))
         context.fireChannelInactive()
     }
@@ -158,8 +149,8 @@ final class RelayClientHandler: ChannelDuplexHandler {
     // MARK: The end
 
     /// Ends the relay once: the client gets `close` when it is still there (lingering, unless
-    /// `answering` its own close), the upstream gets `upstreamClose` (or 1001) and is closed,
-    /// the place is given back and the totals go to whoever awaits them.
+    /// `answering` its own close: `LingeringClose`), the upstream gets `upstreamClose` (or 1001)
+    /// and is closed, the place is given back and the totals go to whoever awaits them.
     func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil, answering: Bool = false,
                 upstreamClose: (code: UInt16, reason: String)? = nil) {
         guard !ended else { return }
@@ -168,40 +159,13 @@ final class RelayClientHandler: ChannelDuplexHandler {
         slot = nil
         totals.reason = reason
         clocks.stop()
-        if let context, !inactive {
-            if let close {
-                var data = context.channel.allocator.buffer(capacity: 2 + 123)
-                data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
-                data.writeBytes(close.reason.utf8.prefix(123))
-                let sent = context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
-                if answering {
-                    sent.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-                } else {
-                    linger(context, after: sent)
-                }
-            } else {
-                context.close(promise: nil)
-            }
+        if connection.end(context, close: close, answering: answering), readPending {
+            readPending = false
+            context?.read()
         }
         upstream?.unlink(close: upstreamClose ?? (1001, "going away"))
         upstream = nil
         done.succeed(totals)
-    }
-
-    /// As `ViewerHandler.linger`: output shut once our close is out, the client's bytes read and
-    /// dropped until it answers or hangs up, 2 s at most (a reset could destroy the close).
-    private func linger(_ context: ChannelHandlerContext, after sent: EventLoopFuture<Void>) {
-        lingering = true
-        sent.assumeIsolated().whenComplete { _ in
-            context.close(mode: .output).assumeIsolated().whenFailure { _ in context.close(promise: nil) }
-        }
-        lingerDeadline = loop.assumeIsolated().scheduleTask(in: .seconds(2)) {
-            self.context?.close(promise: nil)
-        }
-        if readPending {
-            readPending = false
-            context.read()
-        }
     }
 }
 

@@ -37,10 +37,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
         client = nil
         guard let context else { return }
         guard let close else { return context.close(promise: nil) }
-        var data = context.channel.allocator.buffer(capacity: 2 + 123)
-        data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
-        data.writeBytes(close.reason.utf8.prefix(123))
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)))
+        context.writeAndFlush(wrapOutboundOut(.close(close, allocator: context.channel.allocator, maskKey: .random())))
             .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 

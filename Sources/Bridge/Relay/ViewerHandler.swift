@@ -48,10 +48,8 @@ final class ViewerHandler: ChannelDuplexHandler {
     private var early: [WebSocketFrame] = []
     private var readPending = false
     private var ended = false
-    private var inactive = false
-    /// Our close is out and the viewer's bytes are read and dropped until it closes (`linger`).
-    private var lingering = false
-    private var lingerDeadline: Scheduled<Void>?
+    /// The viewer's connection as it ends: our close, answered or lingering.
+    private let connection = LingeringClose()
     private var totals = Relay.Totals()
     private let clocks: ConnectionClocks
     /// Keysyms the filter refused and not yet reported; reports go at most once a second.
@@ -136,11 +134,7 @@ final class ViewerHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard !ended else {
-            // The viewer's answer to our close: the handshake is complete, the server hangs up.
-            if lingering && frame.opcode == .connectionClose { context.close(promise: nil) }
-            return
-        }
+        guard !ended else { return connection.afterEnd(frame, context) }
         if joined { receive(frame) } else { early.append(frame) }
     }
 
@@ -177,9 +171,7 @@ final class ViewerHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        inactive = true
-        lingerDeadline?.cancel()
-        lingerDeadline = nil
+        connection.inactivated()
         finish("viewer closed")
         context.fireChannelInactive()
     }
@@ -245,7 +237,7 @@ final class ViewerHandler: ChannelDuplexHandler {
     private var sinkTakesWrites: Bool { echo ? canTakeWrites : vnc?.canTakeWrites ?? false }
 
     func read(context: ChannelHandlerContext) {
-        // Once ended, reads only drain the viewer (see `linger`).
+        // Once ended, reads only drain the viewer (see `LingeringClose`).
         if ended || sinkTakesWrites { context.read() } else { readPending = true }
     }
 
@@ -302,7 +294,7 @@ final class ViewerHandler: ChannelDuplexHandler {
     /// Ends the relay once: the viewer gets `close` (code, reason) when it is still there, the
     /// VNC side is closed, and the totals go to whoever awaits them. `answering`: the close
     /// answers the viewer's own, so the connection closes once it is out; any other close of
-    /// ours lingers (`linger`).
+    /// ours lingers (`LingeringClose`).
     func finish(_ reason: String, close: (code: UInt16, reason: String)? = nil, answering: Bool = false) {
         guard !ended else { return }
         ended = true
@@ -315,20 +307,9 @@ final class ViewerHandler: ChannelDuplexHandler {
         reportDue = nil
         clocks.stop()
         early = []
-        if let context, !inactive {
-            if let close {
-                var data = context.channel.allocator.buffer(capacity: 2 + 123)
-                data.write(webSocketErrorCode: WebSocketErrorCode(codeNumber: Int(close.code)))
-                data.writeBytes(close.reason.utf8.prefix(123))
-                let sent = context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
-                if answering {
-                    sent.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-                } else {
-                    linger(context, after: sent)
-                }
-            } else {
-                context.close(promise: nil)
-            }
+        if connection.end(context, close: close, answering: answering), readPending {
+            readPending = false
+            context?.read()
         }
         vnc?.unlink()
         vnc = nil
@@ -336,29 +317,6 @@ final class ViewerHandler: ChannelDuplexHandler {
         upstream = nil
         done?.succeed(totals)
         done = nil
-    }
-
-    /// After a close of ours the viewer may still be sending (the rest of a message over the
-    /// limit, frames after a text one): a socket closed with unread bytes is reset by the
-    /// kernel, and the reset can destroy our close frame before the viewer reads it (Autobahn
-    /// saw no close code at all, 1006, instead of 1009). So, as the listener does for its HTTP
-    /// refusals: the output is shut once the close is out (the viewer reads the close, then the
-    /// end of the stream), and what the viewer still sends is read and dropped until it answers
-    /// with its own close or hangs up, or 2 s pass.
-    private func linger(_ context: ChannelHandlerContext, after sent: EventLoopFuture<Void>) {
-        lingering = true
-        sent.assumeIsolated().whenComplete { _ in
-            // (With TLS, NIOSSL sends its close_notify first.) Where one direction cannot be
-            // shut alone, the connection closes whole.
-            context.close(mode: .output).assumeIsolated().whenFailure { _ in context.close(promise: nil) }
-        }
-        lingerDeadline = loop.assumeIsolated().scheduleTask(in: .seconds(2)) {
-            self.context?.close(promise: nil)
-        }
-        if readPending {
-            readPending = false
-            context.read()
-        }
     }
 }
 
