@@ -206,6 +206,7 @@ func printCluster(_ options: Options) async throws {
         print(row("\(ttl) (\(heartbeat))" + (ttl == "15s" ? ", the default" : ""), format1(t), "3600 / 14400"))
     }
     print("peers: their defaults for the work of a dead worker (published, not run here): River RescueStuckJobsAfter 1 h and Oban Lifeline 60 min (3600 s), graphile-worker 4 h (14400 s)")
+    try await printClusterRelay(smoke: smoke)
 }
 
 private func format1(_ seconds: Double) -> String { String(Int((seconds * 10).rounded())).withDecimal(1) }

@@ -241,11 +241,13 @@ func runSoak(sessions: Int, seconds: Int) async throws {
 /// killed between the TCP connect and the upgrade's answer leaves NIO's upgrade handler waiting
 /// on an open channel, deaf to cancellation (withTimeout would wait for it too).
 func abandonable<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async -> Result<T, any Error>? {
-    let done = OnceValue<Result<T, any Error>>()
-    Task {
-        do { done.set(.success(try await body())) } catch { done.set(.failure(error)) }
+    do {
+        return .success(try await withAbandoningTimeout(limit, "the body", body))
+    } catch is TimeoutError {
+        return nil
+    } catch {
+        return .failure(error)
     }
-    return try? await withTimeout(limit, "the body") { try await done.wait() }
 }
 
 /// The session programs of this run: (pid, program name).

@@ -22,6 +22,25 @@ public func withTimeout<T: Sendable>(
     }
 }
 
+/// The same bound for a body that may not honour cancellation (a call blocked on a peer that
+/// vanished without a reset): at the deadline the body is cancelled and left to end on its own,
+/// its result dropped, and the caller gets `TimeoutError` at once instead of waiting with it.
+public func withAbandoningTimeout<T: Sendable>(
+    _ duration: Duration, _ what: @autoclosure () -> String, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    let done = OnceValue<Result<T, any Error>>()
+    // Unstructured on purpose: this call must be able to return while the body still runs.
+    let work = Task {
+        do { _ = done.set(.success(try await body())) } catch { _ = done.set(.failure(error)) }
+    }
+    do {
+        return try await withTimeout(duration, what()) { try await done.wait() }.get()
+    } catch {
+        if done.current == nil { work.cancel() }
+        throw error
+    }
+}
+
 public struct TimeoutError: Error, CustomStringConvertible {
     public let duration: Duration
     public let what: String

@@ -86,6 +86,9 @@ public protocol ClusterStore: TaskStore {
     /// there) first and others' once they waited `graceMS`; each gets a `claimed` event. None
     /// when the lease is gone.
     func claim(_ fence: Fence, limit: Int, graceMS: Int64) async throws -> [TaskRecord]
+    /// The queued tasks claimed under `fence`: a claim whose answer the host gave up waiting
+    /// for may still have committed.
+    func claimed(_ fence: Fence) async throws -> [String]
     /// Puts the host's claimed-but-not-started tasks back in the queue (a drain); returns them.
     func requeue(_ fence: Fence, ids: [String], reason: String) async throws -> [Rescued]
     /// Interrupts the running tasks and requeues the unstarted claims of every host whose

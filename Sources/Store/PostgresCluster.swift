@@ -110,6 +110,17 @@ extension PostgresTaskStore: ClusterStore {
         }
     }
 
+    public func claimed(_ fence: Fence) async throws -> [String] {
+        try await run {
+            let rows = try await self.client.query("""
+                SELECT id FROM tasks WHERE state = 'queued' AND host = \(fence.host) AND epoch = \(fence.epoch)
+                """, logger: self.logger)
+            var ids: [String] = []
+            for try await id in rows.decode(String.self) { ids.append(id) }
+            return ids
+        }
+    }
+
     public func requeue(_ fence: Fence, ids: [String], reason: String) async throws -> [Rescued] {
         guard !ids.isEmpty else { return [] }
         return try await transaction { db in

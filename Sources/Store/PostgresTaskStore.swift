@@ -164,7 +164,9 @@ public final class PostgresTaskStore: TaskStore {
     /// Database errors become `StoreError` with the server's own message.
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         do {
-            return try await withTimeout(timeout, "PostgreSQL") { try await body() }
+            // Abandoning: a connection whose peer vanished without a reset (a link down, a
+            // security group) blocks its query past any cancellation until TCP gives up.
+            return try await withAbandoningTimeout(timeout, "PostgreSQL") { try await body() }
         } catch let error as PSQLError {
             throw StoreError.unavailable(Self.describe(error))
         } catch is TimeoutError {

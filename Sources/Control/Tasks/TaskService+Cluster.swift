@@ -48,6 +48,21 @@ extension TaskService {
             group.addTask {
                 repeat { await self.housekeep() } while (try? await Task.sleep(for: period)) != nil
             }
+            group.addTask { await self.watchLease() }
+        }
+    }
+
+    /// The lease's end on this host's clock, whatever the store calls are doing: a renewal
+    /// stuck on a connection whose peer vanished must not keep a host running its sessions
+    /// after the others have rescued its tasks.
+    private func watchLease() async {
+        let period = cluster?.settings.heartbeat ?? .seconds(2)
+        while !Task.isCancelled {
+            if cluster?.fence != nil, ContinuousClock.now >= leaseExpiry {
+                await leaseLost("no renewal reached the store before the lease's end")
+            }
+            let next = cluster?.fence != nil ? max(leaseExpiry, .now + .milliseconds(10)) : .now + period
+            guard (try? await Task.sleep(until: next, clock: .continuous)) != nil else { return }
         }
     }
 
@@ -65,7 +80,7 @@ extension TaskService {
         do {
             // Bounded by the lease: a store that does not answer in time has let it lapse.
             let load = hostLoad
-            let renewed = try await withTimeout(max(leaseExpiry - sent, .milliseconds(1)), "the lease's renewal") {
+            let renewed = try await withAbandoningTimeout(max(leaseExpiry - sent, .milliseconds(1)), "the lease's renewal") {
                 try await cluster.store.renew(fence, load: load, ttlMS: cluster.leaseTTLms)
             }
             if renewed {
@@ -83,7 +98,14 @@ extension TaskService {
     }
 
     private func housekeep() async {
-        guard let cluster, cluster.fence != nil else { return }
+        guard let cluster, let fence = cluster.fence else { return }
+        // A claim that committed after the claimer gave up on its answer: back to the queue.
+        if !claiming, let lost = try? await cluster.store.claimed(fence).filter({ !owns($0) }), !lost.isEmpty, !claiming {
+            logger.warning("claims this host did not know of go back to the queue", metadata: ["tasks": "\(lost)"])
+            if let back = try? await cluster.store.requeue(fence, ids: lost, reason: "its claim reached the store after \(cluster.hostID) gave up waiting for it") {
+                announce(back)
+            }
+        }
         if let rescued = try? await cluster.store.rescue() { announce(rescued) }
         if let view = try? await cluster.store.view() {
             cluster.saw(view)
