@@ -226,23 +226,8 @@ struct BridgeTests {
             // noVNC draws into a canvas: a promise in the page checks it on every animation frame
             // (the browser's own paint signal), then lets two more frames reach the screen.
             _ = try await waitForPage(info, url: "http://127.0.0.1:\(h.port)/novnc/")
-            let painted = """
-                new Promise(resolve => {
-                  const check = () => {
-                    const c = document.querySelector('canvas');
-                    if (c && c.width > 0) {
-                      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                      let hits = 0;
-                      for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
-                      if (hits * 4 > d.length / 4) return requestAnimationFrame(() => requestAnimationFrame(() => resolve('painted')));
-                    }
-                    requestAnimationFrame(check);
-                  };
-                  check();
-                })
-                """
             #expect(try await withTimeout(.seconds(30), "noVNC's canvas to show the kiosk's colour") {
-                try await withPage(info) { cdp, s in try await evaluate(cdp, s, painted) }
+                try await withPage(info) { cdp, s in try await evaluate(cdp, s, noVNCPaintedTestColour) }
             } == "painted")
             let shot = h.dir + "/viewer.ppm"
             let rc = try await runToExit("/usr/bin/import", ["-display", info.display, "-window", "root", "-depth", "8", shot],

@@ -8,6 +8,24 @@ public func testPage(_ title: String) -> String {
     "data:text/html,<title>\(title)</title><body style='margin:0;background:rgb(200,30,30)'><h1>\(title)</h1></body>"
 }
 
+/// Resolves to 'painted' once noVNC's canvas shows `testPage`'s colour over a quarter of it,
+/// checked on every animation frame (the browser's own paint signal), then two more frames.
+public let noVNCPaintedTestColour = """
+    new Promise(resolve => {
+      const check = () => {
+        const c = document.querySelector('canvas');
+        if (c && c.width > 0) {
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let hits = 0;
+          for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 200) < 24 && d[i + 1] < 60 && d[i + 2] < 60) hits++;
+          if (hits * 4 > d.length / 4) return requestAnimationFrame(() => requestAnimationFrame(() => resolve('painted')));
+        }
+        requestAnimationFrame(check);
+      };
+      check();
+    })
+    """
+
 /// A CDP connection to the session's first page, for driving it the way an agent does.
 public func withPage<T: Sendable>(_ info: SessionInfo, _ body: @escaping @Sendable (CDPConnection, String) async throws -> T) async throws -> T {
     try await withPage(cdpURL: info.cdpURL, body)
