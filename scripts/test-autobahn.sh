@@ -17,16 +17,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 started=$(date +%s)
 
-bench=${1:-}
-if [ -z "$bench" ]; then
-  command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
-  bench="$(swift build --show-bin-path)/kioskd-bench"
-fi
-case $bench in /*) ;; *) bench=$root/$bench ;; esac
-if [ ! -x "$bench" ]; then
-  echo "[test-autobahn] no kioskd-bench at $bench: build it (swift build --product kioskd-bench) or pass its path" >&2
-  exit 1
-fi
+source scripts/lib.sh
+bench=$(built_product test-autobahn kioskd-bench "${1:-}")
 
 venv=${AUTOBAHN_VENV:-$root/.venv-autobahn}
 scripts/autobahn-venv.sh "$venv"

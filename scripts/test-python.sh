@@ -8,17 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-binary=${1:-}
+source scripts/lib.sh
+binary=$(built_product test-python kioskd "${1:-}")
 [ $# -gt 0 ] && shift
-if [ -z "$binary" ]; then
-  command -v swift >/dev/null 2>&1 || export PATH=/opt/swift/usr/bin:$PATH
-  binary="$(swift build --show-bin-path)/kioskd"
-fi
-case $binary in /*) ;; *) binary=$root/$binary ;; esac
-if [ ! -x "$binary" ]; then
-  echo "[test-python] no kioskd binary at $binary: build it (swift build --product kioskd) or pass its path" >&2
-  exit 1
-fi
 
 venv=.build/pyvenv
 if [ ! -x $venv/bin/python ]; then
