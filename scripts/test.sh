@@ -26,7 +26,14 @@ scripts/check-prometheus.sh
 echo "[test] swift test"
 # One suite at a time: most suites boot real Chromium sessions, and on CI's two cores suites
 # side by side starved each other's readiness waits (timeouts, not failures of what they test).
-swift test --skip-build --no-parallel "$@"
+# CI keeps only the output's tail: a failure's lines are printed again at the end.
+swift_log=$(mktemp)
+trap 'rm -rf "$unit_dir" "$swift_log"' EXIT
+if ! swift test --skip-build --no-parallel "$@" 2>&1 | tee "$swift_log"; then
+  echo "[test] swift test failed; its failures again:" >&2
+  grep -E '✘|recorded an issue|error:|Expectation failed|Caught error' "$swift_log" | tail -60 >&2
+  exit 1
+fi
 
 # ~95 s; the virtualenv (scripts/autobahn-venv.sh, ~70 s the first time) needs pyenv's CPython 2.7.18.
 echo "[test] WebSocket conformance: Autobahn|Testsuite against the listener's stack and the bridge"
