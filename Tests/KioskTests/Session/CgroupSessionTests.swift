@@ -126,9 +126,11 @@ struct CgroupSessionTests {
             #expect(states == (.ready, .ready))
             #expect(try #require(await calm.memory()).oomKills == 0)
             #expect(ownGroupOOMKills() == ownOOMKills, "the test process's own memory group saw no OOM kill")
+            // A loaded machine probes slowly: three more answers after the recovery, however long they take.
+            for _ in 0..<3 { try await probes.wait(for: "a probe of the calm session", after: probes.count, timeout: .seconds(30)) { _ in true } }
             watcher.cancel()
             _ = await watcher.value
-            #expect(probes.count > 5 && !probes.items.contains(false), "the calm session answered every probe: \(probes.items.filter { !$0 }.count) of \(probes.count) failed")
+            #expect(probes.count >= 3 && !probes.items.contains(false), "the calm session answered every probe: \(probes.items.filter { !$0 }.count) of \(probes.count) failed")
             #expect(try await withPage(await calm.info()) { cdp, page in try await evaluate(cdp, page, loadedTitle) } == "calm")
         }
     }
