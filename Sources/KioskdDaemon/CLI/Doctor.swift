@@ -69,14 +69,16 @@ enum Doctor {
 
     /// The sessions' loopback ports against the kernel's ephemeral range: an outgoing
     /// connection may take a port a session then cannot have.
-    static func portRanges(sessions: ClosedRange<Int>, ephemeral: ClosedRange<Int>?) -> DoctorFinding {
-        let check = "sessions.ports"
-        guard let ephemeral else { return DoctorFinding(level: .ok, check: check, detail: "\(sessions.lowerBound)-\(sessions.upperBound)") }
-        return sessions.overlaps(ephemeral)
+    static func portRanges(sessions: ClosedRange<Int>, ephemeral: EphemeralPorts?) -> DoctorFinding {
+        let check = "sessions.ports", shown = "\(sessions.lowerBound)-\(sessions.upperBound)"
+        guard let ephemeral else { return DoctorFinding(level: .ok, check: check, detail: shown) }
+        let kernel = "\(ephemeral.range.lowerBound)-\(ephemeral.range.upperBound)"
+        let exposed = ephemeral.exposed(sessions)
+        return exposed > 0
             ? DoctorFinding(level: .warn, check: check,
-                            detail: "\(sessions.lowerBound)-\(sessions.upperBound) overlaps the ephemeral ports \(ephemeral.lowerBound)-\(ephemeral.upperBound): outgoing connections take some of them",
+                            detail: "\(exposed) of \(shown) are ephemeral ports (\(kernel), less the reserved): outgoing connections take some of them",
                             fix: "choose sessions.ports outside net.ipv4.ip_local_port_range, or reserve them (net.ipv4.ip_local_reserved_ports)")
-            : DoctorFinding(level: .ok, check: check, detail: "\(sessions.lowerBound)-\(sessions.upperBound), outside the ephemeral ports \(ephemeral.lowerBound)-\(ephemeral.upperBound)")
+            : DoctorFinding(level: .ok, check: check, detail: "\(shown), outside the ephemeral ports \(kernel) or reserved")
     }
 
     /// The cgroup layout seen from the outside: `unitControllers` is what the running unit's

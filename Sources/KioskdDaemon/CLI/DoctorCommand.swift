@@ -35,7 +35,7 @@ struct DoctorProbes {
 
     func all() async -> [DoctorFinding] {
         var out = [await userNamespaces(), cgroups(), Doctor.sharedMemory(bytes: filesystemSize("/dev/shm")), programs(), fonts(), policies()]
-        out.append(Doctor.portRanges(sessions: config.sessions.ports, ephemeral: ephemeralPorts()))
+        out.append(Doctor.portRanges(sessions: config.sessions.ports, ephemeral: .current()))
         out.append(publicPort())
         out += directories()
         out.append(socketPaths())
@@ -178,12 +178,6 @@ struct DoctorProbes {
         var vfs = statvfs()
         guard statvfs(path, &vfs) == 0 else { return nil }
         return UInt64(vfs.f_blocks) * UInt64(vfs.f_frsize)
-    }
-
-    private func ephemeralPorts() -> ClosedRange<Int>? {
-        let parts = (readSmallFile("/proc/sys/net/ipv4/ip_local_port_range") ?? "").split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
-        guard parts.count == 2, parts[0] <= parts[1] else { return nil }
-        return parts[0]...parts[1]
     }
 
     private func controlSocketAnswers() -> Bool {

@@ -10,7 +10,7 @@ struct ConfigWarning: Equatable, CustomStringConvertible {
 
     var description: String { "\(key): \(message)" }
 
-    static func check(_ config: Config) -> [ConfigWarning] {
+    static func check(_ config: Config, ephemeral: EphemeralPorts? = .current()) -> [ConfigWarning] {
         var warnings: [ConfigWarning] = []
         for path in config.deprecatedKeysUsed {
             let doc = ConfigSchema.deprecatedKeys.first { $0.path == path }?.doc ?? "deprecated"
@@ -19,6 +19,10 @@ struct ConfigWarning: Equatable, CustomStringConvertible {
         let secret = config.publicListener.jwt.hs256SecretFile
         if !secret.isEmpty, let why = exposedSecret(secret) {
             warnings.append(ConfigWarning(key: "public.jwt.hs256_secret_file", message: why))
+        }
+        if let ephemeral, case let exposed = ephemeral.exposed(config.sessions.ports), exposed > 0 {
+            let r = ephemeral.range
+            warnings.append(ConfigWarning(key: "sessions.ports", message: "\(exposed) of these ports are ephemeral (net.ipv4.ip_local_port_range \(r.lowerBound)-\(r.upperBound), less ip_local_reserved_ports): an outgoing connection can take one between its allocation and the session's bind, and that session fails to start; choose ports outside the range or reserve them"))
         }
         return warnings
     }

@@ -349,6 +349,17 @@ struct ConfigTests {
         }
     }
 
+    @Test func sessionPortsAnOutgoingConnectionCanTakeAreWarnedAbout() throws {
+        var config = Config()
+        let linux = try #require(EphemeralPorts(range: "32768 60999"))
+        #expect(ConfigWarning.check(config, ephemeral: linux).isEmpty, "the default 20000-29999 is outside Linux's range")
+        config.sessions.ports = 46000...46999
+        let warning = try #require(ConfigWarning.check(config, ephemeral: linux).first)
+        #expect(warning.key == "sessions.ports" && warning.message.hasPrefix("1000 of these ports are ephemeral"), "\(warning)")
+        let reserved = try #require(EphemeralPorts(range: "32768 60999", reserved: "46000-46999"))
+        #expect(ConfigWarning.check(config, ephemeral: reserved).isEmpty)
+    }
+
     @Test func aSharedSecretOthersCanReadOrWriteIsWarnedAbout() async throws {
         let dir = try makeTempDir()
         defer { removeTree(dir) }

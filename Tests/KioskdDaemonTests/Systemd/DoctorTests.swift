@@ -30,10 +30,15 @@ struct DoctorTests {
     }
 
     @Test func sessionPortsInsideTheEphemeralRangeWarn() {
-        #expect(Doctor.portRanges(sessions: 20000...29999, ephemeral: 32768...60999).level == .ok)
-        let overlap = Doctor.portRanges(sessions: 30000...39999, ephemeral: 32768...60999)
-        #expect(overlap.level == .warn && overlap.fix.contains("ip_local_reserved_ports"))
+        let linux = EphemeralPorts(range: "32768\t60999\n")
+        #expect(Doctor.portRanges(sessions: 20000...29999, ephemeral: linux).level == .ok)
+        let overlap = Doctor.portRanges(sessions: 30000...39999, ephemeral: linux)
+        #expect(overlap.level == .warn && overlap.fix.contains("ip_local_reserved_ports") && overlap.detail.hasPrefix("7232 of 30000-39999"), "\(overlap)")
+        let reserved = EphemeralPorts(range: "32768 60999", reserved: "32768-39999,45000\n")
+        #expect(Doctor.portRanges(sessions: 30000...39999, ephemeral: reserved).level == .ok, "reserved ports are no connection's")
+        #expect(reserved?.exposed(44000...45999) == 1999)
         #expect(Doctor.portRanges(sessions: 30000...39999, ephemeral: nil).level == .ok)
+        #expect(EphemeralPorts(range: "60999 32768") == nil && EphemeralPorts(range: "") == nil)
     }
 
     @Test func cgroupVerdictsFollowTheLayoutAndTheDelegation() {
