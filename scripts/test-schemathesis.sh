@@ -73,7 +73,7 @@ capacity:
   pressure_low: 99
 sessions:
   displays: 670-699
-  ports: 47000-47099
+  ports: 30700-30799
 EOF
 
 daemon=

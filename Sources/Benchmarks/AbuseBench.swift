@@ -891,7 +891,7 @@ func printAbuse() async throws {
     var problems: [String] = []
     var rows: [AbuseRow] = []
     var limits = (total: 0, perPeer: 0)
-    let session = "sessions:\n  displays: 600-639\n  ports: 46000-46999\n"
+    let session = "sessions:\n  displays: 600-639\n  ports: 19000-19499\n"
     // Removed before the report: a failed check exits at once, past any defer.
     do {
         let (cert, key) = try await makeCertificate(dir)

@@ -365,7 +365,7 @@ func benchSession(_ id: String, page: String, width: Int = 1280, height: Int = 8
     var logger = Logger(label: "bench.\(id)")
     logger.logLevel = .error
     let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records", user: try SessionHost.sessionUser(named: "kioskd"),
-                           displays: DisplayAllocator(range: displays, logger: logger), ports: PortAllocator(range: 42000...42999), logger: logger)
+                           displays: DisplayAllocator(range: displays, logger: logger), ports: PortAllocator(range: 18000...18499), logger: logger)
     let manager = SessionManager(host: host)
     _ = try await manager.start()
     let session = try await manager.create(SessionSettings(id: id, url: page, width: width, height: height))

@@ -229,14 +229,14 @@ func peakRSSKiB(_ pid: Int32) -> Int {
 func benchCapacity(runs: Int, fitCount: Int, fitLimit: UInt64, smoke: Bool) async throws -> CapacityResults {
     var r = CapacityResults()
     r.sessionsForRSS = smoke ? 2 : 8
-    (r.cold, r.daemonPeakRSSKiB) = try await BenchDaemon.with("sessions:\n  displays: 700-739\n  ports: 43000-43999\n") { [n = r.sessionsForRSS] cold in
+    (r.cold, r.daemonPeakRSSKiB) = try await BenchDaemon.with("sessions:\n  displays: 700-739\n  ports: 19500-19999\n") { [n = r.sessionsForRSS] cold in
         let starts = try await timeStarts(cold, runs: runs, warm: false)
         // The daemon's peak RSS with n sessions running at once (the shell exec'd kioskd: same pid).
         for i in 0..<n { _ = try await cold.post("/v1/tasks", createBody("rss-\(i)", idlePage)) }
         for i in 0..<n { _ = try await cold.post("/v1/tasks?wait=true", createBody("rss-\(i)", idlePage)) }
         return (starts, peakRSSKiB(cold.process.pid))
     }
-    r.warm = try await BenchDaemon.with("sessions:\n  warm: 1\n  displays: 740-769\n  ports: 44000-44999\n") { warm in
+    r.warm = try await BenchDaemon.with("sessions:\n  warm: 1\n  displays: 740-769\n  ports: 30800-31199\n") { warm in
         try await timeStarts(warm, runs: runs, warm: true)
     }
 
@@ -250,7 +250,7 @@ func benchCapacity(runs: Int, fitCount: Int, fitLimit: UInt64, smoke: Bool) asyn
     for (page, url) in smoke ? [("idle", idlePage)] : [("idle", idlePage), ("heavy", heavyPage)] {
         for (policy, config) in smoke ? Array(policies.prefix(1)) : policies {
             let fit = try await fitSessions(limit: fitLimit, count: fitCount, page: url, policy: policy.split(separator: " ").first.map(String.init) ?? policy,
-                                            config: config, ports: "45000-45999", displays: "770-799", settle: smoke ? 0 : 36)
+                                            config: config, ports: "31200-31599", displays: "770-799", settle: smoke ? 0 : 36)
             r.fits.append((policy, page, fit))
         }
     }

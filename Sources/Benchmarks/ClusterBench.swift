@@ -34,7 +34,7 @@ private final class BenchHost: @unchecked Sendable {
             sessions:
               warm: \(warm)
               displays: \(950 + index * 15)-\(964 + index * 15)
-              ports: \(51000 + index * 1000)-\(51999 + index * 1000)
+              ports: \(8500 + index * 400)-\(8899 + index * 400)
             """))
     }
 

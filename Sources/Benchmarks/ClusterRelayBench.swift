@@ -31,7 +31,7 @@ private struct RelayBenchHost {
         try writeText(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: publicPort, """
             sessions:
               displays: \(1000 + index * 10)-\(1009 + index * 10)
-              ports: \(54000 + index * 500)-\(54499 + index * 500)
+              ports: \(9700 + index * 150)-\(9849 + index * 150)
 
             """ + testClusterConfig(id: id, storeURL: store, internalPort: internalPort, secret: secret)))
         let daemon = try DaemonProcess(executable: sibling("kioskd"), arguments: ["serve", "--config", dir + "/kioskd.yaml"],

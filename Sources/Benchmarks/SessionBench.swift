@@ -31,7 +31,7 @@ func benchSessions(count: Int) async throws -> SessionResults {
     logger.logLevel = .error
     let host = SessionHost(sessionsDir: dir + "/sessions", recordsDir: dir + "/records",
                            user: try SessionHost.sessionUser(named: "kioskd"),
-                           displays: DisplayAllocator(range: 800...899, logger: logger), ports: PortAllocator(range: 41000...41999),
+                           displays: DisplayAllocator(range: 800...899, logger: logger), ports: PortAllocator(range: 18500...18999),
                            logger: logger)
     let manager = SessionManager(host: host)
     _ = try await manager.start()

@@ -45,7 +45,7 @@ final class SoakDaemon: @unchecked Sendable {
               max_sessions: \(sessions + 1)
             sessions:
               displays: 900-949
-              ports: 45000-45999
+              ports: 32000-32399
             """))
         client = ControlClient(socketPath: dir + "/run/control.sock")
         process = try await Self.start(dir)

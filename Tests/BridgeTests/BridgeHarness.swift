@@ -93,7 +93,7 @@ struct BridgeHarness {
     /// parallel, and two allocators could hand out the same display before either X server
     /// is up.
     static let displays = DisplayAllocator(range: 700...769, logger: Logger(label: "test.displays"))
-    static let ports = PortAllocator(range: 44000...44999)
+    static let ports = PortAllocator(range: 10000...10499)
     /// The port guard's range: narrow, apart from every other suite's ranges, and below the
     /// kernel's ephemeral ports, so no loopback server of another suite is in it.
     static let guardedRange = 31950...31979

@@ -92,7 +92,7 @@ struct CapacityTests {
               session_estimate: 256MiB
             sessions:
               displays: 950-979
-              ports: 41000-41999
+              ports: 13500-13999
               width: 800
               height: 600
             """)
@@ -141,7 +141,7 @@ struct CapacityTests {
             sessions:
               warm: 1
               displays: 980-999
-              ports: 42000-42999
+              ports: 14000-14499
               width: 800
               height: 600
             """)

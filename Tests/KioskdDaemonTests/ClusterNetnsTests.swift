@@ -95,11 +95,11 @@ struct ClusterNetnsTests {
             let local = try await pg.createDatabase("\(name)_\(UInt32.random(in: 0...UInt32.max))")
             let acrossTheLink = local.replacingOccurrences(of: "@127.0.0.1:", with: "@\(ns.outsideAddress):")
             let a = try await start("a", root: root, store: acrossTheLink, secret: secret, internalHost: ns.insideAddress, namespace: ns,
-                                    displays: "660-669", ports: "50000-50499")
+                                    displays: "660-669", ports: "17000-17499")
             let b: Host
             do {
                 b = try await start("b", root: root, store: local, secret: secret, internalHost: "127.0.0.1", namespace: nil,
-                                    displays: "670-679", ports: "50500-50999")
+                                    displays: "670-679", ports: "17500-17999")
             } catch {
                 a.daemon.signal(SIGKILL)
                 _ = try? await a.daemon.waitExit()

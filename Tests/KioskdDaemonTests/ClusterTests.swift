@@ -39,7 +39,7 @@ struct ClusterTests {
                   max_starting: 1
                 sessions:
                   displays: \(600 + index * 20)-\(619 + index * 20)
-                  ports: \(46000 + index * 1000)-\(46999 + index * 1000)
+                  ports: \(14500 + index * 500)-\(14999 + index * 500)
                 """))
         }
 
@@ -137,7 +137,9 @@ struct ClusterTests {
                 let all = try await hosts[2].json(.GET, "/v1/tasks?limit=100").array ?? []
                 if let ended = all.first(where: { !["queued", "starting", "running", "completed"].contains(state($0)) }) {
                     let id = ended["task_id"]?.string ?? "?"
-                    throw TestFailure("task \(id) ended \(state(ended)): \(ended)\nevents: \(try await events(hosts[0], id))")
+                    let owner = hosts.first { $0.id == ended["host"]?.string }
+                    throw TestFailure("task \(id) ended \(state(ended)): \(ended)\nevents: \(try await events(hosts[0], id))"
+                                      + "\n\(owner?.id ?? "no host") log tail:\n" + (owner?.process?.stderr.suffix(6000) ?? ""))
                 }
                 guard ContinuousClock.now < deadline else {
                     let waiting = all.filter { state($0) != "completed" }

@@ -42,7 +42,7 @@ struct DurabilityTests {
         try writeFile(dir + "/kioskd.yaml", testDaemonConfig(dir: dir, port: try freePort(), storeConfig + """
             sessions:
               displays: 850-899
-              ports: 44000-44999
+              ports: 13000-13499
             """))
         func start() async throws -> DaemonProcess {
             let daemon = try DaemonProcess(executable: kioskd, arguments: ["serve", "--config", dir + "/kioskd.yaml"],

@@ -151,7 +151,7 @@ struct MetricsDocTests {
         try writeFile(config, testDaemonConfig(dir: dir, port: port, publicKeys: ["max_connections: 2", "max_connections_per_ip: 1"], """
             sessions:
               displays: 970-979
-              ports: 45000-45999
+              ports: 10500-10999
             shutdown:
               timeout: 10s
             programs:

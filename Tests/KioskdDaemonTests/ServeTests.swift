@@ -154,7 +154,7 @@ struct ServeTests {
         let path = try config("  []", extra: """
             sessions:
               displays: 900-949
-              ports: 40000-40999
+              ports: 11000-11499
             demo:
               enabled: true
               url: "data:text/html,<title>demo</title>"
@@ -218,7 +218,7 @@ struct ServeTests {
 
     @Test func thePythonExampleDrivesARealTaskOverTheControlSocket() async throws {
         defer { removeTree(dir) }
-        let (python, daemon) = try await pythonAndDaemon(displays: "850-899", ports: "42000-42999")
+        let (python, daemon) = try await pythonAndDaemon(displays: "850-899", ports: "11500-11999")
         let output = dir + "/example.out"
         let status = try await runToExit(python, [repositoryRoot + "/clients/python/examples/walkthrough.py", "--socket", dir + "/run/control.sock",
                                                   "--url", "data:text/html,<title>py</title>python"],
@@ -245,7 +245,7 @@ struct ServeTests {
     /// live, the page's popup is seen then closed, and it reconnects after Chromium is killed.
     @Test func playwrightDrivesATaskWithTheDefaultLockdown() async throws {
         defer { removeTree(dir) }
-        let (python, daemon) = try await pythonAndDaemon(displays: "950-969", ports: "39000-39999")
+        let (python, daemon) = try await pythonAndDaemon(displays: "950-969", ports: "12000-12499")
         let output = dir + "/agent.out"
         let status = try await runToExit(python, [repositoryRoot + "/Tests/KioskdDaemonTests/playwright_agent.py", dir + "/run/control.sock"],
                                          environment: ["PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": dir], timeout: .seconds(180), output: output)
@@ -267,7 +267,7 @@ struct ServeTests {
               url: "\(url)"
             sessions:
               displays: 800-849
-              ports: 43000-43999
+              ports: 12500-12999
             """)
         let socket = dir + "/run/control.sock"
         let first = try start(path)

@@ -56,8 +56,8 @@ struct ClusterRelayTests {
         let store = try await PostgresFixture.shared.value.createDatabase("relay_\(UInt32.random(in: 0...UInt32.max))")
         let secret = root + "/cluster.key"
         try writeFile(root + "/cluster.key", randomBytes(32), mode: 0o600, owner: nil)
-        let a = try await start("a", root: root, store: store, secret: secret, displays: "680-689", ports: "49000-49499")
-        let b = try await start("b", root: root, store: store, secret: secret, displays: "690-699", ports: "49500-49999")
+        let a = try await start("a", root: root, store: store, secret: secret, displays: "680-689", ports: "16000-16499")
+        let b = try await start("b", root: root, store: store, secret: secret, displays: "690-699", ports: "16500-16999")
         defer {
             a.daemon.signal(SIGTERM)
             b.daemon.signal(SIGTERM)
@@ -135,8 +135,8 @@ struct ClusterRelayTests {
         let store = try await PostgresFixture.shared.value.createDatabase("novnc_\(UInt32.random(in: 0...UInt32.max))")
         let secret = root + "/cluster.key"
         try writeFile(secret, randomBytes(32), mode: 0o600, owner: nil)
-        let a = try await start("a", root: root, store: store, secret: secret, displays: "680-689", ports: "49000-49499")
-        let b = try await start("b", root: root, store: store, secret: secret, displays: "690-699", ports: "49500-49999")
+        let a = try await start("a", root: root, store: store, secret: secret, displays: "680-689", ports: "16000-16499")
+        let b = try await start("b", root: root, store: store, secret: secret, displays: "690-699", ports: "16500-16999")
         defer {
             a.daemon.signal(SIGTERM)
             b.daemon.signal(SIGTERM)

@@ -43,7 +43,7 @@ def stop_daemon(daemon: KioskdProcess) -> None:
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[KioskdProcess]:
     """One daemon for the run; tests that drain get their own (test_drain.py)."""
-    process = start_daemon(displays="600-629", ports="46000-46299")
+    process = start_daemon(displays="600-629", ports="30000-30299")
     yield process
     stop_daemon(process)
 

@@ -15,7 +15,7 @@ from conftest import start_daemon, stop_daemon
 
 @pytest.fixture(scope="module")
 def draining_daemon() -> Iterator[KioskdProcess]:
-    process = start_daemon(displays="630-639", ports="46300-46399")
+    process = start_daemon(displays="630-639", ports="30300-30399")
     yield process
     stop_daemon(process)
 

@@ -14,7 +14,7 @@ from conftest import start_daemon, stop_daemon
 
 @pytest.fixture(scope="module")
 def restarted_daemon() -> Iterator[KioskdProcess]:
-    process = start_daemon(displays="660-669", ports="46600-46699")
+    process = start_daemon(displays="660-669", ports="30600-30699")
     yield process
     stop_daemon(process)
 

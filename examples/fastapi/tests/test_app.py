@@ -29,7 +29,7 @@ def daemon() -> Iterator[KioskdProcess]:
     binary = os.environ.get("KIOSKD_BIN")
     if not binary:
         pytest.fail("set KIOSKD_BIN to a kioskd binary (scripts/test-python.sh does)", pytrace=False)
-    process = KioskdProcess(binary, displays="640-659", ports="46400-46599").start()
+    process = KioskdProcess(binary, displays="640-659", ports="30400-30599").start()
     yield process
     code = process.stop()
     log = process.log()

@@ -10,7 +10,8 @@ and the public listener answer.
 Sessions boot real Chromiums, so kioskd's own needs apply: run as root (the sessions run as
 `sessions.user`, kioskd by default; kioskd's scripts/setup.sh creates it) with Xvfb, Openbox,
 x11vnc and Chromium installed. Give each daemon that may run beside another its own
-`displays` and `ports` ranges.
+`displays` and `ports` ranges, with the ports below the kernel's ephemeral range (Linux:
+32768-60999), where an outgoing connection could take one before the session binds it.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def free_port() -> int:
 
 
 class KioskdProcess:
-    def __init__(self, binary: str, *, displays: str = "600-639", ports: str = "46000-46499",
+    def __init__(self, binary: str, *, displays: str = "600-639", ports: str = "30000-30499",
                  max_sessions: int = 4, config: str = "", parent: str = "/tmp") -> None:
         """`config`: more YAML appended to the generated file (top-level keys not generated
         here: tasks, state, runtime, control, public, shutdown and sessions are)."""
