@@ -163,7 +163,7 @@ struct ServeTests {
         let first = try start(path)
         try await first.log.wait(for: "the demo task", timeout: .seconds(60)) { $0.contains("demo task running") }
         let line = try #require(first.log.items.first { $0.contains("demo task running") })
-        #expect(line.contains("cdp=http://127.0.0.1:40") && !line.contains("token"), "the log names the task and CDP, never the token: \(line)")
+        #expect(line.contains("cdp=http://127.0.0.1:110") && !line.contains("token"), "the log names the task and CDP, never the token: \(line)")
         // The terminal gets a viewer link that opens the live kiosk, and the CDP endpoint.
         let printed = try readText(dir + "/kioskd.stdout")
         let link = try #require(printed.split(whereSeparator: \.isWhitespace).first { $0.contains("/viewer?task_id=demo-") }.map(String.init), "\(printed)")
@@ -181,7 +181,7 @@ struct ServeTests {
             return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : ""
         }
         #expect(answer.hasPrefix("HTTP/1.1 303") && answer.contains("/novnc/vnc.html#path="), "the link opens the viewer: \(answer.prefix(300))")
-        #expect(printed.contains("drive it (CDP") && printed.contains("http://127.0.0.1:40"), "\(printed)")
+        #expect(printed.contains("drive it (CDP") && printed.contains("http://127.0.0.1:110"), "\(printed)")
         let old = processesWithEnvironment(containing: sessionMarker)
         #expect(old.count >= 4, "xvfb, openbox, x11vnc, chromium and its helpers")
 
