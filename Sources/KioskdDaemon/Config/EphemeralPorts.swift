@@ -2,7 +2,8 @@ import Essentials
 
 /// Where the kernel takes the local ports of outgoing connections: its ephemeral range less the
 /// ports reserved from it. A session port in there can be taken by any connect between the
-/// allocator's check and the session's server binding it (Chromium then runs without CDP).
+/// allocator's check and the session's server binding it: Chromium then logs `bind() failed`,
+/// serves CDP on [::1] alone, and its 127.0.0.1 readiness probe times out.
 struct EphemeralPorts: Equatable {
     var range: ClosedRange<Int>
     var reserved: [ClosedRange<Int>] = []
