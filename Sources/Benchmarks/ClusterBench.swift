@@ -171,7 +171,11 @@ private func rescueTime(heartbeat: String, leaseTTL: String, tasks: Int) async t
                 while try await survivor.get("/v1/tasks/r\(i)")["state"]?.string != "interrupted" { try await Task.sleep(for: .milliseconds(20)) }
             }
         }
-        return monotonic() - t0
+        let rescued = monotonic() - t0
+        // Back once, as systemd would bring it: its start sweeps the killed sessions' cgroups and
+        // its port-guard table, and its clean stop leaves neither behind on the machine.
+        try await victim.start()
+        return rescued
     }
 }
 
