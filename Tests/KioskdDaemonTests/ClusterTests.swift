@@ -99,7 +99,9 @@ struct ClusterTests {
 
     func state(_ task: JSONValue) -> String { task["state"]?.string ?? "?" }
 
-    /// Polls the shared store (through `host`) until `done` holds for the task; the store is the signal.
+    /// Reads the task through `host` until `done` holds, long-polling its events between reads:
+    /// every change of a task appends one, so the store's NOTIFY is the signal. A read's
+    /// `last_event` is where the poll starts, so an event appended in between answers at once.
     @discardableResult
     func waitTask(_ host: Host, _ id: String, _ what: String, timeout: Duration = .seconds(60),
                   _ done: @escaping @Sendable (JSONValue) -> Bool) async throws -> JSONValue {
@@ -107,7 +109,7 @@ struct ClusterTests {
             while true {
                 let task = try await host.json(.GET, "/v1/tasks/\(id)")
                 if done(task) { return task }
-                try await Task.sleep(for: .milliseconds(100))
+                _ = try await host.json(.GET, "/v1/tasks/\(id)/events?since=\(Int(task["last_event"]?.number ?? 0))&wait=5")
             }
         }
     }
