@@ -122,17 +122,11 @@ struct ClusterNetnsTests {
         }
     }
 
-    /// Waits (polling the shared store through `host`) until `done` holds for the task.
+    /// Waits on the shared store, read through `host`, until `done` holds for the task.
     @discardableResult
     func waitTask(_ host: Host, _ id: String, _ what: String, timeout: Duration,
                   _ done: @escaping @Sendable (JSONValue) -> Bool) async throws -> JSONValue {
-        try await withTimeout(timeout, "task \(id) \(what)") {
-            while true {
-                let task = try await host.json(.GET, "/v1/tasks/\(id)")
-                if done(task) { return task }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-        }
+        try await waitForTask(id, what, timeout: timeout, get: { try await host.json(.GET, $0) }, done)
     }
 
     @Test func aViewerAndPlaywrightOnBReachTheTaskOnAAcrossTheLink() async throws {

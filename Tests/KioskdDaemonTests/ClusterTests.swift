@@ -99,19 +99,11 @@ struct ClusterTests {
 
     func state(_ task: JSONValue) -> String { task["state"]?.string ?? "?" }
 
-    /// Reads the task through `host` until `done` holds, long-polling its events between reads:
-    /// every change of a task appends one, so the store's NOTIFY is the signal. A read's
-    /// `last_event` is where the poll starts, so an event appended in between answers at once.
+    /// Waits on the shared store, read through `host`, until `done` holds for the task.
     @discardableResult
     func waitTask(_ host: Host, _ id: String, _ what: String, timeout: Duration = .seconds(60),
                   _ done: @escaping @Sendable (JSONValue) -> Bool) async throws -> JSONValue {
-        try await withTimeout(timeout, "task \(id) \(what)") {
-            while true {
-                let task = try await host.json(.GET, "/v1/tasks/\(id)")
-                if done(task) { return task }
-                _ = try await host.json(.GET, "/v1/tasks/\(id)/events?since=\(Int(task["last_event"]?.number ?? 0))&wait=5")
-            }
-        }
+        try await waitForTask(id, what, timeout: timeout, get: { try await host.json(.GET, $0) }, done)
     }
 
     func events(_ host: Host, _ id: String) async throws -> [JSONValue] {
@@ -231,8 +223,13 @@ struct ClusterTests {
             let asked = ContinuousClock.now
             async let polled = h2.json(.GET, "/v1/tasks/d1/events?since=\(last)&wait=20")
             _ = try await h1.json(.POST, "/v1/tasks/d1/events", #"{"type":"agent_step","data":{"n":1}}"#, status: 201)
-            let heard = try await polled.array ?? []
-            #expect(heard.first?["type"]?.string == "agent_step", "\(heard)")
+            // The session's own events after `running` (its page loading) may wake the poll
+            // first: each answer is a wake, so ask again after it until the agent's step is heard.
+            var heard = try await polled.array ?? []
+            while !heard.contains(where: { $0["type"]?.string == "agent_step" }), let seq = heard.last?["seq"]?.number {
+                heard = try await h2.json(.GET, "/v1/tasks/d1/events?since=\(Int(seq))&wait=20").array ?? []
+            }
+            #expect(heard.first { $0["type"]?.string == "agent_step" }?["data"]?["n"]?.number == 1, "\(heard)")
             // Woken, not timed out: without the notification it would answer after its 20 s.
             #expect(ContinuousClock.now - asked < .seconds(10))
             _ = try await h1.json(.POST, "/v1/drain")

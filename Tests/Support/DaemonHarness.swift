@@ -283,3 +283,19 @@ public func waitForLine(_ path: String, _ arguments: [String], environment: [Str
     }
     guard try await withTimeout(timeout, what, { try await matched.wait() }) else { throw TestFailure("\(path) ended before \(what)") }
 }
+
+/// Reads task `id` (`get` is a GET of a control API path) until `done` holds, long-polling its
+/// events between reads: every change of a task appends one, so the store's notification is the
+/// signal. A read's `last_event` is where the poll starts, so an event appended in between
+/// answers at once.
+@discardableResult
+public func waitForTask(_ id: String, _ what: String, timeout: Duration, get: @escaping @Sendable (String) async throws -> JSONValue,
+                        _ done: @escaping @Sendable (JSONValue) -> Bool) async throws -> JSONValue {
+    try await withTimeout(timeout, "task \(id) \(what)") {
+        while true {
+            let task = try await get("/v1/tasks/\(id)")
+            if done(task) { return task }
+            _ = try await get("/v1/tasks/\(id)/events?since=\(Int(task["last_event"]?.number ?? 0))&wait=5")
+        }
+    }
+}
